@@ -1,0 +1,110 @@
+//! Training throughput of LeNet-300-100 on the CPU (burn Flex backend).
+//!
+//! * `train_step/adam_b60`   one Adam step at batch 60 (the lottery-ticket setting)
+//! * `train_step/adam_b1024` one Adam step at batch 1024
+//! * `train_epoch/adam_b60`  one full epoch (60,000 synthetic samples, 1,000 steps)
+//!   through `pipe::nn::train`, including batch gathering
+//!
+//! Inputs are seeded random normals with random labels: only the shapes matter
+//! for time. `bench/compare.sh` runs this and `bench/pytorch_lenet.py`.
+
+use std::hint::black_box;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use burn::backend::flex::FlexDevice;
+use burn::backend::{Autodiff, Flex};
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use pipe::data::Split;
+use pipe::nn::train::TrainSession;
+use pipe::nn::{
+    DeviceSpec, InitScheme, LrSchedule, Mask, ModelSpec, OptimizerKind, TrainConfig, TrainData,
+    init_weights, train,
+};
+
+fn synthetic(n: usize, seed: u64) -> Split {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Split {
+        images: (0..n * 784)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect(),
+        labels: (0..n).map(|_| rng.random_range(0..10u8)).collect(),
+        n,
+    }
+}
+
+fn config(batch: usize, iterations: u64) -> TrainConfig {
+    TrainConfig {
+        optimizer: OptimizerKind::Adam,
+        lr: 1.2e-3,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        batch,
+        iterations,
+        schedule: LrSchedule::Constant,
+        warmup: 0,
+        save_at: vec![],
+        eval_every: 0,
+        data_seed: 1,
+        start_step: 0,
+    }
+}
+
+fn steps(c: &mut Criterion) {
+    let spec = ModelSpec::lenet_300_100();
+    let init = init_weights(&spec, InitScheme::KaimingNormal, 0);
+    let mask = Mask::dense(&spec);
+    let mut group = c.benchmark_group("train_step");
+    for batch in [60usize, 1024] {
+        let data = synthetic(batch, 7);
+        let mut session =
+            TrainSession::<Autodiff<Flex>>::new(&spec, &init, &mask, &config(batch, 1), FlexDevice)
+                .unwrap();
+        group.bench_function(format!("adam_b{batch}"), |b| {
+            b.iter(|| black_box(session.step(data.images.clone(), &data.labels, 1.2e-3)))
+        });
+    }
+    group.finish();
+}
+
+fn epoch(c: &mut Criterion) {
+    let spec = ModelSpec::lenet_300_100();
+    let init = init_weights(&spec, InitScheme::KaimingNormal, 0);
+    let mask = Mask::dense(&spec);
+    let train_set = synthetic(60_000, 1);
+    let test = synthetic(10, 2);
+    let val = Split::empty();
+    let cfg = config(60, 1000);
+    let mut group = c.benchmark_group("train_epoch");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30));
+    group.bench_function("adam_b60", |b| {
+        b.iter(|| {
+            let data = TrainData {
+                train: &train_set,
+                val: &val,
+                test: &test,
+            };
+            let out = train(
+                &spec,
+                &init,
+                &mask,
+                &data,
+                &cfg,
+                &DeviceSpec::Cpu,
+                &mut |_| ControlFlow::Continue(()),
+            )
+            .unwrap();
+            black_box(out.weights)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, steps, epoch);
+criterion_main!(benches);

@@ -1,0 +1,112 @@
+//! Garbage collection: remove only what no kept run reaches, never an entry being written.
+//!
+//! Kept runs are all run records, or the newest N with `--keep-last N` (older records are
+//! removed with the entries only they reached). An entry is reachable when a kept run record
+//! lists its key; run records list every stage of the run, hits included, so this is closed
+//! under "consumed by". Entries whose key lock is held by a live process are left alone, and so
+//! are `tmp/` folders of live writers.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+use super::runs;
+use super::store::{CacheError, Store, dir_size, read_manifest};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removal {
+    /// `entry`, `partial` (an unfinished or quarantined folder) or `run`.
+    pub what: &'static str,
+    pub id: String,
+    /// The stage name (entries), when known.
+    pub name: String,
+    pub bytes: u64,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<Removal>,
+    /// Entries skipped because a process holds their lock.
+    pub busy: Vec<String>,
+    pub kept_entries: usize,
+}
+
+impl GcReport {
+    pub fn bytes(&self) -> u64 {
+        self.removed.iter().map(|r| r.bytes).sum()
+    }
+}
+
+pub fn collect(store: &Store, keep_last: Option<usize>, dry_run: bool) -> Result<GcReport, CacheError> {
+    let cache = store.root();
+    let all_runs = runs::list(cache)?;
+    let cut = keep_last.map_or(0, |n| all_runs.len().saturating_sub(n));
+    let (dropped, kept) = all_runs.split_at(cut);
+    let reachable: BTreeSet<&str> = kept.iter().flat_map(|r| r.stages.iter().map(|s| s.key.as_str())).collect();
+    let mut report = GcReport::default();
+
+    for (key, dir) in store.list_entries()? {
+        if reachable.contains(key.as_str()) {
+            report.kept_entries += 1;
+            continue;
+        }
+        let Some(_lock) = store.try_lock(&key)? else {
+            report.busy.push(key);
+            continue;
+        };
+        let name = read_manifest(&dir).map(|m| m.name).unwrap_or_default();
+        let bytes = dir_size(&dir);
+        if !dry_run {
+            fs::remove_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
+            let _ = fs::remove_file(store.root().join("locks").join(format!("{key}.lock")));
+        }
+        report.removed.push(Removal { what: "entry", id: key, name, bytes, path: dir });
+    }
+
+    // Unfinished folders: `<key>.<pid>.<n>` belongs to a writer only while it holds the key's
+    // lock; corrupt-/stale- folders were set aside by `pipe run` and are always garbage.
+    let tmp = store.root().join("tmp");
+    if let Ok(rd) = fs::read_dir(&tmp) {
+        let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            let fname = p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let set_aside = fname.starts_with("corrupt-") || fname.starts_with("stale-");
+            let key = fname.split('.').next().unwrap_or("").to_string();
+            let _guard = if set_aside {
+                None
+            } else {
+                if key.len() != 64 {
+                    continue;
+                }
+                match store.try_lock(&key)? {
+                    Some(l) => Some(l),
+                    None => {
+                        report.busy.push(fname.clone());
+                        continue;
+                    }
+                }
+            };
+            let bytes = dir_size(&p);
+            if !dry_run {
+                fs::remove_dir_all(&p).map_err(|source| CacheError::Io { path: p.clone(), source })?;
+            }
+            report.removed.push(Removal { what: "partial", id: fname, name: String::new(), bytes, path: p });
+        }
+    }
+
+    for r in dropped {
+        if !dry_run {
+            runs::remove(cache, &r.id)?;
+        }
+        report.removed.push(Removal {
+            what: "run",
+            id: r.id.clone(),
+            name: r.pipeline.clone(),
+            bytes: 0,
+            path: cache.join("runs").join(format!("{}.json", r.id)),
+        });
+    }
+    Ok(report)
+}

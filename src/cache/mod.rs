@@ -1,0 +1,20 @@
+//! The content-addressed cache: keys, the entry store, run records and garbage collection.
+//!
+//! Layout under the cache directory (default `./cache`):
+//!
+//! ```text
+//! entries/<k0k1>/<key>/   one finished stage: its artifacts, manifest.json, COMPLETE
+//! tmp/<key>.<pid>.<n>/    an entry being written (renamed into entries/ when finished)
+//! locks/<key>.lock        per-key lock files (advisory locks; no repository-wide lock)
+//! names/<hash>.json       the last key each stage name had, for "why does this re-run?"
+//! runs/<run-id>.json      run records
+//! ```
+
+pub mod gc;
+pub mod key;
+pub mod runs;
+pub mod store;
+
+pub use key::{PreImage, digest_file, hash_file};
+pub use runs::{RunRecord, StageRecord, StageStatus};
+pub use store::{CacheError, Manifest, Store};

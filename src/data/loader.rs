@@ -1,0 +1,265 @@
+//! Validation splits, subsets and seeded per-epoch batch orders.
+//!
+//! Every random choice uses `ChaCha8Rng`, so results depend only on the seeds,
+//! never on the platform, backend or thread count.
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::{DataError, Split};
+
+/// Domain tags so that the same user seed drives independent streams.
+const DOMAIN_VALIDATION: u64 = 0x5641_4c49_4441_5445; // "VALIDATE"
+const DOMAIN_BATCHES: u64 = 0x4241_5443_4845_5321; // "BATCHES!"
+
+/// A ChaCha8 generator keyed by `(seed, domain)` on stream `stream`.
+fn rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&domain.to_le_bytes());
+    let mut r = ChaCha8Rng::from_seed(key);
+    r.set_stream(stream);
+    r
+}
+
+/// Copies the rows `idx` of `split` into a new split, in the order given.
+fn take_rows(split: &Split, idx: &[usize]) -> Split {
+    let d = split.dim();
+    let mut images = Vec::with_capacity(idx.len() * d);
+    let mut labels = Vec::with_capacity(idx.len());
+    for &i in idx {
+        images.extend_from_slice(&split.images[i * d..(i + 1) * d]);
+        labels.push(split.labels[i]);
+    }
+    Split {
+        images,
+        labels,
+        n: idx.len(),
+    }
+}
+
+/// Splits `train` into `(train, validation)`: a seeded permutation picks
+/// `val_size` samples for validation; the rest stay for training. Both parts
+/// keep the original sample order (the batch order shuffles anyway). The
+/// lottery-ticket paper uses 55,000 / 5,000. `val_size == 0` gives an empty
+/// validation split; `val_size >= n` is an error (nothing left to train on).
+pub fn split_validation(
+    train: &Split,
+    val_size: usize,
+    seed: u64,
+) -> Result<(Split, Split), DataError> {
+    if val_size >= train.n {
+        return Err(DataError::Invalid(format!(
+            "validation size {val_size} leaves no training data: the training set has {} \
+             samples; choose a validation size below {}",
+            train.n, train.n
+        )));
+    }
+    if val_size == 0 {
+        return Ok((train.clone(), Split::empty()));
+    }
+    let mut perm: Vec<usize> = (0..train.n).collect();
+    perm.shuffle(&mut rng(seed, DOMAIN_VALIDATION, 0));
+    let mut val_idx = perm[..val_size].to_vec();
+    let mut train_idx = perm[val_size..].to_vec();
+    val_idx.sort_unstable();
+    train_idx.sort_unstable();
+    Ok((take_rows(train, &train_idx), take_rows(train, &val_idx)))
+}
+
+/// The first `n` samples of `split` (all of them if it has fewer), for tiny
+/// test pipelines.
+pub fn subset(split: &Split, n: usize) -> Split {
+    let n = n.min(split.n);
+    let d = split.dim();
+    Split {
+        images: split.images[..n * d].to_vec(),
+        labels: split.labels[..n].to_vec(),
+        n,
+    }
+}
+
+/// The sample order of epoch `epoch`: a permutation of `0..n` drawn from a
+/// ChaCha8 stream keyed by `(seed, epoch)`, so any epoch can be recomputed
+/// without the previous ones. Truncated to a multiple of `batch`: the last
+/// partial batch of each epoch is dropped (every step sees exactly `batch`
+/// samples; the dropped samples differ from epoch to epoch). `batch == 0`
+/// returns the full permutation.
+pub fn batch_indices(n: usize, batch: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut rng(seed, DOMAIN_BATCHES, epoch));
+    if let Some(full) = n.checked_div(batch) {
+        perm.truncate(full * batch);
+    }
+    perm
+}
+
+/// Walks through [`batch_indices`] epoch after epoch. Can start at any
+/// iteration (for rewinding or resuming) without replaying earlier epochs.
+#[derive(Clone, Debug)]
+pub struct BatchOrder {
+    n: usize,
+    batch: usize,
+    seed: u64,
+    epoch: u64,
+    pos: usize,
+    order: Vec<usize>,
+}
+
+impl BatchOrder {
+    /// The order positioned before iteration `start` (0 = the first batch of epoch 0).
+    pub fn new(n: usize, batch: usize, seed: u64, start: u64) -> Result<BatchOrder, DataError> {
+        if batch == 0 || batch > n {
+            return Err(DataError::Invalid(format!(
+                "batch size {batch} does not fit a training set of {n} samples; use a batch \
+                 size between 1 and {n}"
+            )));
+        }
+        let per_epoch = (n / batch) as u64;
+        let epoch = start / per_epoch;
+        let pos = (start % per_epoch) as usize * batch;
+        Ok(BatchOrder {
+            n,
+            batch,
+            seed,
+            epoch,
+            pos,
+            order: batch_indices(n, batch, seed, epoch),
+        })
+    }
+
+    /// Full batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.n / self.batch
+    }
+
+    /// The epoch the next batch comes from.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The sample indices of the next batch.
+    pub fn next_batch(&mut self) -> &[usize] {
+        if self.pos >= self.order.len() {
+            self.epoch += 1;
+            self.pos = 0;
+            self.order = batch_indices(self.n, self.batch, self.seed, self.epoch);
+        }
+        let start = self.pos;
+        self.pos += self.batch;
+        &self.order[start..self.pos]
+    }
+}
+
+/// Copies the rows `idx` of `split` into `images` / `labels` (cleared first):
+/// only the batch's rows are copied.
+pub fn gather_batch(split: &Split, idx: &[usize], images: &mut Vec<f32>, labels: &mut Vec<u8>) {
+    let d = split.dim();
+    images.clear();
+    labels.clear();
+    for &i in idx {
+        images.extend_from_slice(&split.images[i * d..(i + 1) * d]);
+        labels.push(split.labels[i]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize) -> Split {
+        Split {
+            images: (0..n * 2).map(|x| x as f32).collect(),
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+            n,
+        }
+    }
+
+    #[test]
+    fn validation_split_is_seeded_disjoint_and_complete() {
+        let s = toy(20);
+        let (tr, va) = split_validation(&s, 5, 7).unwrap();
+        assert_eq!((tr.n, va.n), (15, 5));
+        assert_eq!((tr.images.len(), va.images.len()), (30, 10));
+        // Row i of the toy set is [2i, 2i+1]: recover the indices.
+        let ids =
+            |s: &Split| -> Vec<usize> { s.images.chunks(2).map(|r| r[0] as usize / 2).collect() };
+        let (ti, vi) = (ids(&tr), ids(&va));
+        let mut all: Vec<usize> = ti.iter().chain(&vi).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..20).collect::<Vec<_>>());
+        assert!(ti.windows(2).all(|w| w[0] < w[1]) && vi.windows(2).all(|w| w[0] < w[1]));
+        for (k, &i) in vi.iter().enumerate() {
+            assert_eq!(va.labels[k], (i % 10) as u8);
+        }
+        // Same seed, same split; another seed, another split.
+        assert_eq!(split_validation(&s, 5, 7).unwrap().1, va);
+        assert_ne!(split_validation(&s, 5, 8).unwrap().1, va);
+    }
+
+    #[test]
+    fn validation_edge_cases() {
+        let s = toy(4);
+        let (tr, va) = split_validation(&s, 0, 1).unwrap();
+        assert_eq!((tr, va.n), (s.clone(), 0));
+        assert!(split_validation(&s, 4, 1).is_err());
+        let e = split_validation(&s, 9, 1).unwrap_err().to_string();
+        assert!(e.contains("below 4"), "{e}");
+    }
+
+    #[test]
+    fn subset_takes_the_first_rows() {
+        let s = toy(10);
+        let t = subset(&s, 3);
+        assert_eq!(t.n, 3);
+        assert_eq!(t.images, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(t.labels, vec![0, 1, 2]);
+        assert_eq!(subset(&s, 99), s);
+    }
+
+    #[test]
+    fn batch_indices_are_per_epoch_permutations() {
+        let e0 = batch_indices(10, 3, 42, 0);
+        let e1 = batch_indices(10, 3, 42, 1);
+        assert_eq!((e0.len(), e1.len()), (9, 9));
+        assert_ne!(e0, e1);
+        assert_eq!(e1, batch_indices(10, 3, 42, 1));
+        let mut full = batch_indices(10, 0, 42, 0);
+        assert_eq!(full[..9], e0[..]);
+        full.sort();
+        assert_eq!(full, (0..10).collect::<Vec<_>>());
+        assert_ne!(batch_indices(10, 3, 43, 0), e0);
+    }
+
+    #[test]
+    fn batch_order_walks_epochs_and_can_start_anywhere() {
+        let mut o = BatchOrder::new(10, 3, 5, 0).unwrap();
+        assert_eq!(o.batches_per_epoch(), 3);
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            seen.push(o.next_batch().to_vec());
+        }
+        let e0 = batch_indices(10, 3, 5, 0);
+        let e1 = batch_indices(10, 3, 5, 1);
+        let e2 = batch_indices(10, 3, 5, 2);
+        assert_eq!(seen[0], e0[0..3]);
+        assert_eq!(seen[2], e0[6..9]);
+        assert_eq!(seen[3], e1[0..3]);
+        assert_eq!(seen[6], e2[0..3]);
+        assert_eq!(o.epoch(), 2);
+        let mut late = BatchOrder::new(10, 3, 5, 4).unwrap();
+        assert_eq!(late.next_batch(), &seen[4][..]);
+        assert!(BatchOrder::new(10, 11, 5, 0).is_err());
+        assert!(BatchOrder::new(10, 0, 5, 0).is_err());
+    }
+
+    #[test]
+    fn gather_copies_only_batch_rows() {
+        let s = toy(5);
+        let (mut im, mut lb) = (vec![9.0; 3], vec![9]);
+        gather_batch(&s, &[4, 1], &mut im, &mut lb);
+        assert_eq!(im, vec![8.0, 9.0, 2.0, 3.0]);
+        assert_eq!(lb, vec![4, 1]);
+    }
+}

@@ -1,0 +1,149 @@
+//! Keys for every stage, in dependency order, and for each stage that will run, why.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use crate::cache::key::diff_values;
+use crate::cache::{PreImage, Store, digest_file};
+use crate::spec::{Diagnostic, Diagnostics, Instance, Pipeline};
+use crate::stages::Registry;
+
+/// Why a stage will run (or that it will not).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Why {
+    Cached,
+    /// No entry was ever made under this stage's name.
+    NoEntry,
+    /// The entry last made under this name had a different pre-image: `(field, old, new)`.
+    Changed(Vec<(String, Value, Value)>),
+    /// Same key as last time, but the entry is gone (removed by `gc`, or set aside as corrupt).
+    EntryMissing,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub instance: Instance,
+    pub key: String,
+    pub preimage: PreImage,
+    pub why: Why,
+}
+
+impl PlannedStage {
+    pub fn cached(&self) -> bool {
+        self.why == Why::Cached
+    }
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub pipeline: Pipeline,
+    pub stages: Vec<PlannedStage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Invalid(#[from] Diagnostics),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Plan, PlanError> {
+    let mut keys: HashMap<String, String> = HashMap::new();
+    let mut stages = Vec::with_capacity(pipeline.instances.len());
+    let mut errors = Vec::new();
+    for inst in &pipeline.instances {
+        let kind = registry.get(&inst.kind).expect("spec checked kinds");
+        let mut data = BTreeMap::new();
+        for path in kind.external_inputs(&inst.params) {
+            // A missing folder is one error, not one per file.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+                let msg = format!("stage `{}` reads its data from {}, which is not a folder", inst.name, dir.display());
+                if !errors.iter().any(|e: &Diagnostic| e.message == msg) {
+                    errors.push(Diagnostic::at(&inst.loc, msg).hint(
+                        "point the stage's `data.dir` at the folder that holds the dataset files (relative paths are relative to the current directory)",
+                    ));
+                }
+                continue;
+            }
+            match digest_file(&path) {
+                Ok(d) => {
+                    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    data.insert(name, d);
+                }
+                Err(e) => errors.push(
+                    Diagnostic::at(&inst.loc, format!("stage `{}` reads {}: {e}", inst.name, path.display()))
+                        .hint("point the stage's `data.dir` at the folder that holds the dataset files (relative paths are relative to the current directory)"),
+                ),
+            }
+        }
+        let inputs: Vec<(String, Vec<String>)> = inst
+            .inputs
+            .iter()
+            .map(|(role, names)| (role.clone(), names.iter().map(|n| keys.get(n).cloned().unwrap_or_default()).collect()))
+            .collect();
+        let pre = PreImage::new(&inst.kind, kind.version(), kind.key_params(inst.params.clone()), &inputs, &data);
+        let key = pre.key();
+        keys.insert(inst.name.clone(), key.clone());
+        let why = if store.is_complete(&key) {
+            Why::Cached
+        } else {
+            match store.last_for_name(&inst.name) {
+                None => Why::NoEntry,
+                Some(last) if last == key => Why::EntryMissing,
+                Some(last) => match store.read_manifest(&last) {
+                    Ok(m) => Why::Changed(diff_values(&m.preimage, &pre.0)),
+                    Err(_) => Why::NoEntry,
+                },
+            }
+        };
+        stages.push(PlannedStage { instance: inst.clone(), key, preimage: pre, why });
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors).into());
+    }
+    Ok(Plan { pipeline, stages })
+}
+
+impl Why {
+    /// One line for `pipe plan`, naming upstream stages by name rather than by key.
+    pub fn describe(&self, inst: &Instance) -> String {
+        match self {
+            Why::Cached => "cached".into(),
+            Why::NoEntry => "no entry yet".into(),
+            Why::EntryMissing => "entry removed (gc) or set aside as corrupt".into(),
+            Why::Changed(fields) => {
+                let parts: Vec<String> = fields
+                    .iter()
+                    .map(|(path, old, new)| {
+                        if let Some(role) = path.strip_prefix("inputs.") {
+                            let ups = inst.inputs.iter().find(|(r, _)| r == role).map(|(_, n)| n.join(", ")).unwrap_or_default();
+                            format!("upstream `{ups}` changed")
+                        } else if let Some(p) = path.strip_prefix("params.") {
+                            format!("{p}: {} → {}", short(old), short(new))
+                        } else if let Some(f) = path.strip_prefix("data.") {
+                            format!("input data {f} changed")
+                        } else if path == "version" {
+                            format!("stage version {} → {}", short(old), short(new))
+                        } else {
+                            format!("{path} changed")
+                        }
+                    })
+                    .collect();
+                let mut parts = parts;
+                parts.dedup();
+                parts.join("; ")
+            }
+        }
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = match v {
+        Value::Null => "(unset)".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
+}

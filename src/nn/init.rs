@@ -1,0 +1,157 @@
+//! Weight initialisation on the host, independent of backend and thread count.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+use serde::{Deserialize, Serialize};
+
+use super::{Layer, ModelSpec, Weights};
+
+/// Initialisation schemes for the weights (biases are always zero).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// N(0, 2 / fan_in): He et al. with the ReLU gain sqrt(2).
+    KaimingNormal,
+    /// U(-b, b) with b = sqrt(6 / fan_in) (ReLU gain sqrt(2)).
+    KaimingUniform,
+    /// N(0, 2 / (fan_in + fan_out)).
+    XavierNormal,
+    /// U(-b, b) with b = sqrt(6 / (fan_in + fan_out)).
+    XavierUniform,
+}
+
+pub(crate) const DOMAIN_INIT: u64 = 0x494e_4954_5745_4947; // "INITWEIG"
+pub(crate) const DOMAIN_PRUNE: u64 = 0x5052_554e_4552_4e44; // "PRUNERND"
+
+/// A ChaCha8 generator keyed by `(seed, domain)` on stream `stream`: one
+/// independent stream per layer (or per purpose) from a single user seed.
+pub(crate) fn stream_rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&domain.to_le_bytes());
+    let mut r = ChaCha8Rng::from_seed(key);
+    r.set_stream(stream);
+    r
+}
+
+/// Draws fresh weights for `spec`. Layer `k` uses its own ChaCha8 stream
+/// derived from `(seed, k)`, and values are drawn in storage order
+/// (row-major `[in, out]`), so the result depends only on the arguments.
+///
+/// Biases are zero. PyTorch's `nn.Linear` default draws them from
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the lottery-ticket reference code
+/// (and most pruning work) starts them at zero, which also makes a random
+/// re-initialisation differ from the original only in the weights.
+pub fn init_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64) -> Weights {
+    let layers = spec
+        .layer_dims()
+        .into_iter()
+        .zip(spec.layer_names())
+        .enumerate()
+        .map(|(k, ((fan_in, fan_out), name))| {
+            let mut rng = stream_rng(seed, DOMAIN_INIT, k as u64);
+            let n = fan_in * fan_out;
+            let (fi, fo) = (fan_in as f64, fan_out as f64);
+            let weight: Vec<f32> = match scheme {
+                InitScheme::KaimingNormal => normal(&mut rng, (2.0 / fi).sqrt(), n),
+                InitScheme::XavierNormal => normal(&mut rng, (2.0 / (fi + fo)).sqrt(), n),
+                InitScheme::KaimingUniform => uniform(&mut rng, (6.0 / fi).sqrt(), n),
+                InitScheme::XavierUniform => uniform(&mut rng, (6.0 / (fi + fo)).sqrt(), n),
+            };
+            Layer {
+                name,
+                in_dim: fan_in,
+                out_dim: fan_out,
+                weight,
+                bias: vec![0.0; fan_out],
+            }
+        })
+        .collect();
+    Weights { layers }
+}
+
+fn normal(rng: &mut ChaCha8Rng, std: f64, n: usize) -> Vec<f32> {
+    let d = Normal::new(0.0f64, std).expect("finite positive std");
+    (0..n).map(|_| d.sample(rng) as f32).collect()
+}
+
+fn uniform(rng: &mut ChaCha8Rng, bound: f64, n: usize) -> Vec<f32> {
+    let d = Uniform::new_inclusive(-bound, bound).expect("finite bound");
+    (0..n).map(|_| d.sample(rng) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn std_of(v: &[f32]) -> f64 {
+        let n = v.len() as f64;
+        let m = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        (v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n).sqrt()
+    }
+
+    #[test]
+    fn deterministic_and_seed_dependent() {
+        let s = ModelSpec::Mlp {
+            widths: vec![50, 40, 10],
+        };
+        let a = init_weights(&s, InitScheme::KaimingNormal, 3);
+        assert_eq!(a, init_weights(&s, InitScheme::KaimingNormal, 3));
+        assert_ne!(a, init_weights(&s, InitScheme::KaimingNormal, 4));
+        assert_eq!(a.layers[1].name, "fc2");
+        assert_eq!(a.layers[0].weight.len(), 2000);
+        assert!(a.layers.iter().all(|l| l.bias.iter().all(|&b| b == 0.0)));
+        // Layer streams are independent: a deeper net shares the first layer.
+        let deeper = ModelSpec::Mlp {
+            widths: vec![50, 40, 30, 10],
+        };
+        assert_eq!(
+            init_weights(&deeper, InitScheme::KaimingNormal, 3).layers[0],
+            a.layers[0]
+        );
+    }
+
+    #[test]
+    fn scales_match_the_schemes() {
+        let s = ModelSpec::Mlp {
+            widths: vec![400, 200],
+        };
+        let fan_in = 400f64;
+        let fan_sum = 600f64;
+        let check = |scheme, want: f64| {
+            let w = init_weights(&s, scheme, 1);
+            let got = std_of(&w.layers[0].weight);
+            assert!(
+                (got / want - 1.0).abs() < 0.02,
+                "{scheme:?}: std {got}, want {want}"
+            );
+            w
+        };
+        check(InitScheme::KaimingNormal, (2.0 / fan_in).sqrt());
+        check(InitScheme::XavierNormal, (2.0 / fan_sum).sqrt());
+        // U(-b, b) has std b / sqrt(3).
+        let ku = check(
+            InitScheme::KaimingUniform,
+            (6.0 / fan_in).sqrt() / 3f64.sqrt(),
+        );
+        let b = (6.0 / fan_in).sqrt() as f32;
+        assert!(ku.layers[0].weight.iter().all(|x| x.abs() <= b));
+        check(
+            InitScheme::XavierUniform,
+            (6.0 / fan_sum).sqrt() / 3f64.sqrt(),
+        );
+    }
+
+    #[test]
+    fn serde_names() {
+        assert_eq!(
+            serde_json::to_string(&InitScheme::KaimingNormal).unwrap(),
+            "\"kaiming_normal\""
+        );
+        assert_eq!(
+            serde_json::from_str::<InitScheme>("\"xavier_uniform\"").unwrap(),
+            InitScheme::XavierUniform
+        );
+    }
+}

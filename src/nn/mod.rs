@@ -1,0 +1,80 @@
+//! Neural-network side of the pipeline: architectures, host-side weights and
+//! masks, initialisation, pruning, checkpoints, and burn-based training.
+//!
+//! Weights and masks flow between pipeline stages as plain host data
+//! ([`Weights`], [`Mask`]); burn tensors exist only inside [`train`] and
+//! [`evaluate`], on whichever backend [`DeviceSpec`] selects.
+
+pub mod arch;
+pub mod checkpoint;
+pub mod device;
+pub mod flops;
+pub mod init;
+pub mod model;
+pub mod prune;
+pub mod schedule;
+pub mod train;
+pub mod weights;
+
+use std::path::PathBuf;
+
+pub use arch::ModelSpec;
+pub use checkpoint::{Checkpoint, load_checkpoint, save_checkpoint};
+pub use device::{BackendTask, DeviceSpec, dispatch};
+pub use flops::forward_flops;
+pub use init::{InitScheme, init_weights};
+pub use model::{Mlp, from_module, to_masked_module, to_module};
+pub use prune::{PruneMethod, PruneScope, prune};
+pub use schedule::{LrSchedule, lr_at};
+pub use train::{
+    EvalPoint, OptimizerKind, Progress, TrainConfig, TrainData, TrainOutput, evaluate, train,
+};
+pub use weights::{Layer, Mask, Weights};
+
+use crate::data::DataError;
+
+/// Errors of the `nn` module.
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+
+    #[error("cannot {action} checkpoint file {path}: {source}")]
+    CheckpointIo {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "checkpoint file {path} is invalid: {problem}; delete it and re-run the stage that wrote it"
+    )]
+    CheckpointFormat { path: PathBuf, problem: String },
+
+    #[error("unknown device `{0}`; valid forms are `cpu`, `cuda` (= `cuda:0`) and `cuda:N`")]
+    UnknownDevice(String),
+
+    #[error(
+        "pipe was built without CUDA support; rebuild with `cargo build --release --features cuda`"
+    )]
+    CudaNotCompiled,
+
+    #[error("device {device} is not available: {reason}; use `cpu` or check the GPU driver")]
+    DeviceUnavailable { device: String, reason: String },
+
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+
+    #[error("training diverged: {0}; lower the learning rate")]
+    Diverged(String),
+
+    #[error("backend error: {0}")]
+    Backend(String),
+
+    #[error("cancelled")]
+    Cancelled,
+}

@@ -1,0 +1,951 @@
+//! Training and evaluation.
+//!
+//! Iteration counting: the model after `i` optimiser steps is "iteration
+//! `i`". A run starts at iteration `start_step` (0 for a fresh run; `k` when
+//! training resumes from weights rewound to iteration `k`) and stops at
+//! iteration `iterations` (absolute), taking `iterations - start_step` steps.
+//! Batches, learning rates, `save_at` and evaluation points all use absolute
+//! iterations, so a run resumed at `k` sees exactly the data of the original
+//! run from `k` on.
+
+use std::ops::ControlFlow;
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::device::{BackendTask, DeviceSpec, dispatch};
+use super::model::{Mlp, from_module, to_masked_module};
+use super::schedule::{LrSchedule, lr_at};
+use super::{Mask, ModelSpec, NnError, Weights};
+use crate::data::{BatchOrder, Split, gather_batch};
+
+/// Optimiser choice.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// SGD; `momentum > 0` adds heavy-ball momentum (PyTorch semantics:
+    /// dampening 0, no Nesterov).
+    Sgd,
+    /// Adam with betas (0.9, 0.999) and epsilon 1e-8 (the PyTorch defaults;
+    /// `momentum` is ignored).
+    Adam,
+}
+
+/// Training hyper-parameters. `weight_decay` is an L2 penalty added to the
+/// gradient (PyTorch's `weight_decay` for both SGD and Adam).
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub batch: usize,
+    /// Last iteration (absolute; see the module docs).
+    pub iterations: u64,
+    pub schedule: LrSchedule,
+    pub warmup: u64,
+    /// Iterations whose weights are returned in [`TrainOutput::checkpoints`];
+    /// each must lie in `start_step..=iterations`.
+    pub save_at: Vec<u64>,
+    /// Evaluate every this many iterations (absolute multiples); 0 = only at
+    /// the start and the end.
+    pub eval_every: u64,
+    pub data_seed: u64,
+    /// Iteration of the input weights.
+    pub start_step: u64,
+}
+
+/// The splits a run uses. `val` may be empty (no validation, no early stop).
+pub struct TrainData<'a> {
+    pub train: &'a Split,
+    pub val: &'a Split,
+    pub test: &'a Split,
+}
+
+/// One point of the learning curve.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvalPoint {
+    pub iteration: u64,
+    /// Mean training-batch loss over the steps since the previous point. At
+    /// the first point (no steps yet) it is the loss on the run's first batch
+    /// at the input weights.
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_acc: Option<f64>,
+    pub test_loss: f64,
+    pub test_acc: f64,
+}
+
+/// Reported after every step. `train_loss` is the last loss read back from the
+/// device (read every [`LOSS_READ_EVERY`] steps, to avoid a sync per step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    pub iteration: u64,
+    pub total: u64,
+    pub train_loss: f64,
+}
+
+/// How often (in steps) the current batch loss is read back for [`Progress`].
+pub const LOSS_READ_EVERY: u64 = 25;
+
+/// Evaluation batch size.
+pub const EVAL_BATCH: usize = 2000;
+
+/// What a run returns.
+#[derive(Clone, Debug)]
+pub struct TrainOutput {
+    /// Final weights (masked weights are exactly zero).
+    pub weights: Weights,
+    /// `(iteration, weights)` for each `save_at` iteration, ascending;
+    /// `start_step` gives the (masked) input weights.
+    pub checkpoints: Vec<(u64, Weights)>,
+    pub curve: Vec<EvalPoint>,
+    /// The curve point with the lowest validation loss (the first on ties);
+    /// `None` when the validation split is empty.
+    pub early_stop: Option<EvalPoint>,
+}
+
+enum Opt<B: AutodiffBackend> {
+    Adam(OptimizerAdaptor<Adam, Mlp<B>, B>),
+    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Mlp<B>, B>),
+}
+
+/// A model and its optimiser on one backend: the low-level training API
+/// ([`train`] drives it; benchmarks use it directly).
+pub struct TrainSession<B: AutodiffBackend> {
+    model: Option<Mlp<B>>,
+    optim: Opt<B>,
+    device: B::Device,
+    spec: ModelSpec,
+    classes: usize,
+}
+
+impl<B: AutodiffBackend> TrainSession<B> {
+    /// Builds the masked model and the optimiser of `cfg` on `device`.
+    pub fn new(
+        spec: &ModelSpec,
+        weights: &Weights,
+        mask: &Mask,
+        cfg: &TrainConfig,
+        device: B::Device,
+    ) -> Result<Self, NnError> {
+        let model = to_masked_module::<B>(spec, weights, mask, &device)?;
+        let wd = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
+        let optim = match cfg.optimizer {
+            OptimizerKind::Adam => Opt::Adam(
+                AdamConfig::new()
+                    .with_epsilon(1e-8)
+                    .with_weight_decay(wd)
+                    .init::<B, Mlp<B>>(),
+            ),
+            OptimizerKind::Sgd => {
+                let momentum = (cfg.momentum > 0.0).then(|| {
+                    MomentumConfig::new()
+                        .with_momentum(cfg.momentum)
+                        .with_dampening(0.0)
+                        .with_nesterov(false)
+                });
+                Opt::Sgd(
+                    SgdConfig::new()
+                        .with_weight_decay(wd)
+                        .with_momentum(momentum)
+                        .init::<B, Mlp<B>>(),
+                )
+            }
+        };
+        Ok(TrainSession {
+            model: Some(model),
+            optim,
+            device,
+            spec: spec.clone(),
+            classes: spec.output_dim(),
+        })
+    }
+
+    /// The current model.
+    pub fn model(&self) -> &Mlp<B> {
+        self.model.as_ref().expect("model present between steps")
+    }
+
+    /// The current weights, on the host.
+    pub fn weights(&self) -> Weights {
+        from_module(self.model(), &self.spec)
+    }
+
+    /// One optimiser step on a batch (`images` row-major `[labels.len(), in]`)
+    /// at learning rate `lr`. Returns the batch's mean cross-entropy (before
+    /// the step) as a device scalar; reading it is up to the caller.
+    pub fn step(&mut self, images: Vec<f32>, labels: &[u8], lr: f64) -> Tensor<B::InnerBackend, 1> {
+        let model = self.model.take().expect("model present between steps");
+        let n = labels.len();
+        let x = Tensor::<B, 2>::from_data(
+            TensorData::new(images, [n, self.spec.input_dim()]),
+            &self.device,
+        );
+        let y = Tensor::<B, 2>::from_data(one_hot(labels, self.classes), &self.device);
+        let loss = cross_entropy(model.forward(x), y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = match &mut self.optim {
+            Opt::Adam(o) => o.step(lr, model, grads),
+            Opt::Sgd(o) => o.step(lr, model, grads),
+        };
+        self.model = Some(model.reapply_masks());
+        loss.inner()
+    }
+}
+
+fn one_hot(labels: &[u8], classes: usize) -> TensorData {
+    let mut v = vec![0f32; labels.len() * classes];
+    for (i, &l) in labels.iter().enumerate() {
+        v[i * classes + l as usize] = 1.0;
+    }
+    TensorData::new(v, [labels.len(), classes])
+}
+
+/// Mean cross-entropy of `logits` against one-hot `targets`.
+fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 1> {
+    let n = logits.dims()[0] as f64;
+    (log_softmax(logits, 1) * targets)
+        .sum()
+        .mul_scalar(-1.0 / n)
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_scalar().elem::<f64>()
+}
+
+/// Mean cross-entropy and accuracy of `model` on `split`, in batches of
+/// [`EVAL_BATCH`]. Logits come back to the host and the loss is computed
+/// there in f64 (numerically stable log-sum-exp).
+fn eval_split<B: Backend>(model: &Mlp<B>, split: &Split, device: &B::Device) -> (f64, f64) {
+    let d = split.dim();
+    let (mut loss, mut correct) = (0f64, 0usize);
+    for start in (0..split.n).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(split.n);
+        let x = Tensor::<B, 2>::from_data(
+            TensorData::new(split.images[start * d..end * d].to_vec(), [end - start, d]),
+            device,
+        );
+        let logits = model
+            .forward(x)
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32 logits");
+        let classes = logits.len() / (end - start);
+        for (row, &label) in logits.chunks_exact(classes).zip(&split.labels[start..end]) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            loss += lse - row[label as usize] as f64;
+            // First maximum wins ties.
+            let pred = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+            correct += usize::from(pred == label as usize);
+        }
+    }
+    (loss / split.n as f64, correct as f64 / split.n as f64)
+}
+
+fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnError> {
+    if split.n == 0 {
+        return Ok(());
+    }
+    if split.images.len() != split.n * spec.input_dim() || split.labels.len() != split.n {
+        return Err(NnError::Shape(format!(
+            "{what} split holds {} values and {} labels for {} samples; the model expects {} \
+             features per sample",
+            split.images.len(),
+            split.labels.len(),
+            split.n,
+            spec.input_dim()
+        )));
+    }
+    if let Some(&l) = split
+        .labels
+        .iter()
+        .find(|&&l| l as usize >= spec.output_dim())
+    {
+        return Err(NnError::Shape(format!(
+            "{what} split has label {l} but the model has {} outputs",
+            spec.output_dim()
+        )));
+    }
+    Ok(())
+}
+
+fn check_config(cfg: &TrainConfig) -> Result<(), NnError> {
+    let bad = |m: String| Err(NnError::Invalid(m));
+    if cfg.start_step > cfg.iterations {
+        return bad(format!(
+            "start_step {} is after the last iteration {}",
+            cfg.start_step, cfg.iterations
+        ));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
+        return bad(format!("learning rate {} must be finite and >= 0", cfg.lr));
+    }
+    if !(cfg.momentum.is_finite() && (0.0..1.0).contains(&cfg.momentum)) {
+        return bad(format!("momentum {} must be in [0, 1)", cfg.momentum));
+    }
+    if !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
+        return bad(format!(
+            "weight decay {} must be finite and >= 0",
+            cfg.weight_decay
+        ));
+    }
+    if let Some(s) = cfg
+        .save_at
+        .iter()
+        .find(|&&s| s < cfg.start_step || s > cfg.iterations)
+    {
+        return bad(format!(
+            "save_at iteration {s} is outside this run's iterations {}..={}",
+            cfg.start_step, cfg.iterations
+        ));
+    }
+    Ok(())
+}
+
+/// Trains `init` (masked by `mask`) on `data.train`. See the module docs for
+/// iteration counting; evaluation points are at `start_step`, every
+/// `eval_every` iterations and at the end (no duplicates). `on_progress` is
+/// called after every step; `ControlFlow::Break` aborts with
+/// [`NnError::Cancelled`]. Deterministic on the CPU for the same inputs.
+pub fn train(
+    spec: &ModelSpec,
+    init: &Weights,
+    mask: &Mask,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    device: &DeviceSpec,
+    on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<TrainOutput, NnError> {
+    spec.validate().map_err(NnError::Invalid)?;
+    init.check(spec)?;
+    mask.check(spec)?;
+    check_config(cfg)?;
+    check_split(spec, data.train, "training")?;
+    check_split(spec, data.val, "validation")?;
+    check_split(spec, data.test, "test")?;
+    if data.test.n == 0 {
+        return Err(NnError::Invalid("the test split is empty".into()));
+    }
+    // Also validates the batch size against the training set.
+    BatchOrder::new(data.train.n, cfg.batch, cfg.data_seed, cfg.start_step)?;
+    dispatch(
+        device,
+        TrainTask {
+            spec,
+            init,
+            mask,
+            data,
+            cfg,
+            on_progress,
+        },
+    )
+}
+
+struct TrainTask<'a, 'b> {
+    spec: &'a ModelSpec,
+    init: &'a Weights,
+    mask: &'a Mask,
+    data: &'a TrainData<'a>,
+    cfg: &'a TrainConfig,
+    on_progress: &'b mut dyn FnMut(&Progress) -> ControlFlow<()>,
+}
+
+impl BackendTask for TrainTask<'_, '_> {
+    type Output = TrainOutput;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainOutput, NnError> {
+        let TrainTask {
+            spec,
+            init,
+            mask,
+            data,
+            cfg,
+            on_progress,
+        } = self;
+        let mut session = TrainSession::<B>::new(spec, init, mask, cfg, device.clone())?;
+        let mut order = BatchOrder::new(data.train.n, cfg.batch, cfg.data_seed, cfg.start_step)?;
+        let mut save_at = cfg.save_at.clone();
+        save_at.sort_unstable();
+        save_at.dedup();
+        let mut checkpoints = Vec::new();
+        if save_at.first() == Some(&cfg.start_step) {
+            checkpoints.push((cfg.start_step, init.masked(mask)));
+        }
+
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let point = |model: &Mlp<B>, iteration: u64, train_loss: f64| {
+            let inner = model.valid();
+            let (val_loss, val_acc) = if data.val.n > 0 {
+                let (l, a) = eval_split(&inner, data.val, &device);
+                (Some(l), Some(a))
+            } else {
+                (None, None)
+            };
+            let (test_loss, test_acc) = eval_split(&inner, data.test, &device);
+            EvalPoint {
+                iteration,
+                train_loss,
+                val_loss,
+                val_acc,
+                test_loss,
+                test_acc,
+            }
+        };
+
+        // Loss of the first batch at the input weights (forward only).
+        let first_loss = {
+            let mut peek = order.clone();
+            gather_batch(data.train, peek.next_batch(), &mut images, &mut labels);
+            let inner = session.model().valid();
+            let x = Tensor::from_data(
+                TensorData::new(
+                    std::mem::take(&mut images),
+                    [labels.len(), spec.input_dim()],
+                ),
+                &device,
+            );
+            let y = Tensor::from_data(one_hot(&labels, spec.output_dim()), &device);
+            scalar(cross_entropy(inner.forward(x), y))
+        };
+        let mut curve = vec![point(session.model(), cfg.start_step, first_loss)];
+
+        let total = cfg.iterations;
+        let mut last_loss = first_loss;
+        let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+        let mut since_point = 0u64;
+        let mut next_save = save_at
+            .iter()
+            .copied()
+            .filter(|&s| s > cfg.start_step)
+            .peekable();
+        for it in cfg.start_step..total {
+            gather_batch(data.train, order.next_batch(), &mut images, &mut labels);
+            let lr = lr_at(cfg.lr, &cfg.schedule, cfg.warmup, it, total);
+            let loss = session.step(std::mem::take(&mut images), &labels, lr);
+            let done = it + 1;
+            since_point += 1;
+            if done % LOSS_READ_EVERY == 0 {
+                last_loss = scalar(loss.clone());
+            }
+            loss_sum = Some(match loss_sum {
+                Some(s) => s + loss,
+                None => loss,
+            });
+            if next_save.peek() == Some(&done) {
+                next_save.next();
+                checkpoints.push((done, session.weights()));
+            }
+            if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == total {
+                let mean = scalar(loss_sum.take().expect("at least one step")) / since_point as f64;
+                since_point = 0;
+                if !mean.is_finite() {
+                    return Err(NnError::Diverged(format!(
+                        "the mean training loss before iteration {done} is {mean}"
+                    )));
+                }
+                last_loss = mean;
+                curve.push(point(session.model(), done, mean));
+            }
+            let progress = Progress {
+                iteration: done,
+                total,
+                train_loss: last_loss,
+            };
+            if on_progress(&progress).is_break() {
+                return Err(NnError::Cancelled);
+            }
+        }
+
+        let early_stop = if data.val.n > 0 {
+            curve
+                .iter()
+                .filter(|p| p.val_loss.is_some_and(f64::is_finite))
+                .fold(None::<&EvalPoint>, |best, p| match best {
+                    Some(b) if b.val_loss <= p.val_loss => Some(b),
+                    _ => Some(p),
+                })
+                .cloned()
+        } else {
+            None
+        };
+        Ok(TrainOutput {
+            weights: session.weights(),
+            checkpoints,
+            curve,
+            early_stop,
+        })
+    }
+}
+
+/// Mean cross-entropy and accuracy (in [0, 1]) of `weights` under `mask` on
+/// `split`, on the non-autodiff backend of `device`.
+pub fn evaluate(
+    spec: &ModelSpec,
+    weights: &Weights,
+    mask: &Mask,
+    split: &Split,
+    device: &DeviceSpec,
+) -> Result<(f64, f64), NnError> {
+    spec.validate().map_err(NnError::Invalid)?;
+    check_split(spec, split, "evaluation")?;
+    if split.n == 0 {
+        return Err(NnError::Invalid("cannot evaluate on an empty split".into()));
+    }
+    struct EvalTask<'a> {
+        spec: &'a ModelSpec,
+        weights: &'a Weights,
+        mask: &'a Mask,
+        split: &'a Split,
+    }
+    impl BackendTask for EvalTask<'_> {
+        type Output = (f64, f64);
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(f64, f64), NnError> {
+            let model =
+                to_masked_module::<B::InnerBackend>(self.spec, self.weights, self.mask, &device)?;
+            Ok(eval_split(&model, self.split, &device))
+        }
+    }
+    dispatch(
+        device,
+        EvalTask {
+            spec,
+            weights,
+            mask,
+            split,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{InitScheme, Layer, init_weights};
+    use burn::backend::flex::FlexDevice;
+    use burn::backend::{Autodiff, Flex};
+    use rand::{Rng, SeedableRng};
+
+    type Ad = Autodiff<Flex>;
+
+    /// `n` samples of `d` features with labels from a fixed linear teacher.
+    fn toy_split(n: usize, d: usize, classes: usize, seed: u64) -> Split {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let teacher: Vec<f32> = (0..d * classes)
+            .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+            .collect();
+        let images: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let labels = images
+            .chunks(d)
+            .map(|x| {
+                let score = |c: usize| (0..d).map(|i| x[i] * teacher[i * classes + c]).sum::<f32>();
+                (0..classes).fold(0, |b, c| if score(c) > score(b) { c } else { b }) as u8
+            })
+            .collect();
+        Split { images, labels, n }
+    }
+
+    fn cfg(optimizer: OptimizerKind, iterations: u64) -> TrainConfig {
+        TrainConfig {
+            optimizer,
+            lr: 0.01,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            batch: 20,
+            iterations,
+            schedule: LrSchedule::Constant,
+            warmup: 0,
+            save_at: vec![],
+            eval_every: 0,
+            data_seed: 5,
+            start_step: 0,
+        }
+    }
+
+    struct Fixture {
+        spec: ModelSpec,
+        init: Weights,
+        train: Split,
+        val: Split,
+        test: Split,
+    }
+
+    fn fixture() -> Fixture {
+        let spec = ModelSpec::Mlp {
+            widths: vec![8, 16, 4],
+        };
+        Fixture {
+            init: init_weights(&spec, InitScheme::KaimingNormal, 3),
+            spec,
+            train: toy_split(200, 8, 4, 1),
+            val: toy_split(60, 8, 4, 2),
+            test: toy_split(100, 8, 4, 3),
+        }
+    }
+
+    fn run(f: &Fixture, mask: &Mask, c: &TrainConfig) -> Result<TrainOutput, NnError> {
+        let data = TrainData {
+            train: &f.train,
+            val: &f.val,
+            test: &f.test,
+        };
+        train(
+            &f.spec,
+            &f.init,
+            mask,
+            &data,
+            c,
+            &DeviceSpec::Cpu,
+            &mut |_| ControlFlow::Continue(()),
+        )
+    }
+
+    fn bits(w: &Weights) -> Vec<u32> {
+        w.layers
+            .iter()
+            .flat_map(|l| l.weight.iter().chain(&l.bias))
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    #[test]
+    fn deterministic_learns_and_reports_points() {
+        let f = fixture();
+        let mask = Mask::dense(&f.spec);
+        let mut c = cfg(OptimizerKind::Adam, 30);
+        c.eval_every = 10;
+        c.save_at = vec![30, 0, 10];
+        let a = run(&f, &mask, &c).unwrap();
+        let b = run(&f, &mask, &c).unwrap();
+        assert_eq!(bits(&a.weights), bits(&b.weights));
+        assert_eq!(a.curve, b.curve);
+        let its: Vec<u64> = a.curve.iter().map(|p| p.iteration).collect();
+        assert_eq!(its, vec![0, 10, 20, 30]);
+        let saved: Vec<u64> = a.checkpoints.iter().map(|c| c.0).collect();
+        assert_eq!(saved, vec![0, 10, 30]);
+        assert_eq!(a.checkpoints[0].1, f.init);
+        assert_eq!(a.checkpoints[2].1, a.weights);
+        let (first, last) = (&a.curve[0], &a.curve[3]);
+        assert!(
+            last.test_loss < first.test_loss * 0.8,
+            "{first:?} -> {last:?}"
+        );
+        assert!(last.test_acc > first.test_acc);
+        assert!(
+            a.curve
+                .iter()
+                .all(|p| p.val_loss.is_some() && p.val_acc.is_some())
+        );
+        // The recorded test metrics equal a separate evaluation of the final weights.
+        let (l, acc) = evaluate(&f.spec, &a.weights, &mask, &f.test, &DeviceSpec::Cpu).unwrap();
+        assert_eq!((l, acc), (last.test_loss, last.test_acc));
+        let best = a
+            .curve
+            .iter()
+            .map(|p| p.val_loss.unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(a.early_stop.as_ref().unwrap().val_loss, Some(best));
+    }
+
+    #[test]
+    fn eval_points_have_no_duplicates() {
+        let f = fixture();
+        let mask = Mask::dense(&f.spec);
+        let its = |every: u64, total: u64| -> Vec<u64> {
+            let mut c = cfg(OptimizerKind::Sgd, total);
+            c.eval_every = every;
+            run(&f, &mask, &c)
+                .unwrap()
+                .curve
+                .iter()
+                .map(|p| p.iteration)
+                .collect()
+        };
+        assert_eq!(its(5, 12), vec![0, 5, 10, 12]);
+        assert_eq!(its(4, 8), vec![0, 4, 8]);
+        assert_eq!(its(0, 7), vec![0, 7]);
+        assert_eq!(its(3, 0), vec![0]);
+    }
+
+    #[test]
+    fn empty_validation_gives_no_early_stop() {
+        let mut f = fixture();
+        f.val = Split::empty();
+        let out = run(&f, &Mask::dense(&f.spec), &cfg(OptimizerKind::Sgd, 3)).unwrap();
+        assert!(out.early_stop.is_none());
+        assert!(out.curve.iter().all(|p| p.val_loss.is_none()));
+    }
+
+    fn half_mask(spec: &ModelSpec) -> Mask {
+        let mut m = Mask::dense(spec);
+        for (k, layer) in m.layers.iter_mut().enumerate() {
+            for (i, keep) in layer.iter_mut().enumerate() {
+                *keep = (i * 31 + k * 7) % 5 >= 2;
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn masked_weights_stay_exactly_zero() {
+        let f = fixture();
+        let mask = half_mask(&f.spec);
+        for (opt, momentum, wd) in [
+            (OptimizerKind::Adam, 0.0, 1e-3),
+            (OptimizerKind::Sgd, 0.9, 1e-3),
+        ] {
+            let mut c = cfg(opt, 25);
+            c.momentum = momentum;
+            c.weight_decay = wd;
+            c.save_at = vec![0, 12];
+            let out = run(&f, &mask, &c).unwrap();
+            let all = std::iter::once(&out.weights).chain(out.checkpoints.iter().map(|c| &c.1));
+            for w in all {
+                for (l, m) in w.layers.iter().zip(&mask.layers) {
+                    for (x, &keep) in l.weight.iter().zip(m) {
+                        if !keep {
+                            assert_eq!(x.to_bits() & 0x7fff_ffff, 0, "masked weight {x}");
+                        }
+                    }
+                }
+            }
+            // Kept weights did move.
+            assert_ne!(
+                out.weights.layers[0].weight,
+                f.init.masked(&mask).layers[0].weight
+            );
+        }
+    }
+
+    #[test]
+    fn masked_gradients_are_exactly_zero() {
+        let f = fixture();
+        let mask = half_mask(&f.spec);
+        let model = to_masked_module::<Ad>(&f.spec, &f.init, &mask, &FlexDevice).unwrap();
+        let x = Tensor::<Ad, 2>::from_data(
+            TensorData::new(f.train.images[..8 * 20].to_vec(), [20, 8]),
+            &FlexDevice,
+        );
+        let y = Tensor::<Ad, 2>::from_data(one_hot(&f.train.labels[..20], 4), &FlexDevice);
+        let grads = cross_entropy(model.forward(x), y).backward();
+        for (layer, m) in model.layers.iter().zip(&mask.layers) {
+            let g = layer
+                .weight
+                .val()
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            assert_eq!(g.len(), m.len());
+            let mut nonzero_kept = 0;
+            for (gv, &keep) in g.iter().zip(m) {
+                if keep {
+                    nonzero_kept += usize::from(*gv != 0.0);
+                } else {
+                    assert_eq!(*gv, 0.0);
+                }
+            }
+            assert!(nonzero_kept > 0);
+        }
+    }
+
+    #[test]
+    fn resuming_at_start_step_reproduces_plain_sgd() {
+        let f = fixture();
+        let mask = half_mask(&f.spec);
+        let mut c = cfg(OptimizerKind::Sgd, 20);
+        c.lr = 0.05;
+        c.save_at = vec![13];
+        let full = run(&f, &mask, &c).unwrap();
+        // Plain SGD has no state, so resuming from iteration 13 with the same
+        // absolute batch order must land on the same weights, bit for bit.
+        let mid = Fixture {
+            init: full.checkpoints[0].1.clone(),
+            ..fixture()
+        };
+        let mut c2 = cfg(OptimizerKind::Sgd, 20);
+        c2.lr = 0.05;
+        c2.start_step = 13;
+        let rest = run(&mid, &mask, &c2).unwrap();
+        assert_eq!(bits(&rest.weights), bits(&full.weights));
+        assert_eq!(rest.curve.first().unwrap().iteration, 13);
+    }
+
+    #[test]
+    fn progress_and_cancel() {
+        let f = fixture();
+        let data = TrainData {
+            train: &f.train,
+            val: &f.val,
+            test: &f.test,
+        };
+        let mut seen = Vec::new();
+        let r = train(
+            &f.spec,
+            &f.init,
+            &Mask::dense(&f.spec),
+            &data,
+            &cfg(OptimizerKind::Adam, 10),
+            &DeviceSpec::Cpu,
+            &mut |p| {
+                seen.push((p.iteration, p.total));
+                if p.iteration == 3 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        );
+        assert!(matches!(r, Err(NnError::Cancelled)));
+        assert_eq!(seen, vec![(1, 10), (2, 10), (3, 10)]);
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let f = fixture();
+        let mask = Mask::dense(&f.spec);
+        let mut c = cfg(OptimizerKind::Sgd, 10);
+        c.save_at = vec![11];
+        assert!(
+            run(&f, &mask, &c)
+                .unwrap_err()
+                .to_string()
+                .contains("save_at iteration 11")
+        );
+        let mut c = cfg(OptimizerKind::Sgd, 10);
+        c.batch = 201;
+        assert!(matches!(run(&f, &mask, &c), Err(NnError::Data(_))));
+        let mut c = cfg(OptimizerKind::Sgd, 10);
+        c.start_step = 11;
+        assert!(run(&f, &mask, &c).is_err());
+        let mut c = cfg(OptimizerKind::Sgd, 10);
+        c.lr = f64::NAN;
+        assert!(run(&f, &mask, &c).is_err());
+        let mut bad = fixture();
+        bad.test.labels[0] = 4;
+        assert!(
+            run(&bad, &mask, &cfg(OptimizerKind::Sgd, 1))
+                .unwrap_err()
+                .to_string()
+                .contains("label 4")
+        );
+        assert!(matches!(
+            train(
+                &f.spec,
+                &f.init,
+                &mask,
+                &TrainData {
+                    train: &f.train,
+                    val: &f.val,
+                    test: &f.test
+                },
+                &cfg(OptimizerKind::Sgd, 1),
+                &DeviceSpec::Cuda(0),
+                &mut |_| ControlFlow::Continue(())
+            ),
+            Err(NnError::CudaNotCompiled)
+        ));
+    }
+
+    #[test]
+    fn evaluate_exact_values() {
+        // One layer, identity weights: logits = x.
+        let spec = ModelSpec::Mlp { widths: vec![2, 2] };
+        let w = Weights {
+            layers: vec![Layer {
+                name: "fc1".into(),
+                in_dim: 2,
+                out_dim: 2,
+                weight: vec![1.0, 0.0, 0.0, 1.0],
+                bias: vec![0.0, 0.0],
+            }],
+        };
+        let split = Split {
+            images: vec![1.0, 0.0, 0.0, 2.0, 3.0, 0.0],
+            labels: vec![0, 1, 1],
+            n: 3,
+        };
+        let (loss, acc) =
+            evaluate(&spec, &w, &Mask::dense(&spec), &split, &DeviceSpec::Cpu).unwrap();
+        let ce = |a: f64, b: f64, y: usize| -> f64 { (a.exp() + b.exp()).ln() - [a, b][y] };
+        let want = (ce(1.0, 0.0, 0) + ce(0.0, 2.0, 1) + ce(3.0, 0.0, 1)) / 3.0;
+        assert!((loss - want).abs() < 1e-9, "{loss} vs {want}");
+        assert_eq!(acc, 2.0 / 3.0);
+        // Masking the diagonal makes every logit 0: loss ln 2, ties predict class 0.
+        let m = Mask {
+            layers: vec![vec![false, true, true, false]],
+        };
+        let (loss, acc) = evaluate(&spec, &w, &m, &split, &DeviceSpec::Cpu).unwrap();
+        assert!((loss - 2f64.ln()).abs() < 1e-9);
+        assert_eq!(acc, 1.0 / 3.0);
+        assert!(evaluate(&spec, &w, &m, &Split::empty(), &DeviceSpec::Cpu).is_err());
+    }
+}
+
+/// End-to-end check on real MNIST (slow: one LeNet-300-100 epoch).
+/// Run with `cargo test --lib -- --ignored lenet_mnist`.
+#[cfg(test)]
+mod mnist_smoke {
+    use super::*;
+    use crate::data::{load_mnist, split_validation};
+    use crate::nn::{InitScheme, init_weights};
+
+    #[test]
+    #[ignore]
+    fn lenet_mnist_one_epoch() {
+        let dir =
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/mnist"));
+        let m = load_mnist(dir, true).unwrap();
+        let (train_set, val) = split_validation(&m.train, 5000, 0).unwrap();
+        let spec = ModelSpec::lenet_300_100();
+        let init = init_weights(&spec, InitScheme::KaimingNormal, 0);
+        let cfg = TrainConfig {
+            optimizer: OptimizerKind::Adam,
+            lr: 1.2e-3,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            batch: 60,
+            iterations: 916,
+            schedule: LrSchedule::Constant,
+            warmup: 0,
+            save_at: vec![],
+            eval_every: 458,
+            data_seed: 0,
+            start_step: 0,
+        };
+        let data = TrainData {
+            train: &train_set,
+            val: &val,
+            test: &m.test,
+        };
+        let t = std::time::Instant::now();
+        let out = train(
+            &spec,
+            &init,
+            &Mask::dense(&spec),
+            &data,
+            &cfg,
+            &DeviceSpec::Cpu,
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        eprintln!("one epoch: {:?}; curve {:#?}", t.elapsed(), out.curve);
+        assert!(out.curve.last().unwrap().test_acc > 0.95);
+    }
+}

@@ -1,0 +1,255 @@
+//! Reading pipeline files and merging them (and their `include:`s) into one located tree.
+//!
+//! Included files come first, the including file after, so the including file's `defaults`
+//! win. A stage defined in two files must be defined identically (then it is one stage, with
+//! one key); otherwise it is an error naming both places.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::diag::{Diagnostic, Diagnostics, Loc, SourceFile, choices_hint};
+use super::yaml::{self, Key, Node, NodeKind};
+
+pub const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "include", "defaults", "stages", "levels", "report"];
+
+pub struct Merged {
+    pub name: String,
+    pub files: Vec<PathBuf>,
+    pub root: Node,
+}
+
+struct Loader {
+    files: Vec<PathBuf>,
+    /// Canonical paths of files already merged (a file included twice is merged once).
+    seen: Vec<PathBuf>,
+    defaults: Vec<(Key, Node)>,
+    stages: Vec<(Key, Node)>,
+    levels: Vec<(Key, Node)>,
+    report: Option<(Key, Node)>,
+    errors: Vec<Diagnostic>,
+}
+
+pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
+    if paths.is_empty() {
+        return Err(Diagnostic::bare("no pipeline file given")
+            .hint("pipe run pipelines/lottery_vs_rethinking.yaml")
+            .into());
+    }
+    let mut l = Loader {
+        files: Vec::new(),
+        seen: Vec::new(),
+        defaults: Vec::new(),
+        stages: Vec::new(),
+        levels: Vec::new(),
+        report: None,
+        errors: Vec::new(),
+    };
+    let mut name = None;
+    for p in paths {
+        let n = l.load(p, None, &mut Vec::new());
+        if name.is_none() {
+            name = n;
+        }
+    }
+    if !l.errors.is_empty() {
+        return Err(Diagnostics(l.errors));
+    }
+    let name = name.unwrap_or_else(|| {
+        paths[0]
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into())
+    });
+    let first_loc = Loc {
+        file: Arc::new(SourceFile {
+            path: paths[0].clone(),
+            text: String::new(),
+        }),
+        line: 1,
+        col: 1,
+    };
+    let mk = |entries: Vec<(Key, Node)>| Node {
+        kind: NodeKind::Map(entries),
+        loc: first_loc.clone(),
+        raw: None,
+    };
+    let key = |n: &str| Key {
+        name: n.to_string(),
+        loc: first_loc.clone(),
+    };
+    let mut top = vec![
+        (key("defaults"), mk(l.defaults)),
+        (key("stages"), mk(l.stages)),
+        (key("levels"), mk(l.levels)),
+    ];
+    if let Some(r) = l.report {
+        top.push(r);
+    }
+    Ok(Merged {
+        name,
+        files: l.files,
+        root: mk(top),
+    })
+}
+
+impl Loader {
+    /// Loads one file and its includes; returns its `pipeline:` name if it has one.
+    /// `stack` holds the files being loaded: canonical path (to detect cycles) and the path as
+    /// the user wrote it (to show it).
+    fn load(&mut self, path: &Path, from: Option<&Loc>, stack: &mut Vec<(PathBuf, PathBuf)>) -> Option<String> {
+        let canonical = match std::fs::canonicalize(path) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot read pipeline file {}: {e}", path.display());
+                let d = match from {
+                    Some(loc) => Diagnostic::at(loc, msg),
+                    None => Diagnostic::bare(msg),
+                };
+                self.errors.push(d.hint("check the path; included files are relative to the including file"));
+                return None;
+            }
+        };
+        if stack.iter().any(|(c, _)| c == &canonical) {
+            let chain = stack
+                .iter()
+                .map(|(_, shown)| shown)
+                .chain(std::iter::once(&path.to_path_buf()))
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" → ");
+            let d = Diagnostic::bare(format!("include cycle: {chain}"));
+            self.errors.push(match from {
+                Some(loc) => Diagnostic { loc: Some(loc.clone()), ..d },
+                None => d,
+            });
+            return None;
+        }
+        if self.seen.contains(&canonical) {
+            return None;
+        }
+        self.seen.push(canonical.clone());
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.errors.push(Diagnostic::bare(format!("cannot read {}: {e}", path.display())));
+                return None;
+            }
+        };
+        let file = Arc::new(SourceFile {
+            path: path.to_path_buf(),
+            text,
+        });
+        let root = match yaml::parse(file) {
+            Ok(r) => r,
+            Err(d) => {
+                self.errors.push(d);
+                return None;
+            }
+        };
+        let Some(entries) = root.as_map() else {
+            self.errors.push(
+                Diagnostic::at(&root.loc, format!("a pipeline file is a map, found {}", root.type_name()))
+                    .hint("start with `stages:`"),
+            );
+            return None;
+        };
+        for (k, _) in entries {
+            if !TOP_LEVEL_KEYS.contains(&k.name.as_str()) {
+                self.errors.push(
+                    Diagnostic::at(&k.loc, format!("unknown top-level key `{}`", k.name))
+                        .hint(choices_hint(&k.name, TOP_LEVEL_KEYS)),
+                );
+            }
+        }
+        stack.push((canonical, path.to_path_buf()));
+        if let Some(inc) = root.get("include") {
+            let items: Vec<&Node> = match &inc.kind {
+                NodeKind::Seq(items) => items.iter().collect(),
+                _ => vec![inc],
+            };
+            for item in items {
+                match item.as_str() {
+                    Some(rel) => {
+                        let p = path.parent().unwrap_or(Path::new(".")).join(rel);
+                        self.load(&p, Some(&item.loc), stack);
+                    }
+                    None => self.errors.push(Diagnostic::at(
+                        &item.loc,
+                        format!("`include` takes file paths, found {}", item.type_name()),
+                    )),
+                }
+            }
+        }
+        stack.pop();
+        self.files.push(path.to_path_buf());
+
+        let name = match root.get("pipeline") {
+            None => None,
+            Some(n) => match n.as_str() {
+                Some(s) => Some(s.to_string()),
+                None => {
+                    self.errors.push(Diagnostic::at(&n.loc, "`pipeline` is the pipeline's name, a string"));
+                    None
+                }
+            },
+        };
+        if let Some(d) = root.get("defaults") {
+            match d.as_map() {
+                Some(m) => {
+                    for (k, v) in m {
+                        merge_into(&mut self.defaults, k, v);
+                    }
+                }
+                None => self.errors.push(expected_map("defaults", d)),
+            }
+        }
+        for section in ["stages", "levels"] {
+            let Some(s) = root.get(section) else { continue };
+            let Some(m) = s.as_map() else {
+                self.errors.push(expected_map(section, s));
+                continue;
+            };
+            for (k, v) in m {
+                let target = if section == "stages" { &mut self.stages } else { &mut self.levels };
+                match target.iter().find(|(e, _)| e.name == k.name) {
+                    Some((_, existing)) if existing.to_json() == v.to_json() => {}
+                    Some((first, _)) => {
+                        let at = format!("{}:{}", first.loc.path().display(), first.loc.line);
+                        self.errors.push(
+                            Diagnostic::at(&k.loc, format!("`{}` is defined twice, differently", k.name))
+                                .hint(format!("the other definition is at {at}; rename one of them")),
+                        );
+                    }
+                    None => target.push((k.clone(), v.clone())),
+                }
+            }
+        }
+        if let Some((k, v)) = root.as_map().and_then(|m| m.iter().find(|(k, _)| k.name == "report")) {
+            self.report = Some((k.clone(), v.clone()));
+        }
+        name
+    }
+}
+
+fn expected_map(section: &str, n: &Node) -> Diagnostic {
+    Diagnostic::at(&n.loc, format!("`{section}` must be a map, found {}", n.type_name()))
+}
+
+/// Deep-merges `v` into `entries[k]`: maps merge key by key, anything else is replaced.
+pub fn merge_into(entries: &mut Vec<(Key, Node)>, k: &Key, v: &Node) {
+    match entries.iter_mut().find(|(e, _)| e.name == k.name) {
+        Some((_, existing)) => deep_merge(existing, v),
+        None => entries.push((k.clone(), v.clone())),
+    }
+}
+
+pub fn deep_merge(base: &mut Node, over: &Node) {
+    match (&mut base.kind, &over.kind) {
+        (NodeKind::Map(b), NodeKind::Map(o)) => {
+            for (k, v) in o {
+                merge_into(b, k, v);
+            }
+        }
+        _ => *base = over.clone(),
+    }
+}

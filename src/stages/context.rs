@@ -1,0 +1,180 @@
+//! What a running stage sees: its inputs (as finished cache entries), its output folder, the
+//! device, a progress sink and the cancellation flag.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::StageError;
+use super::dataset::DataCache;
+use crate::nn::{Checkpoint, DeviceSpec, load_checkpoint, save_checkpoint};
+
+/// Receives progress from running stages (a bar on a terminal, plain lines otherwise).
+pub trait ProgressSink: Send + Sync {
+    fn progress(&self, stage: &str, done: u64, total: u64, message: &str);
+}
+
+/// A finished upstream entry, handed to a stage as one of its inputs.
+#[derive(Debug, Clone)]
+pub struct InputEntry {
+    pub name: String,
+    pub kind: String,
+    pub key: String,
+    pub dir: PathBuf,
+    /// The files the entry's manifest lists; a stage may read only these.
+    pub files: Vec<String>,
+    pub metrics: Value,
+    pub params: Value,
+}
+
+impl InputEntry {
+    /// The path of one of the entry's files, refusing files the entry did not publish.
+    pub fn file(&self, name: &str) -> Result<PathBuf, StageError> {
+        if self.files.iter().any(|f| f == name) {
+            Ok(self.dir.join(name))
+        } else {
+            Err(StageError::Other(format!(
+                "stage `{}` ({}) has no output `{name}`",
+                self.name, self.kind
+            )))
+        }
+    }
+
+    pub fn has_file(&self, name: &str) -> bool {
+        self.files.iter().any(|f| f == name)
+    }
+
+    pub fn load_checkpoint(&self, stem: &str) -> Result<Checkpoint, StageError> {
+        self.file(&format!("{stem}.safetensors"))?;
+        Ok(load_checkpoint(&self.dir, stem)?)
+    }
+
+    /// The model this entry produced: `model.safetensors` for every model-producing kind.
+    pub fn load_model(&self) -> Result<Checkpoint, StageError> {
+        if !self.has_file("model.safetensors") {
+            return Err(StageError::Other(format!(
+                "stage `{}` is a `{}` stage, which produces no model; point this input at a stage that does (init, train, prune, rewind, reinit)",
+                self.name, self.kind
+            )));
+        }
+        self.load_checkpoint("model")
+    }
+
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<T, StageError> {
+        let path = self.file(name)?;
+        let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StageError::Other(format!("{}: {e}", path.display())))
+    }
+}
+
+pub struct StageContext<'a> {
+    pub(crate) name: String,
+    pub(crate) inputs: Vec<(String, Vec<InputEntry>)>,
+    pub(crate) out_dir: PathBuf,
+    pub(crate) metrics: Map<String, Value>,
+    pub(crate) device: DeviceSpec,
+    pub(crate) cancel: &'a AtomicBool,
+    pub(crate) progress: &'a dyn ProgressSink,
+    pub(crate) data: &'a DataCache,
+}
+
+impl<'a> StageContext<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        inputs: Vec<(String, Vec<InputEntry>)>,
+        out_dir: PathBuf,
+        device: DeviceSpec,
+        cancel: &'a AtomicBool,
+        progress: &'a dyn ProgressSink,
+        data: &'a DataCache,
+    ) -> Self {
+        StageContext {
+            name,
+            inputs,
+            out_dir,
+            metrics: Map::new(),
+            device,
+            cancel,
+            progress,
+            data,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The single stage bound to `role`.
+    pub fn input(&self, role: &str) -> Result<&InputEntry, StageError> {
+        match self.inputs(role) {
+            [one] => Ok(one),
+            [] => Err(StageError::Input {
+                role: role.into(),
+                message: "not given".into(),
+            }),
+            _ => Err(StageError::Input {
+                role: role.into(),
+                message: "expected one stage, got several".into(),
+            }),
+        }
+    }
+
+    pub fn inputs(&self, role: &str) -> &[InputEntry] {
+        self.inputs
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+
+    pub fn device(&self) -> &DeviceSpec {
+        &self.device
+    }
+
+    pub fn data(&self) -> &DataCache {
+        self.data
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    pub fn progress(&self, done: u64, total: u64, message: &str) {
+        self.progress.progress(&self.name, done, total, message);
+    }
+
+    pub fn set_metric(&mut self, name: &str, value: impl Into<Value>) {
+        self.metrics.insert(name.to_string(), value.into());
+    }
+
+    pub fn metrics(&self) -> &Map<String, Value> {
+        &self.metrics
+    }
+
+    pub fn save_model(&self, stem: &str, ckpt: &Checkpoint) -> Result<(), StageError> {
+        if let Some(parent) = self.out_dir.join(stem).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
+        }
+        save_checkpoint(&self.out_dir, stem, ckpt)?;
+        Ok(())
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StageError> {
+        let path = self.out_dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
+        }
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| StageError::Other(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))
+    }
+}

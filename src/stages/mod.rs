@@ -1,0 +1,172 @@
+//! Stage kinds: the contract between the engine and the science.
+//!
+//! A stage kind is one type implementing [`Stage`]: its name, its semantic version (bump it
+//! whenever the meaning of its code changes, so that every cached result it produced is
+//! re-keyed), its parameters as a serde struct with defaults and unknown fields refused, the
+//! roles of the stages it consumes, and `run`. Adding a kind is adding one file here and one
+//! line in [`Registry::builtin`]; the engine never special-cases a kind.
+
+mod context;
+pub mod dataset;
+mod erased;
+
+pub mod evaluate;
+pub mod init;
+pub mod prune;
+pub mod reinit;
+pub mod rewind;
+pub mod train;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use context::{InputEntry, ProgressSink, StageContext};
+pub use erased::{ParamError, StageKind};
+
+/// One input slot of a stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Role {
+    pub name: &'static str,
+    pub required: bool,
+    /// A list of stages (gathered, e.g. rows of a table) rather than one.
+    pub many: bool,
+}
+
+impl Role {
+    pub const fn one(name: &'static str) -> Role {
+        Role {
+            name,
+            required: true,
+            many: false,
+        }
+    }
+    pub const fn optional(name: &'static str) -> Role {
+        Role {
+            name,
+            required: false,
+            many: false,
+        }
+    }
+}
+
+/// What a stage can learn about the stages it consumes before anything runs, so that
+/// cross-stage mistakes (rewinding to an iteration that was never saved) fail at plan time.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    pub name: String,
+    pub kind: String,
+    pub params: Value,
+}
+
+/// Errors a stage raises while running.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Nn(#[from] crate::nn::NnError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("input `{role}`: {message}")]
+    Input { role: String, message: String },
+    #[error("interrupted")]
+    Cancelled,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StageError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            StageError::Cancelled | StageError::Nn(crate::nn::NnError::Cancelled)
+        )
+    }
+}
+
+/// The typed side of a stage kind; see the module documentation.
+pub trait Stage: Send + Sync + 'static {
+    type Params: Serialize + DeserializeOwned + Send + Sync;
+    const KIND: &'static str;
+    const VERSION: u32;
+    const ROLES: &'static [Role];
+    /// One line for `pipe kinds`.
+    const ABOUT: &'static str;
+
+    /// Files whose content enters the key (dataset files), so that changed data re-runs the
+    /// stage while a moved dataset does not.
+    fn external_inputs(&self, _params: &Self::Params) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// The parameters as they enter the key: fields that only locate things (a dataset's
+    /// directory) are removed here, their content being keyed through `external_inputs`.
+    fn key_params(&self, params: Value) -> Value {
+        params
+    }
+
+    /// Checks that need the consumed stages' kinds and parameters.
+    fn check(&self, _params: &Self::Params, _inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs the stage: read inputs through `ctx`, write artifacts into `ctx.out_dir()`, set
+    /// metrics. Must return `StageError::Cancelled` promptly once `ctx.cancelled()`.
+    fn run(&self, params: &Self::Params, ctx: &mut StageContext) -> Result<(), StageError>;
+}
+
+/// The stage kinds a binary knows.
+pub struct Registry {
+    kinds: Vec<Box<dyn StageKind>>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry { kinds: Vec::new() }
+    }
+
+    /// The real stage kinds shipped in `pipe`.
+    pub fn builtin() -> Self {
+        let mut r = Registry::empty();
+        r.register(init::Init);
+        r.register(train::Train);
+        r.register(prune::Prune);
+        r.register(rewind::Rewind);
+        r.register(reinit::Reinit);
+        r.register(evaluate::Evaluate);
+        r
+    }
+
+    pub fn register<S: Stage>(&mut self, stage: S) {
+        assert!(
+            self.get(S::KIND).is_none(),
+            "stage kind `{}` registered twice",
+            S::KIND
+        );
+        self.kinds.push(Box::new(erased::Typed(stage)));
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&dyn StageKind> {
+        self.kinds.iter().find(|k| k.kind() == kind).map(|b| b.as_ref())
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.kinds.iter().map(|k| k.kind()).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &dyn StageKind> {
+        self.kinds.iter().map(|b| b.as_ref())
+    }
+}

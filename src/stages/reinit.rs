@@ -1,0 +1,63 @@
+//! `reinit`: Rethinking's control. The same mask with freshly drawn random weights. With
+//! `budget: same_flops` (Scratch-B) the next `train` runs FLOPs_dense / FLOPs_pruned times as
+//! many iterations; `same_epochs` (Scratch-E) keeps the length.
+
+use serde::{Deserialize, Serialize};
+
+use super::init::kaiming_normal;
+use super::train::{require_models, round4};
+use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use crate::nn::{Checkpoint, InitScheme, forward_flops, init_weights, Mask};
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    SameEpochs,
+    SameFlops,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ReinitParams {
+    #[serde(default = "kaiming_normal")]
+    pub init: InitScheme,
+    #[serde(default = "one")]
+    pub seed: u64,
+    #[serde(default = "same_epochs")]
+    pub budget: Budget,
+}
+
+fn one() -> u64 {
+    1
+}
+fn same_epochs() -> Budget {
+    Budget::SameEpochs
+}
+
+pub struct Reinit;
+
+impl Stage for Reinit {
+    type Params = ReinitParams;
+    const KIND: &'static str = "reinit";
+    const VERSION: u32 = 1;
+    const ROLES: &'static [Role] = &[Role::one("mask")];
+    const ABOUT: &'static str = "the mask with fresh random weights (Rethinking's control) {init, seed, budget}";
+
+    fn check(&self, _p: &ReinitParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+        require_models(inputs)
+    }
+
+    fn run(&self, p: &ReinitParams, ctx: &mut StageContext) -> Result<(), StageError> {
+        let src = ctx.input("mask")?.load_model()?;
+        let fresh = init_weights(&src.spec, p.init, p.seed).masked(&src.mask);
+        let dense = forward_flops(&src.spec, &Mask::dense(&src.spec));
+        let pruned = forward_flops(&src.spec, &src.mask);
+        ctx.set_metric("flops_dense", dense);
+        ctx.set_metric("flops_pruned", pruned);
+        if p.budget == Budget::SameFlops {
+            ctx.set_metric("budget_scale", dense as f64 / pruned.max(1) as f64);
+        }
+        ctx.set_metric("remaining_pct", round4(src.mask.remaining_fraction() * 100.0));
+        ctx.save_model("model", &Checkpoint { spec: src.spec, weights: fresh, mask: src.mask, step: 0, seed: p.seed })
+    }
+}

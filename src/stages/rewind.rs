@@ -1,0 +1,72 @@
+//! `rewind`: the lottery ticket. The survivors of `mask` take their values from `weights` at
+//! iteration `iteration` (0 = the original initialisation θ0; k > 0 = late rewinding to θk,
+//! which needs the training stage to have saved iteration k).
+
+use serde::{Deserialize, Serialize};
+
+use super::train::{require_models, round4};
+use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use crate::nn::Checkpoint;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RewindParams {
+    #[serde(default)]
+    pub iteration: u64,
+}
+
+pub struct Rewind;
+
+impl Stage for Rewind {
+    type Params = RewindParams;
+    const KIND: &'static str = "rewind";
+    const VERSION: u32 = 1;
+    const ROLES: &'static [Role] = &[Role::one("weights"), Role::one("mask")];
+    const ABOUT: &'static str = "survivors of `mask` rewound to `weights` at `iteration` (0 = θ0) {iteration}";
+
+    fn check(&self, p: &RewindParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+        require_models(inputs)?;
+        let Some((_, ups)) = inputs.iter().find(|(r, _)| r == "weights") else { return Ok(()) };
+        let Some(w) = ups.first() else { return Ok(()) };
+        if w.kind == "train" {
+            let saved: Vec<u64> = w
+                .params
+                .get("save_at")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+                .unwrap_or_default();
+            if !saved.contains(&p.iteration) {
+                return Err(format!(
+                    "rewinds to iteration {} of `{}`, which saves only {:?}; add {} to its `save_at`",
+                    p.iteration, w.name, saved, p.iteration
+                ));
+            }
+        } else if p.iteration != 0 {
+            return Err(format!(
+                "`iteration: {}` needs `weights` to be a train stage with that iteration in `save_at`; `{}` is a `{}` stage",
+                p.iteration, w.name, w.kind
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(&self, p: &RewindParams, ctx: &mut StageContext) -> Result<(), StageError> {
+        let w_in = ctx.input("weights")?;
+        let weights = if w_in.kind == "train" {
+            w_in.load_checkpoint(&format!("ckpt/iter_{}", p.iteration))?
+        } else {
+            w_in.load_model()?
+        };
+        let mask_src = ctx.input("mask")?.load_model()?;
+        if weights.spec != mask_src.spec {
+            return Err(StageError::Input {
+                role: "mask".into(),
+                message: format!("its architecture {:?} differs from the weights' {:?}", mask_src.spec, weights.spec),
+            });
+        }
+        let w = weights.weights.masked(&mask_src.mask);
+        ctx.set_metric("iteration", p.iteration);
+        ctx.set_metric("remaining_pct", round4(mask_src.mask.remaining_fraction() * 100.0));
+        ctx.save_model("model", &Checkpoint { spec: weights.spec, weights: w, mask: mask_src.mask, step: p.iteration, seed: weights.seed })
+    }
+}

@@ -1,0 +1,198 @@
+//! `train`: trains the model it consumes, keeping its mask (pruned weights stay exactly zero).
+//!
+//! Writes the final model, checkpoints at `save_at` iterations (for late rewinding), and the
+//! metrics curve; its metrics include the iteration of lowest validation loss, the lottery
+//! ticket paper's early-stopping measure, and the test accuracy there.
+
+use std::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::DataParams;
+use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use crate::nn::{Checkpoint, LrSchedule, OptimizerKind, TrainConfig, TrainData, train};
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    #[serde(default = "adam")]
+    pub optimizer: OptimizerKind,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// SGD momentum (ignored by Adam).
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Optimiser steps; give this or `epochs`.
+    #[serde(default)]
+    pub iterations: Option<u64>,
+    #[serde(default)]
+    pub epochs: Option<u64>,
+    #[serde(default = "constant")]
+    pub schedule: LrSchedule,
+    #[serde(default)]
+    pub warmup: u64,
+    /// Iterations at which to keep a checkpoint (0 = the weights training started from).
+    #[serde(default)]
+    pub save_at: Vec<u64>,
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+    /// Seed of the data order.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub data: DataParams,
+}
+
+fn adam() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+fn default_lr() -> f64 {
+    1.2e-3
+}
+fn default_batch() -> usize {
+    60
+}
+fn constant() -> LrSchedule {
+    LrSchedule::Constant
+}
+fn default_eval_every() -> u64 {
+    500
+}
+
+pub struct Train;
+
+pub(crate) fn model_producer(kind: &str) -> bool {
+    matches!(kind, "init" | "train" | "prune" | "rewind" | "reinit")
+}
+
+pub(crate) fn require_models(inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+    for (role, ups) in inputs {
+        for u in ups {
+            if !model_producer(&u.kind) {
+                return Err(format!(
+                    "input `{role}` is `{}`, a stage of kind `{}`, which produces no model; use an init, train, prune, rewind or reinit stage",
+                    u.name, u.kind
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Stage for Train {
+    type Params = TrainParams;
+    const KIND: &'static str = "train";
+    const VERSION: u32 = 1;
+    const ROLES: &'static [Role] = &[Role::one("model")];
+    const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data}";
+
+    fn external_inputs(&self, p: &TrainParams) -> Vec<std::path::PathBuf> {
+        p.data.files()
+    }
+
+    fn key_params(&self, params: serde_json::Value) -> serde_json::Value {
+        DataParams::strip_locations(params)
+    }
+
+    fn check(&self, p: &TrainParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+        match (p.iterations, p.epochs) {
+            (Some(_), Some(_)) => return Err("give `iterations` or `epochs`, not both".into()),
+            (None, None) => return Err("give `iterations` (optimiser steps) or `epochs`".into()),
+            (Some(0), _) | (_, Some(0)) => return Err("training length must be at least 1".into()),
+            _ => {}
+        }
+        if !(p.lr > 0.0 && p.lr.is_finite()) {
+            return Err(format!("`lr` must be a positive number, got {}", p.lr));
+        }
+        if p.batch == 0 {
+            return Err("`batch` must be at least 1".into());
+        }
+        if p.eval_every == 0 {
+            return Err("`eval_every` must be at least 1".into());
+        }
+        require_models(inputs)
+    }
+
+    fn run(&self, p: &TrainParams, ctx: &mut StageContext) -> Result<(), StageError> {
+        let input = ctx.input("model")?.clone();
+        let start = input.load_model()?;
+        let splits = ctx.data().load(&p.data)?;
+        let per_epoch = (splits.train.n / p.batch).max(1) as u64;
+        let mut iterations = match (p.iterations, p.epochs) {
+            (Some(i), _) => i,
+            (None, Some(e)) => e * per_epoch,
+            (None, None) => return Err(StageError::Other("no training length".into())),
+        };
+        // Rethinking's Scratch-B: a `reinit` with `budget: same_flops` scales the length.
+        if let Some(scale) = input.metrics.get("budget_scale").and_then(|v| v.as_f64()) {
+            iterations = (iterations as f64 * scale).round() as u64;
+        }
+        for &k in &p.save_at {
+            if k > iterations {
+                return Err(StageError::Other(format!(
+                    "save_at {k} is past the end of training ({iterations} iterations)"
+                )));
+            }
+        }
+        let cfg = TrainConfig {
+            optimizer: p.optimizer,
+            lr: p.lr,
+            momentum: p.momentum,
+            weight_decay: p.weight_decay,
+            batch: p.batch,
+            iterations,
+            schedule: p.schedule.clone(),
+            warmup: p.warmup,
+            save_at: p.save_at.clone(),
+            eval_every: p.eval_every,
+            data_seed: p.seed,
+            start_step: 0,
+        };
+        let data = TrainData { train: &splits.train, val: &splits.val, test: &splits.test };
+        let device = ctx.device().clone();
+        let out = {
+            let ctx_ref = &*ctx;
+            let mut on_progress = |pr: &crate::nn::Progress| {
+                if ctx_ref.cancelled() {
+                    return ControlFlow::Break(());
+                }
+                ctx_ref.progress(pr.iteration, pr.total, &format!("loss {:.4}", pr.train_loss));
+                ControlFlow::Continue(())
+            };
+            train(&start.spec, &start.weights, &start.mask, &data, &cfg, &device, &mut on_progress)?
+        };
+        for (k, w) in &out.checkpoints {
+            ctx.save_model(
+                &format!("ckpt/iter_{k}"),
+                &Checkpoint { spec: start.spec.clone(), weights: w.clone(), mask: start.mask.clone(), step: *k, seed: p.seed },
+            )?;
+        }
+        ctx.save_model(
+            "model",
+            &Checkpoint { spec: start.spec.clone(), weights: out.weights.clone(), mask: start.mask.clone(), step: iterations, seed: p.seed },
+        )?;
+        ctx.write_json("curve.json", &out.curve)?;
+        ctx.set_metric("iterations", iterations);
+        ctx.set_metric("remaining_pct", round4(start.mask.remaining_fraction() * 100.0));
+        if let Some(last) = out.curve.last() {
+            ctx.set_metric("test_acc", last.test_acc);
+            ctx.set_metric("test_loss", last.test_loss);
+            if let Some(v) = last.val_acc {
+                ctx.set_metric("val_acc", v);
+            }
+        }
+        if let Some(es) = &out.early_stop {
+            ctx.set_metric("early_stop_iteration", es.iteration);
+            ctx.set_metric("early_stop_test_acc", es.test_acc);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}

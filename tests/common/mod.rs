@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use pipe::cache::{StageStatus, Store};
+use pipe::exec::{self, PlainSink, RunOptions, RunOutcome};
+use pipe::nn::DeviceSpec;
+use pipe::spec::{self, Override};
+use pipe::stages::Registry;
+use pipe::stages::dataset::DataCache;
+
+#[path = "../../examples/custom_stage/toy.rs"]
+pub mod toy;
+
+pub fn registry() -> Registry {
+    let mut r = Registry::builtin();
+    r.register(toy::Toy);
+    r
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn file(rel: &str) -> PathBuf {
+    root().join(rel)
+}
+
+pub fn overrides(set: &[&str]) -> Vec<Override> {
+    set.iter().map(|s| s.parse().expect("valid override")).collect()
+}
+
+pub fn plan(cache: &Path, files: &[PathBuf], set: &[&str]) -> exec::Plan {
+    let reg = registry();
+    let p = spec::load(files, &overrides(set), &reg).unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::open(cache).expect("cache");
+    exec::plan(p, &reg, &store).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs in-process, as `pipe run` does, without writing a run record.
+pub fn run(cache: &Path, files: &[PathBuf], set: &[&str]) -> RunOutcome {
+    run_with(cache, files, set, false)
+}
+
+pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool) -> RunOutcome {
+    let reg = registry();
+    let plan = plan(cache, files, set);
+    let store = Store::open(cache).expect("cache");
+    let cancel = AtomicBool::new(false);
+    let opts = RunOptions { jobs: 2, keep_going, device: DeviceSpec::Cpu };
+    exec::execute(&plan, &reg, &store, &opts, &PlainSink::new(true), &cancel, &DataCache::new())
+}
+
+pub fn statuses(o: &RunOutcome) -> Vec<(String, StageStatus)> {
+    o.records.iter().map(|r| (r.name.clone(), r.status)).collect()
+}
+
+pub fn status_of(o: &RunOutcome, name: &str) -> StageStatus {
+    o.records.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no stage {name}")).status
+}
+
+pub fn metric(o: &RunOutcome, name: &str, m: &str) -> f64 {
+    o.records.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no stage {name}")).metrics[m]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no metric {m} on {name}"))
+}
+
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
