@@ -15,13 +15,13 @@ use serde_json::Value;
 
 use crate::cache::key::diff_values;
 use crate::cache::{RunRecord, StageStatus, Store, gc, runs};
+use crate::clock;
 use crate::exec::{self, BarSink, EventSink, PlainSink, RunOptions, Why};
 use crate::nn::DeviceSpec;
 use crate::report::{self, Table, diff, pivot};
 use crate::spec::{self, Diagnostic, Override, choices_hint_pub};
 use crate::stages::Registry;
 use crate::stages::dataset::DataCache;
-use crate::clock;
 
 pub const EXIT_STAGE_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
@@ -120,10 +120,16 @@ struct Failure {
 
 impl Failure {
     fn invalid(m: impl std::fmt::Display) -> Self {
-        Failure { code: EXIT_INVALID, message: m.to_string() }
+        Failure {
+            code: EXIT_INVALID,
+            message: m.to_string(),
+        }
     }
     fn cache(m: impl std::fmt::Display) -> Self {
-        Failure { code: EXIT_CACHE, message: m.to_string() }
+        Failure {
+            code: EXIT_CACHE,
+            message: m.to_string(),
+        }
     }
 }
 
@@ -162,8 +168,13 @@ fn init_tracing(verbose: u8, quiet: bool) {
         (false, 1) => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PIPE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pipe={level}")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pipe={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
@@ -173,7 +184,13 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
         Command::Plan { files } => cmd_plan(g, registry, files),
         Command::Explain { file, stage } => cmd_explain(g, registry, file, stage),
         Command::Runs => cmd_runs(g),
-        Command::Diff { a, b, json, md, all } => cmd_diff(g, a, b, *json, *md, *all),
+        Command::Diff {
+            a,
+            b,
+            json,
+            md,
+            all,
+        } => cmd_diff(g, a, b, *json, *md, *all),
         Command::Show { target, json } => cmd_show(g, target, *json),
         Command::Gc { keep_last, dry_run } => cmd_gc(g, *keep_last, *dry_run),
         Command::Kinds { kind } => cmd_kinds(registry, kind.as_deref()),
@@ -181,10 +198,17 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
 }
 
 fn overrides(g: &Global) -> Result<Vec<Override>, Failure> {
-    g.set.iter().map(|s| s.parse::<Override>().map_err(Failure::invalid)).collect()
+    g.set
+        .iter()
+        .map(|s| s.parse::<Override>().map_err(Failure::invalid))
+        .collect()
 }
 
-fn load_plan(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<(exec::Plan, Store), Failure> {
+fn load_plan(
+    g: &Global,
+    registry: &Registry,
+    files: &[PathBuf],
+) -> Result<(exec::Plan, Store), Failure> {
     let ov = overrides(g)?;
     let pipeline = spec::load(files, &ov, registry).map_err(Failure::invalid)?;
     let store = Store::open(&g.cache_dir)?;
@@ -193,8 +217,12 @@ fn load_plan(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<(exec
 }
 
 fn device(g: &Global) -> Result<DeviceSpec, Failure> {
-    let d: DeviceSpec = g.device.parse().map_err(|e| Failure::invalid(format!("error: --device: {e}")))?;
-    d.available().map_err(|e| Failure::invalid(format!("error: --device {}: {e}", g.device)))?;
+    let d: DeviceSpec = g
+        .device
+        .parse()
+        .map_err(|e| Failure::invalid(format!("error: --device: {e}")))?;
+    d.available()
+        .map_err(|e| Failure::invalid(format!("error: --device {}: {e}", g.device)))?;
     Ok(d)
 }
 
@@ -202,11 +230,19 @@ pub fn plan_table(plan: &exec::Plan) -> Table {
     let mut t = Table::new(["", "Stage", "Kind", "Key", "Why"]);
     for s in &plan.stages {
         t.push(vec![
-            if s.cached() { "hit".into() } else { "run".into() },
+            if s.cached() {
+                "hit".into()
+            } else {
+                "run".into()
+            },
             s.instance.name.clone(),
             s.instance.kind.clone(),
             s.key[..12].to_string(),
-            if s.cached() { String::new() } else { s.why.describe(&s.instance) },
+            if s.cached() {
+                String::new()
+            } else {
+                s.why.describe(&s.instance)
+            },
         ]);
     }
     t
@@ -214,7 +250,12 @@ pub fn plan_table(plan: &exec::Plan) -> Table {
 
 fn plan_counts(plan: &exec::Plan) -> String {
     let hits = plan.stages.iter().filter(|s| s.cached()).count();
-    let mut keys: Vec<&str> = plan.stages.iter().filter(|s| !s.cached()).map(|s| s.key.as_str()).collect();
+    let mut keys: Vec<&str> = plan
+        .stages
+        .iter()
+        .filter(|s| !s.cached())
+        .map(|s| s.key.as_str())
+        .collect();
     keys.sort_unstable();
     keys.dedup();
     format!(
@@ -245,7 +286,9 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
         if CANCEL.swap(true, Ordering::SeqCst) {
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
-        eprintln!("interrupted: stopping running stages; finished results are kept (Ctrl-C again to exit now)");
+        eprintln!(
+            "interrupted: stopping running stages; finished results are kept (Ctrl-C again to exit now)"
+        );
     });
     let sink: Box<dyn EventSink> = if std::io::stderr().is_terminal() && !g.quiet {
         Box::new(BarSink::new())
@@ -255,9 +298,25 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
     let started = clock::now_secs();
     let t0 = Instant::now();
     let data = Arc::new(DataCache::new());
-    let opts = RunOptions { jobs: g.jobs, keep_going: g.keep_going, device: device.clone() };
-    let outcome = exec::execute(&plan, registry, &store, &opts, sink.as_ref(), &CANCEL, &data);
-    let report_text = plan.pipeline.report.as_ref().map(|r| pivot::render(r, &pivot::build(r, &plan.pipeline, &outcome.records)));
+    let opts = RunOptions {
+        jobs: g.jobs,
+        keep_going: g.keep_going,
+        device: device.clone(),
+    };
+    let outcome = exec::execute(
+        &plan,
+        registry,
+        &store,
+        &opts,
+        sink.as_ref(),
+        &CANCEL,
+        &data,
+    );
+    let report_text = plan
+        .pipeline
+        .report
+        .as_ref()
+        .map(|r| pivot::render(r, &pivot::build(r, &plan.pipeline, &outcome.records)));
     let record = RunRecord {
         id: clock::run_id(),
         pipeline: plan.pipeline.name.clone(),
@@ -266,7 +325,14 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
         started_at: clock::rfc3339(started),
         duration_s: t0.elapsed().as_secs_f64(),
         device: device.to_string(),
-        outcome: if outcome.interrupted { "interrupted" } else if outcome.ok() { "ok" } else { "failed" }.into(),
+        outcome: if outcome.interrupted {
+            "interrupted"
+        } else if outcome.ok() {
+            "ok"
+        } else {
+            "failed"
+        }
+        .into(),
         stages: outcome.records.clone(),
         report: report_text.clone(),
         pipe_version: env!("CARGO_PKG_VERSION").into(),
@@ -276,9 +342,22 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
     if let Some(r) = &report_text {
         println!("{r}");
     }
-    let ran = record.stages.iter().filter(|s| s.status == StageStatus::Ran).count();
-    let hit = record.stages.iter().filter(|s| s.status == StageStatus::Hit).count();
-    println!("run {}: {ran} ran, {hit} cached, {} failed, {:.1}s", record.id, outcome.failed(), record.duration_s);
+    let ran = record
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Ran)
+        .count();
+    let hit = record
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Hit)
+        .count();
+    println!(
+        "run {}: {ran} ran, {hit} cached, {} failed, {:.1}s",
+        record.id,
+        outcome.failed(),
+        record.duration_s
+    );
     Ok(if outcome.interrupted {
         EXIT_INTERRUPTED
     } else if outcome.ok() {
@@ -295,7 +374,11 @@ pub fn summary_table(rec: &RunRecord) -> Table {
             s.name.clone(),
             s.status.as_str().into(),
             s.key[..12].to_string(),
-            if s.status == StageStatus::Ran { format!("{:.1}s", s.duration_s) } else { String::new() },
+            if s.status == StageStatus::Ran {
+                format!("{:.1}s", s.duration_s)
+            } else {
+                String::new()
+            },
             match &s.error {
                 Some(e) => e.clone(),
                 None => exec::headline(&s.metrics),
@@ -305,24 +388,49 @@ pub fn summary_table(rec: &RunRecord) -> Table {
     t
 }
 
-fn cmd_explain(g: &Global, registry: &Registry, file: &std::path::Path, stage: &str) -> Result<u8, Failure> {
+fn cmd_explain(
+    g: &Global,
+    registry: &Registry,
+    file: &std::path::Path,
+    stage: &str,
+) -> Result<u8, Failure> {
     let (plan, store) = load_plan(g, registry, &[file.to_path_buf()])?;
     let Some(s) = plan.stages.iter().find(|s| s.instance.name == stage) else {
-        let names: Vec<&str> = plan.stages.iter().map(|s| s.instance.name.as_str()).collect();
-        return Err(Failure::invalid(Diagnostic::bare(format!("no stage `{stage}` in {}", file.display())).hint(choices_hint_pub(stage, &names))));
+        let names: Vec<&str> = plan
+            .stages
+            .iter()
+            .map(|s| s.instance.name.as_str())
+            .collect();
+        return Err(Failure::invalid(
+            Diagnostic::bare(format!("no stage `{stage}` in {}", file.display()))
+                .hint(choices_hint_pub(stage, &names)),
+        ));
     };
     println!("stage:  {}", s.instance.name);
     println!("kind:   {}", s.instance.kind);
     println!("key:    {}", s.key);
     println!("status: {}", if s.cached() { "cached" } else { "will run" });
     println!("pre-image (BLAKE3 of its canonical form is the key):");
-    println!("{}", serde_json::to_string_pretty(&s.preimage.0).expect("JSON"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&s.preimage.0).expect("JSON")
+    );
     match store.last_for_name(stage) {
         None => println!("no earlier entry named `{stage}`"),
-        Some(last) if last == s.key => println!("same key as the last entry named `{stage}`{}", if s.cached() { "" } else { " (that entry is gone)" }),
+        Some(last) if last == s.key => println!(
+            "same key as the last entry named `{stage}`{}",
+            if s.cached() {
+                ""
+            } else {
+                " (that entry is gone)"
+            }
+        ),
         Some(last) => match store.read_manifest(&last) {
             Ok(m) => {
-                println!("differences from the last entry named `{stage}` ({}):", &last[..12]);
+                println!(
+                    "differences from the last entry named `{stage}` ({}):",
+                    &last[..12]
+                );
                 let mut t = Table::new(["Field", "Last entry", "Now"]);
                 for (path, a, b) in diff_values(&m.preimage, &s.preimage.0) {
                     t.push(vec![path, report::fmt_value(&a), report::fmt_value(&b)]);
@@ -344,9 +452,17 @@ fn all_runs(g: &Global) -> Result<Vec<RunRecord>, Failure> {
 
 fn cmd_runs(g: &Global) -> Result<u8, Failure> {
     let rs = all_runs(g)?;
-    let mut t = Table::new(["Run", "Pipeline", "Started", "Stages", "Ran", "Hit", "Outcome", "Time"]);
+    let mut t = Table::new([
+        "Run", "Pipeline", "Started", "Stages", "Ran", "Hit", "Outcome", "Time",
+    ]);
     for r in &rs {
-        let count = |st: StageStatus| r.stages.iter().filter(|s| s.status == st).count().to_string();
+        let count = |st: StageStatus| {
+            r.stages
+                .iter()
+                .filter(|s| s.status == st)
+                .count()
+                .to_string()
+        };
         t.push(vec![
             r.id.clone(),
             r.pipeline.clone(),
@@ -388,7 +504,10 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
         if json {
             println!("{}", serde_json::to_string_pretty(r).expect("JSON"));
         } else {
-            println!("run {} ({}, {}, {})", r.id, r.pipeline, r.started_at, r.outcome);
+            println!(
+                "run {} ({}, {}, {})",
+                r.id, r.pipeline, r.started_at, r.outcome
+            );
             print!("{}", summary_table(r).render_text());
             if let Some(rep) = &r.report {
                 println!("\n{rep}");
@@ -396,14 +515,26 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
         }
         return Ok(0);
     }
-    let Some((run, s)) = rs.iter().rev().find_map(|r| r.stage(target).map(|s| (r, s))) else {
-        return Err(Failure::invalid(format!("error: `{target}` is neither a run nor a stage of any recorded run\n  = hint: `pipe runs` lists runs; stage names are as `pipe plan` prints them")));
+    let Some((run, s)) = rs
+        .iter()
+        .rev()
+        .find_map(|r| r.stage(target).map(|s| (r, s)))
+    else {
+        return Err(Failure::invalid(format!(
+            "error: `{target}` is neither a run nor a stage of any recorded run\n  = hint: `pipe runs` lists runs; stage names are as `pipe plan` prints them"
+        )));
     };
     if json {
         println!("{}", serde_json::to_string_pretty(s).expect("JSON"));
         return Ok(0);
     }
-    println!("stage {} ({}) in run {}: {}", s.name, s.kind, run.id, s.status.as_str());
+    println!(
+        "stage {} ({}) in run {}: {}",
+        s.name,
+        s.kind,
+        run.id,
+        s.status.as_str()
+    );
     println!("key {}", s.key);
     let mut t = Table::new(["Metric", "Value"]);
     if let Value::Object(m) = &s.metrics {
@@ -423,7 +554,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn cmd_gc(g: &Global, keep_last: Option<usize>, dry_run: bool) -> Result<u8, Failure> {
@@ -431,7 +566,16 @@ fn cmd_gc(g: &Global, keep_last: Option<usize>, dry_run: bool) -> Result<u8, Fai
     let rep = gc::collect(&store, keep_last, dry_run)?;
     let mut t = Table::new(["What", "Id", "Stage/Pipeline", "Size"]);
     for r in &rep.removed {
-        t.push(vec![r.what.into(), if r.id.len() > 24 { r.id[..12].to_string() } else { r.id.clone() }, r.name.clone(), human_bytes(r.bytes)]);
+        t.push(vec![
+            r.what.into(),
+            if r.id.len() > 24 {
+                r.id[..12].to_string()
+            } else {
+                r.id.clone()
+            },
+            r.name.clone(),
+            human_bytes(r.bytes),
+        ]);
     }
     if !rep.removed.is_empty() {
         print!("{}", t.render_text());
@@ -442,7 +586,11 @@ fn cmd_gc(g: &Global, keep_last: Option<usize>, dry_run: bool) -> Result<u8, Fai
         rep.removed.len(),
         human_bytes(rep.bytes()),
         rep.kept_entries,
-        if rep.busy.is_empty() { String::new() } else { format!("; {} in use, left alone", rep.busy.len()) }
+        if rep.busy.is_empty() {
+            String::new()
+        } else {
+            format!("; {} in use, left alone", rep.busy.len())
+        }
     );
     Ok(0)
 }
@@ -452,18 +600,47 @@ fn cmd_kinds(registry: &Registry, kind: Option<&str>) -> Result<u8, Failure> {
         None => {
             let mut t = Table::new(["Kind", "Version", "Inputs", "About"]);
             for k in registry.iter() {
-                let roles: Vec<String> = k.roles().iter().map(|r| format!("{}{}", r.name, if r.many { "[]" } else if r.required { "" } else { "?" })).collect();
-                t.push(vec![k.kind().into(), k.version().to_string(), roles.join(", "), k.about().into()]);
+                let roles: Vec<String> = k
+                    .roles()
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}{}",
+                            r.name,
+                            if r.many {
+                                "[]"
+                            } else if r.required {
+                                ""
+                            } else {
+                                "?"
+                            }
+                        )
+                    })
+                    .collect();
+                t.push(vec![
+                    k.kind().into(),
+                    k.version().to_string(),
+                    roles.join(", "),
+                    k.about().into(),
+                ]);
             }
             print!("{}", t.render_text());
         }
         Some(name) => {
             let Some(k) = registry.get(name) else {
-                return Err(Failure::invalid(Diagnostic::bare(format!("unknown stage kind `{name}`")).hint(choices_hint_pub(name, &registry.names()))));
+                return Err(Failure::invalid(
+                    Diagnostic::bare(format!("unknown stage kind `{name}`"))
+                        .hint(choices_hint_pub(name, &registry.names())),
+                ));
             };
             println!("{} (version {}): {}", k.kind(), k.version(), k.about());
-            let defaults = k.normalize(&Value::Object(Default::default())).map_err(|e| Failure::invalid(e.message))?;
-            println!("parameters with their defaults:\n{}", serde_json::to_string_pretty(&defaults).expect("JSON"));
+            let defaults = k
+                .normalize(&Value::Object(Default::default()))
+                .map_err(|e| Failure::invalid(e.message))?;
+            println!(
+                "parameters with their defaults:\n{}",
+                serde_json::to_string_pretty(&defaults).expect("JSON")
+            );
         }
     }
     Ok(0)

@@ -16,11 +16,21 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn rfc3339(secs: u64) -> String {
@@ -31,9 +41,12 @@ pub fn rfc3339(secs: u64) -> String {
 /// A run id that sorts by time and is unique across concurrent processes:
 /// `20261122-183512-1a2b`.
 pub fn run_id() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let (y, mo, d, h, mi, s) = civil(now.as_secs());
-    let salt = blake3::hash(format!("{}:{}", std::process::id(), now.as_nanos()).as_bytes()).to_hex();
+    let salt =
+        blake3::hash(format!("{}:{}", std::process::id(), now.as_nanos()).as_bytes()).to_hex();
     format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}", &salt[..4])
 }
 

@@ -19,7 +19,11 @@ impl StageGraph {
     pub fn new(instances: &[Instance]) -> StageGraph {
         let mut graph = DiGraph::new();
         let nodes: Vec<NodeIndex> = (0..instances.len()).map(|i| graph.add_node(i)).collect();
-        let index: HashMap<&str, usize> = instances.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = instances
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         for (i, inst) in instances.iter().enumerate() {
             for (_, ups) in &inst.inputs {
                 for u in ups {
@@ -32,7 +36,11 @@ impl StageGraph {
 
     /// Indices of the stages `i` consumes directly.
     pub fn upstream(&self, i: usize) -> Vec<usize> {
-        let mut v: Vec<usize> = self.graph.neighbors_directed(self.nodes[i], Direction::Incoming).map(|n| self.graph[n]).collect();
+        let mut v: Vec<usize> = self
+            .graph
+            .neighbors_directed(self.nodes[i], Direction::Incoming)
+            .map(|n| self.graph[n])
+            .collect();
         v.sort_unstable();
         v.dedup();
         v

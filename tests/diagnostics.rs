@@ -44,8 +44,14 @@ fn every_malformed_file_is_refused_with_a_located_error() {
 
 #[test]
 fn bad_overrides_are_refused_with_a_hint() {
-    insta::assert_snapshot!(diagnose("tests/pipelines/toy_chain.yaml", &["stages.bb.value=3"]));
-    insta::assert_snapshot!(diagnose("tests/pipelines/toy_chain.yaml", &["stages.b.vlaue=3"]));
+    insta::assert_snapshot!(diagnose(
+        "tests/pipelines/toy_chain.yaml",
+        &["stages.bb.value=3"]
+    ));
+    insta::assert_snapshot!(diagnose(
+        "tests/pipelines/toy_chain.yaml",
+        &["stages.b.vlaue=3"]
+    ));
     let reg = registry();
     let err = "no-equals-sign".parse::<spec::Override>().unwrap_err();
     assert_eq!(err.message, "override `no-equals-sign` has no `=`");

@@ -17,7 +17,7 @@ fn plan_of_every_shipped_pipeline() {
     assert!(files.len() >= 2);
     for f in files {
         let cache = tempfile::tempdir().unwrap();
-        let p = plan(cache.path(), &[f.clone()], &[]);
+        let p = plan(cache.path(), std::slice::from_ref(&f), &[]);
         let text = pipe::cli::plan_table(&p).render_text();
         let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
         insta::assert_snapshot!(format!("plan_{stem}"), text);
@@ -28,7 +28,11 @@ fn plan_of_every_shipped_pipeline() {
 fn toy_chain_keys_are_pinned() {
     let cache = tempfile::tempdir().unwrap();
     let p = plan(cache.path(), &[file("tests/pipelines/toy_chain.yaml")], &[]);
-    let keys: Vec<String> = p.stages.iter().map(|s| format!("{} {}", s.instance.name, s.key)).collect();
+    let keys: Vec<String> = p
+        .stages
+        .iter()
+        .map(|s| format!("{} {}", s.instance.name, s.key))
+        .collect();
     insta::assert_snapshot!(keys.join("\n"));
     // The canonical pre-image of the root stage, byte for byte.
     assert_eq!(

@@ -32,9 +32,14 @@ impl Stage for Toy {
     const VERSION: u32 = 1;
     const ROLES: &'static [Role] = &[
         Role::optional("input"),
-        Role { name: "inputs", required: false, many: true },
+        Role {
+            name: "inputs",
+            required: false,
+            many: true,
+        },
     ];
-    const ABOUT: &'static str = "adds `value` to its inputs' totals (engine tests) {value, sleep_ms, fail, log}";
+    const ABOUT: &'static str =
+        "adds `value` to its inputs' totals (engine tests) {value, sleep_ms, fail, log}";
 
     fn key_params(&self, mut params: serde_json::Value) -> serde_json::Value {
         if let Some(m) = params.as_object_mut() {

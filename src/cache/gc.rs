@@ -38,12 +38,19 @@ impl GcReport {
     }
 }
 
-pub fn collect(store: &Store, keep_last: Option<usize>, dry_run: bool) -> Result<GcReport, CacheError> {
+pub fn collect(
+    store: &Store,
+    keep_last: Option<usize>,
+    dry_run: bool,
+) -> Result<GcReport, CacheError> {
     let cache = store.root();
     let all_runs = runs::list(cache)?;
     let cut = keep_last.map_or(0, |n| all_runs.len().saturating_sub(n));
     let (dropped, kept) = all_runs.split_at(cut);
-    let reachable: BTreeSet<&str> = kept.iter().flat_map(|r| r.stages.iter().map(|s| s.key.as_str())).collect();
+    let reachable: BTreeSet<&str> = kept
+        .iter()
+        .flat_map(|r| r.stages.iter().map(|s| s.key.as_str()))
+        .collect();
     let mut report = GcReport::default();
 
     for (key, dir) in store.list_entries()? {
@@ -58,10 +65,19 @@ pub fn collect(store: &Store, keep_last: Option<usize>, dry_run: bool) -> Result
         let name = read_manifest(&dir).map(|m| m.name).unwrap_or_default();
         let bytes = dir_size(&dir);
         if !dry_run {
-            fs::remove_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
+            fs::remove_dir_all(&dir).map_err(|source| CacheError::Io {
+                path: dir.clone(),
+                source,
+            })?;
             let _ = fs::remove_file(store.root().join("locks").join(format!("{key}.lock")));
         }
-        report.removed.push(Removal { what: "entry", id: key, name, bytes, path: dir });
+        report.removed.push(Removal {
+            what: "entry",
+            id: key,
+            name,
+            bytes,
+            path: dir,
+        });
     }
 
     // Unfinished folders: `<key>.<pid>.<n>` belongs to a writer only while it holds the key's
@@ -71,7 +87,10 @@ pub fn collect(store: &Store, keep_last: Option<usize>, dry_run: bool) -> Result
         let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         paths.sort();
         for p in paths {
-            let fname = p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let fname = p
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let set_aside = fname.starts_with("corrupt-") || fname.starts_with("stale-");
             let key = fname.split('.').next().unwrap_or("").to_string();
             let _guard = if set_aside {
@@ -90,9 +109,18 @@ pub fn collect(store: &Store, keep_last: Option<usize>, dry_run: bool) -> Result
             };
             let bytes = dir_size(&p);
             if !dry_run {
-                fs::remove_dir_all(&p).map_err(|source| CacheError::Io { path: p.clone(), source })?;
+                fs::remove_dir_all(&p).map_err(|source| CacheError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
             }
-            report.removed.push(Removal { what: "partial", id: fname, name: String::new(), bytes, path: p });
+            report.removed.push(Removal {
+                what: "partial",
+                id: fname,
+                name: String::new(),
+                bytes,
+                path: p,
+            });
         }
     }
 

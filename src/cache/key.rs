@@ -48,7 +48,9 @@ impl PreImage {
     }
 
     pub fn key(&self) -> String {
-        blake3::hash(self.canonical().as_bytes()).to_hex().to_string()
+        blake3::hash(self.canonical().as_bytes())
+            .to_hex()
+            .to_string()
     }
 }
 
@@ -66,8 +68,17 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<(String, Value, Value)>)
             keys.sort();
             keys.dedup();
             for k in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                walk(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(
+                    &p,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
             }
         }
         _ if a != b => out.push((path.to_string(), a.clone(), b.clone())),
@@ -84,10 +95,15 @@ pub fn digest_file(path: &Path) -> std::io::Result<String> {
     let meta = std::fs::metadata(path)?;
     let mtime = meta.modified()?;
     let canonical = std::fs::canonicalize(path)?;
-    if let Some((len, t, d)) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().get(&canonical) {
-        if *len == meta.len() && *t == mtime {
-            return Ok(d.clone());
-        }
+    if let Some((len, t, d)) = MEMO
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_default()
+        .get(&canonical)
+        && *len == meta.len()
+        && *t == mtime
+    {
+        return Ok(d.clone());
     }
     let d = hash_file(path)?;
     MEMO.lock()
@@ -118,22 +134,43 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_and_is_stable() {
-        let a = PreImage::new("train", 1, json!({"lr": 0.1, "batch": 60}), &[("model".into(), vec!["k1".into()])], &BTreeMap::new());
-        let b = PreImage::new("train", 1, json!({"batch": 60, "lr": 0.1}), &[("model".into(), vec!["k1".into()])], &BTreeMap::new());
+        let a = PreImage::new(
+            "train",
+            1,
+            json!({"lr": 0.1, "batch": 60}),
+            &[("model".into(), vec!["k1".into()])],
+            &BTreeMap::new(),
+        );
+        let b = PreImage::new(
+            "train",
+            1,
+            json!({"batch": 60, "lr": 0.1}),
+            &[("model".into(), vec!["k1".into()])],
+            &BTreeMap::new(),
+        );
         assert_eq!(a.canonical(), b.canonical());
         assert_eq!(
             a.canonical(),
             r#"{"data":{},"format":1,"inputs":{"model":["k1"]},"kind":"train","params":{"batch":60,"lr":0.1},"version":1}"#
         );
-        assert_eq!(a.key(), blake3::hash(a.canonical().as_bytes()).to_hex().to_string());
+        assert_eq!(
+            a.key(),
+            blake3::hash(a.canonical().as_bytes()).to_hex().to_string()
+        );
     }
 
     #[test]
     fn diff_names_changed_fields() {
-        let d = diff_values(&json!({"params": {"lr": 0.1, "b": 1}, "version": 1}), &json!({"params": {"lr": 0.2, "b": 1}, "version": 2}));
+        let d = diff_values(
+            &json!({"params": {"lr": 0.1, "b": 1}, "version": 1}),
+            &json!({"params": {"lr": 0.2, "b": 1}, "version": 2}),
+        );
         assert_eq!(
             d,
-            vec![("params.lr".into(), json!(0.1), json!(0.2)), ("version".into(), json!(1), json!(2))]
+            vec![
+                ("params.lr".into(), json!(0.1), json!(0.2)),
+                ("version".into(), json!(1), json!(2))
+            ]
         );
     }
 }

@@ -76,12 +76,21 @@ fn runs_dir(cache: &Path) -> PathBuf {
 
 pub fn save(cache: &Path, rec: &RunRecord) -> Result<PathBuf, CacheError> {
     let dir = runs_dir(cache);
-    fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
+    fs::create_dir_all(&dir).map_err(|source| CacheError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let path = dir.join(format!("{}.json", rec.id));
     let tmp = dir.join(format!(".{}.tmp", rec.id));
     let text = serde_json::to_string_pretty(rec).expect("run records serialise");
-    fs::write(&tmp, text).map_err(|source| CacheError::Io { path: tmp.clone(), source })?;
-    fs::rename(&tmp, &path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+    fs::write(&tmp, text).map_err(|source| CacheError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    fs::rename(&tmp, &path).map_err(|source| CacheError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
@@ -89,15 +98,25 @@ pub fn save(cache: &Path, rec: &RunRecord) -> Result<PathBuf, CacheError> {
 pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
     let dir = runs_dir(cache);
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Ok(out);
+    };
     let mut paths: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     paths.sort();
     for p in paths {
-        match fs::read_to_string(&p).ok().and_then(|t| serde_json::from_str::<RunRecord>(&t).ok()) {
+        match fs::read_to_string(&p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
+        {
             Some(r) => out.push(r),
             None => tracing::warn!("skipping unreadable run record {}", p.display()),
         }
@@ -129,6 +148,9 @@ pub fn resolve<'a>(runs: &'a [RunRecord], spec: &str) -> Result<&'a RunRecord, S
     match matches.as_slice() {
         [one] => Ok(one),
         [] => Err(format!("no run `{spec}`; `pipe runs` lists them")),
-        many => Err(format!("`{spec}` matches {} runs; give more of the id", many.len())),
+        many => Err(format!(
+            "`{spec}` matches {} runs; give more of the id",
+            many.len()
+        )),
     }
 }

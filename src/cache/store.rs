@@ -22,7 +22,10 @@ const README: &str = "This folder is pipe's cache: every finished stage, keyed b
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cache entry {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("cache entry {path} has an unreadable manifest: {reason}")]
@@ -30,7 +33,10 @@ pub enum CacheError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io { path: path.to_path_buf(), source }
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Everything known about a finished entry.
@@ -77,7 +83,9 @@ impl Store {
         if !readme.exists() {
             fs::write(&readme, README).map_err(io(&readme))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -100,9 +108,15 @@ impl Store {
     /// reported as such, never used.
     pub fn verify(&self, key: &str) -> Result<Manifest, CacheError> {
         let dir = self.entry_dir(key);
-        let m = read_manifest(&dir).map_err(|e| CacheError::Corrupt { key: key.into(), reason: e.to_string() })?;
+        let m = read_manifest(&dir).map_err(|e| CacheError::Corrupt {
+            key: key.into(),
+            reason: e.to_string(),
+        })?;
         if m.key != key {
-            return Err(CacheError::Corrupt { key: key.into(), reason: format!("manifest names key {}", m.key) });
+            return Err(CacheError::Corrupt {
+                key: key.into(),
+                reason: format!("manifest names key {}", m.key),
+            });
         }
         for (file, want) in &m.outputs {
             let path = dir.join(file);
@@ -111,10 +125,19 @@ impl Store {
                 Ok(got) => {
                     return Err(CacheError::Corrupt {
                         key: key.into(),
-                        reason: format!("{file} has digest {}…, the manifest says {}…", &got[..12], &want[..12]),
+                        reason: format!(
+                            "{file} has digest {}…, the manifest says {}…",
+                            &got[..12],
+                            &want[..12]
+                        ),
                     });
                 }
-                Err(e) => return Err(CacheError::Corrupt { key: key.into(), reason: format!("{file}: {e}") }),
+                Err(e) => {
+                    return Err(CacheError::Corrupt {
+                        key: key.into(),
+                        reason: format!("{file}: {e}"),
+                    });
+                }
             }
         }
         Ok(m)
@@ -122,7 +145,12 @@ impl Store {
 
     fn lock_file(&self, key: &str) -> Result<File, CacheError> {
         let path = self.root.join("locks").join(format!("{key}.lock"));
-        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))
     }
 
     /// Blocks until this process holds the key's lock.
@@ -138,7 +166,10 @@ impl Store {
         match f.try_lock() {
             Ok(()) => Ok(Some(KeyLock { _file: f })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(CacheError::Io { path: self.root.join("locks"), source: e }),
+            Err(fs::TryLockError::Error(e)) => Err(CacheError::Io {
+                path: self.root.join("locks"),
+                source: e,
+            }),
         }
     }
 
@@ -148,9 +179,15 @@ impl Store {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = self.root.join("tmp").join(format!("{key}.{}.{nanos}", std::process::id()));
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("{key}.{}.{nanos}", std::process::id()));
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(TmpEntry { dir, key: key.to_string() })
+        Ok(TmpEntry {
+            dir,
+            key: key.to_string(),
+        })
     }
 
     /// Digests the outputs, writes the manifest and the completion marker, and renames the
@@ -250,7 +287,10 @@ impl Store {
 pub fn read_manifest(dir: &Path) -> Result<Manifest, CacheError> {
     let path = dir.join(MANIFEST);
     let text = fs::read_to_string(&path).map_err(io(&path))?;
-    serde_json::from_str(&text).map_err(|e| CacheError::BadManifest { path, reason: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| CacheError::BadManifest {
+        path,
+        reason: e.to_string(),
+    })
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
@@ -269,7 +309,11 @@ fn digest_tree(dir: &Path) -> Result<BTreeMap<String, String>, CacheError> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).expect("under dir").to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 if rel == MANIFEST || rel == COMPLETE {
                     continue;
                 }

@@ -23,14 +23,14 @@ pub enum DataError {
     )]
     Missing { path: PathBuf },
 
-    #[error("cannot read data file {path}: {source}")]
+    #[error("cannot read data file {path}: {source}; check the path and its permissions")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("cannot write data file {path}: {source}")]
+    #[error("cannot write data file {path}: {source}; check the directory exists and is writable")]
     Write {
         path: PathBuf,
         #[source]

@@ -12,14 +12,35 @@ use crate::stages::ProgressSink;
 
 #[derive(Debug, Clone)]
 pub enum Event<'a> {
-    Hit { name: &'a str, key: &'a str },
-    Start { name: &'a str, key: &'a str },
+    Hit {
+        name: &'a str,
+        key: &'a str,
+    },
+    Start {
+        name: &'a str,
+        key: &'a str,
+    },
     /// Another process holds the key's lock; we wait, then (usually) hit.
-    Waiting { name: &'a str },
-    Done { name: &'a str, seconds: f64, headline: &'a str },
-    Failed { name: &'a str, error: &'a str },
-    Skipped { name: &'a str, because: &'a str },
-    Corrupt { name: &'a str, reason: &'a str },
+    Waiting {
+        name: &'a str,
+    },
+    Done {
+        name: &'a str,
+        seconds: f64,
+        headline: &'a str,
+    },
+    Failed {
+        name: &'a str,
+        error: &'a str,
+    },
+    Skipped {
+        name: &'a str,
+        because: &'a str,
+    },
+    Corrupt {
+        name: &'a str,
+        reason: &'a str,
+    },
 }
 
 pub trait EventSink: ProgressSink {
@@ -37,7 +58,10 @@ pub struct PlainSink {
 
 impl PlainSink {
     pub fn new(quiet: bool) -> Self {
-        PlainSink { last: Mutex::new(HashMap::new()), quiet }
+        PlainSink {
+            last: Mutex::new(HashMap::new()),
+            quiet,
+        }
     }
 
     fn line(&self, s: &str) {
@@ -69,7 +93,9 @@ impl EventSink for PlainSink {
         match e {
             Event::Hit { name, key } => self.line(&format!("hit     {name} ({})", &key[..12])),
             Event::Start { name, key } => self.line(&format!("run     {name} ({})", &key[..12])),
-            Event::Waiting { name } => self.line(&format!("wait    {name}: another pipe process is computing it")),
+            Event::Waiting { name } => self.line(&format!(
+                "wait    {name}: another pipe process is computing it"
+            )),
             Event::Done { name, headline, .. } => {
                 if headline.is_empty() {
                     self.line(&format!("done    {name}"))
@@ -79,7 +105,9 @@ impl EventSink for PlainSink {
             }
             Event::Failed { name, error } => self.line(&format!("FAILED  {name}: {error}")),
             Event::Skipped { name, because } => self.line(&format!("skip    {name}: {because}")),
-            Event::Corrupt { name, reason } => self.line(&format!("CORRUPT {name}: {reason}; recomputing")),
+            Event::Corrupt { name, reason } => {
+                self.line(&format!("CORRUPT {name}: {reason}; recomputing"))
+            }
         }
     }
 }
@@ -92,7 +120,10 @@ pub struct BarSink {
 
 impl BarSink {
     pub fn new() -> Self {
-        BarSink { multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()) }
+        BarSink {
+            multi: MultiProgress::new(),
+            bars: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -121,22 +152,37 @@ impl EventSink for BarSink {
             Event::Start { name, .. } => {
                 let b = self.multi.add(ProgressBar::new(1));
                 b.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix:30!} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:30!} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
                 b.set_prefix(name.to_string());
                 b.enable_steady_tick(Duration::from_millis(200));
-                self.bars.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), b);
+                self.bars
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), b);
             }
             Event::Done { name, headline, .. } => {
-                if let Some(b) = self.bars.lock().unwrap_or_else(|e| e.into_inner()).remove(*name) {
+                if let Some(b) = self
+                    .bars
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(*name)
+                {
                     b.finish_and_clear();
                 }
                 let _ = self.multi.println(format!("done    {name} {headline}"));
             }
             Event::Failed { name, error } => {
-                if let Some(b) = self.bars.lock().unwrap_or_else(|e| e.into_inner()).remove(*name) {
+                if let Some(b) = self
+                    .bars
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(*name)
+                {
                     b.abandon();
                 }
                 let _ = self.multi.println(format!("FAILED  {name}: {error}"));
@@ -145,13 +191,17 @@ impl EventSink for BarSink {
                 let _ = self.multi.println(format!("hit     {name}"));
             }
             Event::Waiting { name } => {
-                let _ = self.multi.println(format!("wait    {name}: another pipe process is computing it"));
+                let _ = self.multi.println(format!(
+                    "wait    {name}: another pipe process is computing it"
+                ));
             }
             Event::Skipped { name, because } => {
                 let _ = self.multi.println(format!("skip    {name}: {because}"));
             }
             Event::Corrupt { name, reason } => {
-                let _ = self.multi.println(format!("CORRUPT {name}: {reason}; recomputing"));
+                let _ = self
+                    .multi
+                    .println(format!("CORRUPT {name}: {reason}; recomputing"));
             }
         }
     }

@@ -58,8 +58,15 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
         let mut data = BTreeMap::new();
         for path in kind.external_inputs(&inst.params) {
             // A missing folder is one error, not one per file.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
-                let msg = format!("stage `{}` reads its data from {}, which is not a folder", inst.name, dir.display());
+            if let Some(dir) = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                let msg = format!(
+                    "stage `{}` reads its data from {}, which is not a folder",
+                    inst.name,
+                    dir.display()
+                );
                 if !errors.iter().any(|e: &Diagnostic| e.message == msg) {
                     errors.push(Diagnostic::at(&inst.loc, msg).hint(
                         "point the stage's `data.dir` at the folder that holds the dataset files (relative paths are relative to the current directory)",
@@ -81,9 +88,23 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
         let inputs: Vec<(String, Vec<String>)> = inst
             .inputs
             .iter()
-            .map(|(role, names)| (role.clone(), names.iter().map(|n| keys.get(n).cloned().unwrap_or_default()).collect()))
+            .map(|(role, names)| {
+                (
+                    role.clone(),
+                    names
+                        .iter()
+                        .map(|n| keys.get(n).cloned().unwrap_or_default())
+                        .collect(),
+                )
+            })
             .collect();
-        let pre = PreImage::new(&inst.kind, kind.version(), kind.key_params(inst.params.clone()), &inputs, &data);
+        let pre = PreImage::new(
+            &inst.kind,
+            kind.version(),
+            kind.key_params(inst.params.clone()),
+            &inputs,
+            &data,
+        );
         let key = pre.key();
         keys.insert(inst.name.clone(), key.clone());
         let why = if store.is_complete(&key) {
@@ -98,7 +119,12 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
                 },
             }
         };
-        stages.push(PlannedStage { instance: inst.clone(), key, preimage: pre, why });
+        stages.push(PlannedStage {
+            instance: inst.clone(),
+            key,
+            preimage: pre,
+            why,
+        });
     }
     if !errors.is_empty() {
         return Err(Diagnostics(errors).into());
@@ -118,7 +144,12 @@ impl Why {
                     .iter()
                     .map(|(path, old, new)| {
                         if let Some(role) = path.strip_prefix("inputs.") {
-                            let ups = inst.inputs.iter().find(|(r, _)| r == role).map(|(_, n)| n.join(", ")).unwrap_or_default();
+                            let ups = inst
+                                .inputs
+                                .iter()
+                                .find(|(r, _)| r == role)
+                                .map(|(_, n)| n.join(", "))
+                                .unwrap_or_default();
                             format!("upstream `{ups}` changed")
                         } else if let Some(p) = path.strip_prefix("params.") {
                             format!("{p}: {} → {}", short(old), short(new))
@@ -140,10 +171,10 @@ impl Why {
 }
 
 fn short(v: &Value) -> String {
-    let s = match v {
-        Value::Null => "(unset)".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
+    let s = crate::report::fmt_value(v);
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
 }

@@ -40,10 +40,17 @@ pub struct RunOutcome {
 
 impl RunOutcome {
     pub fn failed(&self) -> usize {
-        self.records.iter().filter(|r| r.status == StageStatus::Failed).count()
+        self.records
+            .iter()
+            .filter(|r| r.status == StageStatus::Failed)
+            .count()
     }
     pub fn ok(&self) -> bool {
-        !self.interrupted && self.records.iter().all(|r| matches!(r.status, StageStatus::Hit | StageStatus::Ran))
+        !self.interrupted
+            && self
+                .records
+                .iter()
+                .all(|r| matches!(r.status, StageStatus::Hit | StageStatus::Ran))
     }
 }
 
@@ -51,7 +58,11 @@ impl RunOutcome {
 enum State {
     Pending,
     Running,
-    Done { status: StageStatus, manifest: Box<Manifest>, seconds: f64 },
+    Done {
+        status: StageStatus,
+        manifest: Box<Manifest>,
+        seconds: f64,
+    },
     Failed(String),
     Skipped(String),
     NotRun,
@@ -65,7 +76,13 @@ struct Job {
 
 /// Metrics worth a glance in progress lines and summaries.
 pub fn headline(metrics: &Value) -> String {
-    const SHOWN: [&str; 5] = ["test_acc", "accuracy", "remaining_pct", "early_stop_iteration", "loss"];
+    const SHOWN: [&str; 5] = [
+        "test_acc",
+        "accuracy",
+        "remaining_pct",
+        "early_stop_iteration",
+        "loss",
+    ];
     SHOWN
         .iter()
         .filter_map(|k| {
@@ -95,14 +112,18 @@ pub fn execute(
     let mut job_of_stage = vec![0usize; stages.len()];
     for (i, s) in stages.iter().enumerate() {
         let j = *job_of_key.entry(s.key.as_str()).or_insert_with(|| {
-            jobs.push(Job { key: s.key.clone(), members: Vec::new(), deps: Vec::new() });
+            jobs.push(Job {
+                key: s.key.clone(),
+                members: Vec::new(),
+                deps: Vec::new(),
+            });
             jobs.len() - 1
         });
         jobs[j].members.push(i);
         job_of_stage[i] = j;
     }
-    for j in 0..jobs.len() {
-        let mut deps: Vec<usize> = jobs[j]
+    for (j, job) in jobs.iter_mut().enumerate() {
+        let mut deps: Vec<usize> = job
             .members
             .iter()
             .flat_map(|&i| graph.upstream(i))
@@ -111,7 +132,7 @@ pub fn execute(
             .collect();
         deps.sort_unstable();
         deps.dedup();
-        jobs[j].deps = deps;
+        job.deps = deps;
     }
     let mut state: Vec<State> = vec![State::Pending; jobs.len()];
     let mut stop = false;
@@ -126,7 +147,11 @@ pub fn execute(
             }
             while !stop && running < jobs_limit {
                 let Some(j) = (0..jobs.len()).find(|&j| {
-                    matches!(state[j], State::Pending) && jobs[j].deps.iter().all(|&d| matches!(state[d], State::Done { .. }))
+                    matches!(state[j], State::Pending)
+                        && jobs[j]
+                            .deps
+                            .iter()
+                            .all(|&d| matches!(state[d], State::Done { .. }))
                 }) else {
                     break;
                 };
@@ -138,7 +163,9 @@ pub fn execute(
                 let tx = tx.clone();
                 let key = jobs[j].key.clone();
                 scope.spawn(move || {
-                    let res = run_job(&key, rep, plan, registry, store, opts, sink, cancel, data, inputs);
+                    let res = run_job(
+                        &key, rep, plan, registry, store, opts, sink, cancel, data, inputs,
+                    );
                     let _ = tx.send((j, res));
                 });
             }
@@ -151,10 +178,17 @@ pub fn execute(
                 Ok((status, manifest, seconds)) => {
                     for &i in &jobs[j].members {
                         if let Err(e) = store.record_name(&stages[i].instance.name, &jobs[j].key) {
-                            tracing::warn!("could not record the name of {}: {e}", stages[i].instance.name);
+                            tracing::warn!(
+                                "could not record the name of {}: {e}",
+                                stages[i].instance.name
+                            );
                         }
                     }
-                    state[j] = State::Done { status, manifest: Box::new(manifest), seconds };
+                    state[j] = State::Done {
+                        status,
+                        manifest: Box::new(manifest),
+                        seconds,
+                    };
                 }
                 Err(msg) => {
                     let cancelled = cancel.load(Ordering::Relaxed);
@@ -165,15 +199,29 @@ pub fn execute(
                         sink.event(&Event::Failed { name, error: &msg });
                         state[j] = State::Failed(msg);
                     }
-                    let because = format!("`{name}` {}", if cancelled { "was interrupted" } else { "failed" });
+                    let because = format!(
+                        "`{name}` {}",
+                        if cancelled {
+                            "was interrupted"
+                        } else {
+                            "failed"
+                        }
+                    );
                     for &i in &jobs[j].members {
                         for d in graph.downstream(i) {
                             let dj = job_of_stage[d];
                             if matches!(state[dj], State::Pending) {
                                 if !cancelled {
-                                    sink.event(&Event::Skipped { name: &stages[d].instance.name, because: &because });
+                                    sink.event(&Event::Skipped {
+                                        name: &stages[d].instance.name,
+                                        because: &because,
+                                    });
                                 }
-                                state[dj] = if cancelled { State::NotRun } else { State::Skipped(because.clone()) };
+                                state[dj] = if cancelled {
+                                    State::NotRun
+                                } else {
+                                    State::Skipped(because.clone())
+                                };
                             }
                         }
                     }
@@ -190,10 +238,16 @@ pub fn execute(
         .enumerate()
         .map(|(i, s)| {
             let (status, metrics, seconds, error) = match &state[job_of_stage[i]] {
-                State::Done { status, manifest, seconds } => (*status, manifest.metrics.clone(), *seconds, None),
+                State::Done {
+                    status,
+                    manifest,
+                    seconds,
+                } => (*status, manifest.metrics.clone(), *seconds, None),
                 State::Failed(m) => (StageStatus::Failed, Value::Null, 0.0, Some(m.clone())),
                 State::Skipped(m) => (StageStatus::Skipped, Value::Null, 0.0, Some(m.clone())),
-                State::Pending | State::Running | State::NotRun => (StageStatus::NotRun, Value::Null, 0.0, None),
+                State::Pending | State::Running | State::NotRun => {
+                    (StageStatus::NotRun, Value::Null, 0.0, None)
+                }
             };
             StageRecord {
                 name: s.instance.name.clone(),
@@ -208,7 +262,10 @@ pub fn execute(
         })
         .collect();
     sink.finish();
-    RunOutcome { records, interrupted: cancel.load(Ordering::Relaxed) }
+    RunOutcome {
+        records,
+        interrupted: cancel.load(Ordering::Relaxed),
+    }
 }
 
 fn input_entries(
@@ -217,7 +274,11 @@ fn input_entries(
     state: &[State],
     job_of_stage: &[usize],
 ) -> Vec<(String, Vec<InputEntry>)> {
-    let index: HashMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.instance.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.instance.name.as_str(), i))
+        .collect();
     stage
         .instance
         .inputs
@@ -284,7 +345,10 @@ fn run_job(
                 return Ok((StageStatus::Hit, m, 0.0));
             }
             Err(e) => {
-                sink.event(&Event::Corrupt { name, reason: &e.to_string() });
+                sink.event(&Event::Corrupt {
+                    name,
+                    reason: &e.to_string(),
+                });
                 let aside = store.quarantine(key).map_err(|e| e.to_string())?;
                 tracing::warn!("corrupt entry for {name} moved to {}", aside.display());
             }
@@ -295,13 +359,25 @@ fn run_job(
             e.dir = store.entry_dir(&e.key);
         }
     }
-    let kind = registry.get(&stage.instance.kind).expect("plan checked kinds");
+    let kind = registry
+        .get(&stage.instance.kind)
+        .expect("plan checked kinds");
     let tmp = store.begin(key).map_err(|e| e.to_string())?;
     sink.event(&Event::Start { name, key });
     let started_at = clock::rfc3339(clock::now_secs());
     let t0 = Instant::now();
-    let mut ctx = StageContext::new(name.to_string(), inputs, tmp.dir.clone(), opts.device.clone(), cancel, sink, data);
-    let result = catch_unwind(AssertUnwindSafe(|| kind.run(&stage.instance.params, &mut ctx)));
+    let mut ctx = StageContext::new(
+        name.to_string(),
+        inputs,
+        tmp.dir.clone(),
+        opts.device.clone(),
+        cancel,
+        sink,
+        data,
+    );
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        kind.run(&stage.instance.params, &mut ctx)
+    }));
     let seconds = t0.elapsed().as_secs_f64();
     let metrics = Value::Object(ctx.metrics().clone());
     drop(ctx);
@@ -322,12 +398,20 @@ fn run_job(
                 pipe_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             let m = store.publish(tmp, manifest).map_err(|e| e.to_string())?;
-            sink.event(&Event::Done { name, seconds, headline: &headline(&m.metrics) });
+            sink.event(&Event::Done {
+                name,
+                seconds,
+                headline: &headline(&m.metrics),
+            });
             Ok((StageStatus::Ran, m, seconds))
         }
         Ok(Err(e)) => {
             store.abandon(tmp);
-            Err(if e.is_cancelled() { "interrupted".into() } else { e.to_string() })
+            Err(if e.is_cancelled() {
+                "interrupted".into()
+            } else {
+                e.to_string()
+            })
         }
         Err(panic) => {
             store.abandon(tmp);
@@ -336,7 +420,9 @@ fn run_job(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("the stage panicked: {msg} (a bug in pipe; please report it)"))
+            Err(format!(
+                "the stage panicked: {msg} (a bug in pipe; please report it)"
+            ))
         }
     }
 }

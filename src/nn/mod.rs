@@ -42,7 +42,9 @@ pub enum NnError {
     #[error("shape mismatch: {0}")]
     Shape(String),
 
-    #[error("cannot {action} checkpoint file {path}: {source}")]
+    #[error(
+        "cannot {action} checkpoint file {path}: {source}; check the path, its permissions and free disk space"
+    )]
     CheckpointIo {
         action: &'static str,
         path: PathBuf,
@@ -71,9 +73,6 @@ pub enum NnError {
 
     #[error("training diverged: {0}; lower the learning rate")]
     Diverged(String),
-
-    #[error("backend error: {0}")]
-    Backend(String),
 
     #[error("cancelled")]
     Cancelled,

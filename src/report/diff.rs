@@ -55,7 +55,9 @@ pub fn diff_runs(a: &RunRecord, b: &RunRecord, all: bool) -> Vec<DiffRow> {
     let va = stage_values(a);
     let vb = stage_values(b);
     let mut keys: Vec<&(String, String)> = va.keys().chain(vb.keys()).collect();
-    keys.sort_by(|x, y| (!x.1.starts_with("params"), &x.0, &x.1).cmp(&(!y.1.starts_with("params"), &y.0, &y.1)));
+    keys.sort_by(|x, y| {
+        (!x.1.starts_with("params"), &x.0, &x.1).cmp(&(!y.1.starts_with("params"), &y.0, &y.1))
+    });
     keys.dedup();
     keys.into_iter()
         .filter_map(|k| {
@@ -68,7 +70,13 @@ pub fn diff_runs(a: &RunRecord, b: &RunRecord, all: bool) -> Vec<DiffRow> {
                 (Some(p), Some(q)) => Some(q - p),
                 _ => None,
             };
-            Some(DiffRow { path: k.0.clone(), name: k.1.clone(), a: x, b: y, change })
+            Some(DiffRow {
+                path: k.0.clone(),
+                name: k.1.clone(),
+                a: x,
+                b: y,
+                change,
+            })
         })
         .collect()
 }
@@ -81,7 +89,15 @@ pub fn diff_table(rows: &[DiffRow], a_label: &str, b_label: &str) -> Table {
             r.name.clone(),
             fmt_value(&r.a),
             fmt_value(&r.b),
-            r.change.map(|c| if c > 0.0 { format!("+{}", fmt_float(c)) } else { fmt_float(c) }).unwrap_or_else(|| "—".into()),
+            r.change
+                .map(|c| {
+                    if c > 0.0 {
+                        format!("+{}", fmt_float(c))
+                    } else {
+                        fmt_float(c)
+                    }
+                })
+                .unwrap_or_else(|| "—".into()),
         ]);
     }
     t

@@ -20,7 +20,9 @@ fn cell(rec: &StageRecord, values: &[String]) -> String {
     values
         .iter()
         .map(|v| match rec.metrics.get(v) {
-            Some(x) if v.contains("acc") => x.as_f64().map_or_else(|| fmt_value(x), |f| format!("{:.2}", f * 100.0)),
+            Some(x) if v.contains("acc") => x
+                .as_f64()
+                .map_or_else(|| fmt_value(x), |f| format!("{:.2}", f * 100.0)),
             Some(x) => fmt_value(x),
             None => "—".into(),
         })
@@ -30,17 +32,23 @@ fn cell(rec: &StageRecord, values: &[String]) -> String {
 
 pub fn build(spec: &ReportSpec, pipeline: &Pipeline, records: &[StageRecord]) -> Table {
     let mut columns: Vec<String> = Vec::new();
-    let mut rows: Vec<(f64, String, Vec<(String, String)>)> = Vec::new();
+    // (row value, row label, cells as (column, text))
+    type Row = (f64, String, Vec<(String, String)>);
+    let mut rows: Vec<Row> = Vec::new();
     for rec in records {
         if !spec.select.iter().any(|p| glob(p, &rec.name)) {
             continue;
         }
-        let Some(inst) = pipeline.get(&rec.name) else { continue };
+        let Some(inst) = pipeline.get(&rec.name) else {
+            continue;
+        };
         let col = column_of(&inst.template, &inst.assignment);
         if !columns.contains(&col) {
             columns.push(col.clone());
         }
-        let Some(rv) = rec.metrics.get(&spec.rows).and_then(|v| v.as_f64()) else { continue };
+        let Some(rv) = rec.metrics.get(&spec.rows).and_then(|v| v.as_f64()) else {
+            continue;
+        };
         let label = format!("{rv:.1}");
         let c = cell(rec, &spec.values);
         match rows.iter_mut().find(|(_, l, _)| *l == label) {
@@ -53,7 +61,13 @@ pub fn build(spec: &ReportSpec, pipeline: &Pipeline, records: &[StageRecord]) ->
     for (_, label, cells) in rows {
         let mut row = vec![label];
         for c in &columns {
-            row.push(cells.iter().find(|(k, _)| k == c).map(|(_, v)| v.clone()).unwrap_or_default());
+            row.push(
+                cells
+                    .iter()
+                    .find(|(k, _)| k == c)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+            );
         }
         t.push(row);
     }

@@ -8,7 +8,10 @@ pub struct Table {
 
 impl Table {
     pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Table {
-        Table { headers: headers.into_iter().map(Into::into).collect(), rows: Vec::new() }
+        Table {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, row: Vec<String>) {
@@ -39,7 +42,12 @@ impl Table {
         };
         let mut out = line(&self.headers);
         out.push('\n');
-        out.push_str(&w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("  "));
+        out.push_str(
+            &w.iter()
+                .map(|n| "-".repeat(*n))
+                .collect::<Vec<_>>()
+                .join("  "),
+        );
         out.push('\n');
         for r in &self.rows {
             out.push_str(&line(r));
@@ -50,10 +58,19 @@ impl Table {
 
     pub fn render_md(&self) -> String {
         let esc = |s: &String| s.replace('|', "\\|");
-        let mut out = format!("| {} |\n", self.headers.iter().map(esc).collect::<Vec<_>>().join(" | "));
-        out.push_str(&format!("|{}\n", self.headers.iter().map(|_| "---|").collect::<String>()));
+        let mut out = format!(
+            "| {} |\n",
+            self.headers.iter().map(esc).collect::<Vec<_>>().join(" | ")
+        );
+        out.push_str(&format!(
+            "|{}\n",
+            self.headers.iter().map(|_| "---|").collect::<String>()
+        ));
         for r in &self.rows {
-            out.push_str(&format!("| {} |\n", r.iter().map(esc).collect::<Vec<_>>().join(" | ")));
+            out.push_str(&format!(
+                "| {} |\n",
+                r.iter().map(esc).collect::<Vec<_>>().join(" | ")
+            ));
         }
         out
     }
@@ -68,7 +85,13 @@ mod tests {
         let mut t = Table::new(["Stage", "Acc"]);
         t.push(vec!["dense".into(), "0.98".into()]);
         t.push(vec!["imp.1.train".into(), "0.9".into()]);
-        assert_eq!(t.render_text(), "Stage        Acc\n-----------  ----\ndense        0.98\nimp.1.train  0.9\n");
-        assert_eq!(t.render_md(), "| Stage | Acc |\n|---|---|\n| dense | 0.98 |\n| imp.1.train | 0.9 |\n");
+        assert_eq!(
+            t.render_text(),
+            "Stage        Acc\n-----------  ----\ndense        0.98\nimp.1.train  0.9\n"
+        );
+        assert_eq!(
+            t.render_md(),
+            "| Stage | Acc |\n|---|---|\n| dense | 0.98 |\n| imp.1.train | 0.9 |\n"
+        );
     }
 }

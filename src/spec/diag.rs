@@ -71,7 +71,13 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "error: {}", self.message)?;
         if let Some(loc) = &self.loc {
-            writeln!(f, "  --> {}:{}:{}", loc.file.path.display(), loc.line, loc.col)?;
+            writeln!(
+                f,
+                "  --> {}:{}:{}",
+                loc.file.path.display(),
+                loc.line,
+                loc.col
+            )?;
             if let Some(src) = loc.file.text.lines().nth(loc.line.saturating_sub(1)) {
                 let gutter = loc.line.to_string();
                 let pad = " ".repeat(gutter.len());
@@ -115,7 +121,10 @@ impl From<Diagnostic> for Diagnostics {
 }
 
 /// The closest candidate by edit distance, for "did you mean" hints.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(word, c);
@@ -143,7 +152,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// A hint listing valid choices, with a "did you mean" first when one is close.
 pub fn choices_hint(word: &str, valid: &[&str]) -> String {
-    let list = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+    let list = valid
+        .iter()
+        .map(|v| format!("`{v}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     match did_you_mean(word, valid.iter().copied()) {
         Some(m) => format!("did you mean `{m}`? valid: {list}"),
         None => format!("valid: {list}"),
@@ -158,6 +171,9 @@ mod tests {
     fn suggests_close_names() {
         assert_eq!(did_you_mean("lr_rate", ["lr", "batch"]), None);
         assert_eq!(did_you_mean("bacth", ["lr", "batch"]), Some("batch"));
-        assert_eq!(did_you_mean("iteration", ["iterations", "epochs"]), Some("iterations"));
+        assert_eq!(
+            did_you_mean("iteration", ["iterations", "epochs"]),
+            Some("iterations")
+        );
     }
 }

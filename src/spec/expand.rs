@@ -46,7 +46,10 @@ struct Member {
     bound: Vec<(String, Vec<String>)>,
 }
 
-pub fn expand(root: &Node, registry: &Registry) -> Result<(Vec<Instance>, Option<ReportSpec>), Diagnostics> {
+pub fn expand(
+    root: &Node,
+    registry: &Registry,
+) -> Result<(Vec<Instance>, Option<ReportSpec>), Diagnostics> {
     let mut errors = Vec::new();
     let templates = collect_templates(root, &mut errors);
     if !errors.is_empty() {
@@ -73,7 +76,10 @@ pub fn expand(root: &Node, registry: &Registry) -> Result<(Vec<Instance>, Option
             match instantiate(t, m, defaults, registry) {
                 Ok(inst) => instances.push(inst),
                 Err(d) => {
-                    if !errors.iter().any(|e: &Diagnostic| e.message == d.message && e.loc == d.loc) {
+                    if !errors
+                        .iter()
+                        .any(|e: &Diagnostic| e.message == d.message && e.loc == d.loc)
+                    {
                         errors.push(d);
                     }
                 }
@@ -103,7 +109,9 @@ pub fn expand(root: &Node, registry: &Registry) -> Result<(Vec<Instance>, Option
 }
 
 fn valid_stage_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn collect_templates(root: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Template> {
@@ -145,8 +153,14 @@ fn collect_templates(root: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Template>
                         None => "inputs name stages of this pipeline (or `prev.NAME` inside a `levels:` group)".into(),
                     };
                     errors.push(
-                        Diagnostic::at(&r.loc, format!("stage `{}` consumes `{}`, which is not defined", t.name, r.target))
-                            .hint(hint),
+                        Diagnostic::at(
+                            &r.loc,
+                            format!(
+                                "stage `{}` consumes `{}`, which is not defined",
+                                t.name, r.target
+                            ),
+                        )
+                        .hint(hint),
                     );
                 }
             }
@@ -155,28 +169,57 @@ fn collect_templates(root: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Template>
     out
 }
 
-fn unroll_group(gk: &Key, g: &Node, top: &[String], out: &mut Vec<Template>, errors: &mut Vec<Diagnostic>) {
+fn unroll_group(
+    gk: &Key,
+    g: &Node,
+    top: &[String],
+    out: &mut Vec<Template>,
+    errors: &mut Vec<Diagnostic>,
+) {
     if !valid_stage_name(&gk.name) {
-        errors.push(Diagnostic::at(&gk.loc, format!("invalid group name `{}`", gk.name)).hint("use letters, digits, `_` and `-`"));
+        errors.push(
+            Diagnostic::at(&gk.loc, format!("invalid group name `{}`", gk.name))
+                .hint("use letters, digits, `_` and `-`"),
+        );
         return;
     }
     let Some(gm) = g.as_map() else {
-        errors.push(Diagnostic::at(&g.loc, format!("level group `{}` must be a map", gk.name)).hint("give it `count`, `first` and `stages`"));
+        errors.push(
+            Diagnostic::at(&g.loc, format!("level group `{}` must be a map", gk.name))
+                .hint("give it `count`, `first` and `stages`"),
+        );
         return;
     };
     for (k, _) in gm {
         if !GROUP_KEYS.contains(&k.name.as_str()) {
-            errors.push(Diagnostic::at(&k.loc, format!("unknown key `{}` in level group `{}`", k.name, gk.name)).hint(choices_hint(&k.name, GROUP_KEYS)));
+            errors.push(
+                Diagnostic::at(
+                    &k.loc,
+                    format!("unknown key `{}` in level group `{}`", k.name, gk.name),
+                )
+                .hint(choices_hint(&k.name, GROUP_KEYS)),
+            );
         }
     }
     let count = match g.get("count").map(|n| (n, &n.kind)) {
-        Some((_, NodeKind::Scalar(super::yaml::Scalar::Int(c)))) if *c >= 1 && *c <= 1000 => *c as u32,
+        Some((_, NodeKind::Scalar(super::yaml::Scalar::Int(c)))) if *c >= 1 && *c <= 1000 => {
+            *c as u32
+        }
         Some((n, _)) => {
-            errors.push(Diagnostic::at(&n.loc, format!("`count` must be an integer from 1 to 1000, found `{}`", n.display_text())));
+            errors.push(Diagnostic::at(
+                &n.loc,
+                format!(
+                    "`count` must be an integer from 1 to 1000, found `{}`",
+                    n.display_text()
+                ),
+            ));
             return;
         }
         None => {
-            errors.push(Diagnostic::at(&gk.loc, format!("level group `{}` has no `count`", gk.name)).hint("add `count: 8` for eight levels"));
+            errors.push(
+                Diagnostic::at(&gk.loc, format!("level group `{}` has no `count`", gk.name))
+                    .hint("add `count: 8` for eight levels"),
+            );
             return;
         }
     };
@@ -200,24 +243,48 @@ fn unroll_group(gk: &Key, g: &Node, top: &[String], out: &mut Vec<Template>, err
         },
     };
     let Some(stages) = g.get("stages").and_then(Node::as_map) else {
-        errors.push(Diagnostic::at(&gk.loc, format!("level group `{}` has no `stages` map", gk.name)));
+        errors.push(Diagnostic::at(
+            &gk.loc,
+            format!("level group `{}` has no `stages` map", gk.name),
+        ));
         return;
     };
     let siblings: Vec<&str> = stages.iter().map(|(k, _)| k.name.as_str()).collect();
     for (fk, _) in &first {
         if !siblings.contains(&fk.name.as_str()) {
-            errors.push(Diagnostic::at(&fk.loc, format!("`first` names `{}`, which is not a stage of group `{}`", fk.name, gk.name)).hint(choices_hint(&fk.name, &siblings)));
+            errors.push(
+                Diagnostic::at(
+                    &fk.loc,
+                    format!(
+                        "`first` names `{}`, which is not a stage of group `{}`",
+                        fk.name, gk.name
+                    ),
+                )
+                .hint(choices_hint(&fk.name, &siblings)),
+            );
         }
     }
     for level in 1..=count {
         for (sk, sv) in stages {
             let name = format!("{}.{level}.{}", gk.name, sk.name);
-            let Some(mut t) = template(&name, sk, sv, Some((gk.name.clone(), level)), errors) else { continue };
+            let Some(mut t) = template(&name, sk, sv, Some((gk.name.clone(), level)), errors)
+            else {
+                continue;
+            };
             for (_, refs, _) in &mut t.inputs {
                 for r in refs.iter_mut() {
                     if let Some(prev) = r.target.strip_prefix("prev.") {
                         if !siblings.contains(&prev) {
-                            errors.push(Diagnostic::at(&r.loc, format!("`prev.{prev}`: `{prev}` is not a stage of group `{}`", gk.name)).hint(choices_hint(prev, &siblings)));
+                            errors.push(
+                                Diagnostic::at(
+                                    &r.loc,
+                                    format!(
+                                        "`prev.{prev}`: `{prev}` is not a stage of group `{}`",
+                                        gk.name
+                                    ),
+                                )
+                                .hint(choices_hint(prev, &siblings)),
+                            );
                             r.target.clear();
                             continue;
                         }
@@ -235,7 +302,10 @@ fn unroll_group(gk: &Key, g: &Node, top: &[String], out: &mut Vec<Template>, err
                         }
                     } else if siblings.contains(&r.target.as_str()) {
                         r.target = format!("{}.{level}.{}", gk.name, r.target);
-                    } else if !top.contains(&r.target) && !r.target.contains('.') && !r.target.contains('*') {
+                    } else if !top.contains(&r.target)
+                        && !r.target.contains('.')
+                        && !r.target.contains('*')
+                    {
                         // Left as is: reported as undefined with a suggestion later.
                     }
                 }
@@ -245,21 +315,39 @@ fn unroll_group(gk: &Key, g: &Node, top: &[String], out: &mut Vec<Template>, err
     }
 }
 
-fn template(name: &str, key: &Key, node: &Node, level: Option<(String, u32)>, errors: &mut Vec<Diagnostic>) -> Option<Template> {
+fn template(
+    name: &str,
+    key: &Key,
+    node: &Node,
+    level: Option<(String, u32)>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Template> {
     if !valid_stage_name(&key.name) {
         errors.push(Diagnostic::at(&key.loc, format!("invalid stage name `{}`", key.name)).hint("stage names use letters, digits, `_` and `-` (dots, brackets and `*` are reserved for expanded names)"));
         return None;
     }
     let Some(map) = node.as_map() else {
-        errors.push(Diagnostic::at(&node.loc, format!("stage `{name}` must be a map, found {}", node.type_name())).hint("e.g. `dense: {kind: train, inputs: {model: init}}`"));
+        errors.push(
+            Diagnostic::at(
+                &node.loc,
+                format!("stage `{name}` must be a map, found {}", node.type_name()),
+            )
+            .hint("e.g. `dense: {kind: train, inputs: {model: init}}`"),
+        );
         return None;
     };
     let Some(kind_node) = node.get("kind") else {
-        errors.push(Diagnostic::at(&key.loc, format!("stage `{name}` has no `kind`")).hint("add `kind: train` (see `pipe kinds` for the list)"));
+        errors.push(
+            Diagnostic::at(&key.loc, format!("stage `{name}` has no `kind`"))
+                .hint("add `kind: train` (see `pipe kinds` for the list)"),
+        );
         return None;
     };
     let Some(kind) = kind_node.as_str() else {
-        errors.push(Diagnostic::at(&kind_node.loc, format!("`kind` must be a string, found {}", kind_node.type_name())));
+        errors.push(Diagnostic::at(
+            &kind_node.loc,
+            format!("`kind` must be a string, found {}", kind_node.type_name()),
+        ));
         return None;
     };
     let mut inputs = Vec::new();
@@ -268,22 +356,58 @@ fn template(name: &str, key: &Key, node: &Node, level: Option<(String, u32)>, er
             Some(m) => {
                 for (role, target) in m {
                     match &target.kind {
-                        NodeKind::Scalar(super::yaml::Scalar::Str(s)) => inputs.push((role.name.clone(), vec![Reference { target: s.clone(), loc: target.loc.clone() }], false)),
+                        NodeKind::Scalar(super::yaml::Scalar::Str(s)) => inputs.push((
+                            role.name.clone(),
+                            vec![Reference {
+                                target: s.clone(),
+                                loc: target.loc.clone(),
+                            }],
+                            false,
+                        )),
                         NodeKind::Seq(items) => {
                             let mut refs = Vec::new();
                             for it in items {
                                 match it.as_str() {
-                                    Some(s) => refs.push(Reference { target: s.to_string(), loc: it.loc.clone() }),
-                                    None => errors.push(Diagnostic::at(&it.loc, format!("input `{}` lists stage names, found {}", role.name, it.type_name()))),
+                                    Some(s) => refs.push(Reference {
+                                        target: s.to_string(),
+                                        loc: it.loc.clone(),
+                                    }),
+                                    None => errors.push(Diagnostic::at(
+                                        &it.loc,
+                                        format!(
+                                            "input `{}` lists stage names, found {}",
+                                            role.name,
+                                            it.type_name()
+                                        ),
+                                    )),
                                 }
                             }
                             inputs.push((role.name.clone(), refs, true));
                         }
-                        _ => errors.push(Diagnostic::at(&target.loc, format!("input `{}` must name a stage, found {}", role.name, target.type_name())).hint("e.g. `inputs: {model: dense}`")),
+                        _ => errors.push(
+                            Diagnostic::at(
+                                &target.loc,
+                                format!(
+                                    "input `{}` must name a stage, found {}",
+                                    role.name,
+                                    target.type_name()
+                                ),
+                            )
+                            .hint("e.g. `inputs: {model: dense}`"),
+                        ),
                     }
                 }
             }
-            None => errors.push(Diagnostic::at(&inp.loc, format!("`inputs` must be a map of role to stage, found {}", inp.type_name())).hint("e.g. `inputs: {model: dense}`")),
+            None => errors.push(
+                Diagnostic::at(
+                    &inp.loc,
+                    format!(
+                        "`inputs` must be a map of role to stage, found {}",
+                        inp.type_name()
+                    ),
+                )
+                .hint("e.g. `inputs: {model: dense}`"),
+            ),
         }
     }
     let mut matrix = Vec::new();
@@ -298,15 +422,32 @@ fn template(name: &str, key: &Key, node: &Node, level: Option<(String, u32)>, er
                             }
                             matrix.push((var.clone(), items.clone()));
                         }
-                        _ => errors.push(Diagnostic::at(&vals.loc, format!("matrix variable `{}` needs a non-empty list of values", var.name)).hint(format!("e.g. `{}: [0.1, 0.01]`", var.name))),
+                        _ => errors.push(
+                            Diagnostic::at(
+                                &vals.loc,
+                                format!(
+                                    "matrix variable `{}` needs a non-empty list of values",
+                                    var.name
+                                ),
+                            )
+                            .hint(format!("e.g. `{}: [0.1, 0.01]`", var.name)),
+                        ),
                     }
                 }
             }
-            None => errors.push(Diagnostic::at(&mx.loc, "`matrix` must be a map of parameter to list of values")),
+            None => errors.push(Diagnostic::at(
+                &mx.loc,
+                "`matrix` must be a map of parameter to list of values",
+            )),
         }
     }
     let params = Node {
-        kind: NodeKind::Map(map.iter().filter(|(k, _)| !RESERVED.contains(&k.name.as_str())).cloned().collect()),
+        kind: NodeKind::Map(
+            map.iter()
+                .filter(|(k, _)| !RESERVED.contains(&k.name.as_str()))
+                .cloned()
+                .collect(),
+        ),
         loc: node.loc.clone(),
         raw: None,
     };
@@ -322,11 +463,18 @@ fn template(name: &str, key: &Key, node: &Node, level: Option<(String, u32)>, er
     })
 }
 
-fn check_kinds_and_roles(templates: &[Template], registry: &Registry, errors: &mut Vec<Diagnostic>) {
+fn check_kinds_and_roles(
+    templates: &[Template],
+    registry: &Registry,
+    errors: &mut Vec<Diagnostic>,
+) {
     for t in templates {
         let Some(kind) = registry.get(&t.kind) else {
             let names = registry.names();
-            errors.push(Diagnostic::at(&t.kind_loc, format!("unknown stage kind `{}`", t.kind)).hint(choices_hint(&t.kind, &names)));
+            errors.push(
+                Diagnostic::at(&t.kind_loc, format!("unknown stage kind `{}`", t.kind))
+                    .hint(choices_hint(&t.kind, &names)),
+            );
             continue;
         };
         let roles = kind.roles();
@@ -334,8 +482,21 @@ fn check_kinds_and_roles(templates: &[Template], registry: &Registry, errors: &m
         for (role, refs, many) in &t.inputs {
             let loc = refs.first().map(|r| &r.loc).unwrap_or(&t.loc);
             match roles.iter().find(|r| r.name == role) {
-                None => errors.push(Diagnostic::at(loc, format!("a `{}` stage has no input `{role}`", t.kind)).hint(if role_names.is_empty() { format!("`{}` takes no inputs", t.kind) } else { choices_hint(role, &role_names) })),
-                Some(r) if *many && !r.many => errors.push(Diagnostic::at(loc, format!("input `{role}` of a `{}` stage takes one stage, not a list", t.kind))),
+                None => errors.push(
+                    Diagnostic::at(loc, format!("a `{}` stage has no input `{role}`", t.kind))
+                        .hint(if role_names.is_empty() {
+                            format!("`{}` takes no inputs", t.kind)
+                        } else {
+                            choices_hint(role, &role_names)
+                        }),
+                ),
+                Some(r) if *many && !r.many => errors.push(Diagnostic::at(
+                    loc,
+                    format!(
+                        "input `{role}` of a `{}` stage takes one stage, not a list",
+                        t.kind
+                    ),
+                )),
                 Some(_) => {
                     for rf in refs {
                         if rf.target.contains('*') && !*many {
@@ -347,7 +508,13 @@ fn check_kinds_and_roles(templates: &[Template], registry: &Registry, errors: &m
         }
         for r in roles.iter().filter(|r| r.required) {
             if !t.inputs.iter().any(|(role, _, _)| role == r.name) {
-                errors.push(Diagnostic::at(&t.loc, format!("stage `{}` ({}) needs input `{}`", t.name, t.kind, r.name)).hint(format!("add `inputs: {{{}: <stage>}}`", r.name)));
+                errors.push(
+                    Diagnostic::at(
+                        &t.loc,
+                        format!("stage `{}` ({}) needs input `{}`", t.name, t.kind, r.name),
+                    )
+                    .hint(format!("add `inputs: {{{}: <stage>}}`", r.name)),
+                );
             }
         }
     }
@@ -367,7 +534,10 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 fn targets<'a>(r: &Reference, templates: &'a [Template]) -> Vec<&'a Template> {
     if r.target.contains('*') {
-        templates.iter().filter(|t| glob_match(&r.target, &t.name)).collect()
+        templates
+            .iter()
+            .filter(|t| glob_match(&r.target, &t.name))
+            .collect()
     } else {
         templates.iter().filter(|t| t.name == r.target).collect()
     }
@@ -376,7 +546,11 @@ fn targets<'a>(r: &Reference, templates: &'a [Template]) -> Vec<&'a Template> {
 fn topological(templates: &[Template]) -> Result<Vec<usize>, Diagnostics> {
     let mut g: DiGraph<usize, ()> = DiGraph::new();
     let idx: Vec<NodeIndex> = (0..templates.len()).map(|i| g.add_node(i)).collect();
-    let by_name: HashMap<&str, usize> = templates.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let by_name: HashMap<&str, usize> = templates
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     for (i, t) in templates.iter().enumerate() {
         for (_, refs, _) in &t.inputs {
             for r in refs {
@@ -388,9 +562,17 @@ fn topological(templates: &[Template]) -> Result<Vec<usize>, Diagnostics> {
     }
     // Kahn's algorithm taking the earliest-defined ready stage first, so that the order is
     // the file's order wherever dependencies allow (petgraph's toposort order is arbitrary).
-    let mut indegree: Vec<usize> = idx.iter().map(|&n| g.neighbors_directed(n, petgraph::Direction::Incoming).count()).collect();
-    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
-        (0..templates.len()).filter(|&i| indegree[i] == 0).map(std::cmp::Reverse).collect();
+    let mut indegree: Vec<usize> = idx
+        .iter()
+        .map(|&n| {
+            g.neighbors_directed(n, petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..templates.len())
+        .filter(|&i| indegree[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
     let mut order = Vec::with_capacity(templates.len());
     while let Some(std::cmp::Reverse(i)) = ready.pop() {
         order.push(i);
@@ -411,7 +593,8 @@ fn topological(templates: &[Template]) -> Result<Vec<usize>, Diagnostics> {
                 if !cyclic {
                     continue;
                 }
-                let mut names: Vec<&str> = scc.iter().map(|n| templates[g[*n]].name.as_str()).collect();
+                let mut names: Vec<&str> =
+                    scc.iter().map(|n| templates[g[*n]].name.as_str()).collect();
                 names.sort();
                 let first = &templates[by_name[names[0]]];
                 errors.push(
@@ -433,9 +616,16 @@ fn member_name(base: &str, assign: &BTreeMap<String, String>) -> String {
     }
 }
 
-fn expand_members(t: &Template, members: &HashMap<&str, Vec<Member>>) -> Result<Vec<Member>, Diagnostic> {
+fn expand_members(
+    t: &Template,
+    members: &HashMap<&str, Vec<Member>>,
+) -> Result<Vec<Member>, Diagnostic> {
     // Own matrix: the cartesian product, in the order written.
-    let mut current = vec![Member { assign: BTreeMap::new(), own: BTreeMap::new(), bound: Vec::new() }];
+    let mut current = vec![Member {
+        assign: BTreeMap::new(),
+        own: BTreeMap::new(),
+        bound: Vec::new(),
+    }];
     for (var, values) in &t.matrix {
         let mut next = Vec::new();
         for m in &current {
@@ -455,11 +645,19 @@ fn expand_members(t: &Template, members: &HashMap<&str, Vec<Member>>) -> Result<
                 // Deterministic order: matched templates sorted by name.
                 let mut tnames: Vec<&&str> = members
                     .keys()
-                    .filter(|n| if r.target.contains('*') { glob_match(&r.target, n) } else { **n == r.target })
+                    .filter(|n| {
+                        if r.target.contains('*') {
+                            glob_match(&r.target, n)
+                        } else {
+                            **n == r.target
+                        }
+                    })
                     .collect();
                 if tnames.is_empty() {
-                    return Err(Diagnostic::at(&r.loc, format!("`{}` matches no stage", r.target))
-                        .hint("check the pattern; `*` matches any run of characters"));
+                    return Err(
+                        Diagnostic::at(&r.loc, format!("`{}` matches no stage", r.target))
+                            .hint("check the pattern; `*` matches any run of characters"),
+                    );
                 }
                 tnames.sort();
                 for tn in tnames {
@@ -478,19 +676,30 @@ fn expand_members(t: &Template, members: &HashMap<&str, Vec<Member>>) -> Result<
         let mut next = Vec::new();
         for m in &current {
             for u in ups {
-                let consistent = u.assign.iter().all(|(k, v)| m.assign.get(k).is_none_or(|mv| mv == v));
+                let consistent = u
+                    .assign
+                    .iter()
+                    .all(|(k, v)| m.assign.get(k).is_none_or(|mv| mv == v));
                 if consistent {
                     let mut n = m.clone();
                     for (k, v) in &u.assign {
                         n.assign.insert(k.clone(), v.clone());
                     }
-                    n.bound.push((role.clone(), vec![member_name(&r.target, &u.assign)]));
+                    n.bound
+                        .push((role.clone(), vec![member_name(&r.target, &u.assign)]));
                     next.push(n);
                 }
             }
         }
         if next.is_empty() {
-            return Err(Diagnostic::at(&r.loc, format!("no member of `{}` matches the sweep values of `{}`", r.target, t.name)).hint("stages swept over the same variable must use the same values"));
+            return Err(Diagnostic::at(
+                &r.loc,
+                format!(
+                    "no member of `{}` matches the sweep values of `{}`",
+                    r.target, t.name
+                ),
+            )
+            .hint("stages swept over the same variable must use the same values"));
         }
         current = next;
     }
@@ -504,7 +713,13 @@ fn set_path(node: &mut Node, path: &[&str], value: Node) {
     if rest.is_empty() {
         match pos {
             Some(p) => map[p].1 = value,
-            None => map.push((Key { name: head.to_string(), loc: value.loc.clone() }, value)),
+            None => map.push((
+                Key {
+                    name: head.to_string(),
+                    loc: value.loc.clone(),
+                },
+                value,
+            )),
         }
         return;
     }
@@ -512,19 +727,43 @@ fn set_path(node: &mut Node, path: &[&str], value: Node) {
         Some(p) => p,
         None => {
             let loc = value.loc.clone();
-            map.push((Key { name: head.to_string(), loc: loc.clone() }, Node { kind: NodeKind::Map(Vec::new()), loc, raw: None }));
+            map.push((
+                Key {
+                    name: head.to_string(),
+                    loc: loc.clone(),
+                },
+                Node {
+                    kind: NodeKind::Map(Vec::new()),
+                    loc,
+                    raw: None,
+                },
+            ));
             map.len() - 1
         }
     };
     set_path(&mut map[idx].1, rest, value);
 }
 
-fn instantiate(t: &Template, m: &Member, defaults: Option<&Node>, registry: &Registry) -> Result<Instance, Diagnostic> {
+fn instantiate(
+    t: &Template,
+    m: &Member,
+    defaults: Option<&Node>,
+    registry: &Registry,
+) -> Result<Instance, Diagnostic> {
     let kind = registry.get(&t.kind).expect("kinds were checked");
     let mut params = match defaults.and_then(|d| d.get(&t.kind)) {
         Some(d) if d.as_map().is_some() => d.clone(),
-        Some(d) => return Err(Diagnostic::at(&d.loc, format!("`defaults.{}` must be a map of parameters", t.kind))),
-        None => Node { kind: NodeKind::Map(Vec::new()), loc: t.loc.clone(), raw: None },
+        Some(d) => {
+            return Err(Diagnostic::at(
+                &d.loc,
+                format!("`defaults.{}` must be a map of parameters", t.kind),
+            ));
+        }
+        None => Node {
+            kind: NodeKind::Map(Vec::new()),
+            loc: t.loc.clone(),
+            raw: None,
+        },
     };
     deep_merge(&mut params, &t.params);
     for (var, value) in &m.own {
@@ -534,16 +773,34 @@ fn instantiate(t: &Template, m: &Member, defaults: Option<&Node>, registry: &Reg
     let normalized = kind.normalize(&params.to_json()).map_err(|e| {
         let (node, found) = params.locate(&e.path);
         let loc = if !found && e.message.starts_with("unknown field") {
-            node.key_loc(e.path.last().map(String::as_str).unwrap_or("")).unwrap_or(&node.loc).clone()
+            node.key_loc(e.path.last().map(String::as_str).unwrap_or(""))
+                .unwrap_or(&node.loc)
+                .clone()
         } else if found && e.message.starts_with("unknown field") {
             let parent = params.locate(&e.path[..e.path.len().saturating_sub(1)]).0;
-            parent.key_loc(e.path.last().map(String::as_str).unwrap_or("")).unwrap_or(&node.loc).clone()
+            parent
+                .key_loc(e.path.last().map(String::as_str).unwrap_or(""))
+                .unwrap_or(&node.loc)
+                .clone()
         } else {
             node.loc.clone()
         };
-        let field = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path.join(".")) };
-        Diagnostic::at(&loc, format!("stage `{}` ({}): invalid parameter{field}: {}", t.name, t.kind, e.message))
-            .hint(format!("see `pipe kinds {}` for its parameters and their defaults", t.kind))
+        let field = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!(" `{}`", e.path.join("."))
+        };
+        Diagnostic::at(
+            &loc,
+            format!(
+                "stage `{}` ({}): invalid parameter{field}: {}",
+                t.name, t.kind, e.message
+            ),
+        )
+        .hint(format!(
+            "see `pipe kinds {}` for its parameters and their defaults",
+            t.kind
+        ))
     })?;
     Ok(Instance {
         name: member_name(&t.name, &m.assign),
@@ -551,29 +808,55 @@ fn instantiate(t: &Template, m: &Member, defaults: Option<&Node>, registry: &Reg
         kind: t.kind.clone(),
         params: normalized,
         inputs: m.bound.clone(),
-        assignment: m.assign.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        assignment: m
+            .assign
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         level: t.level.clone(),
         loc: t.loc.clone(),
     })
 }
 
-fn check_upstream(instances: &[Instance], templates: &[Template], registry: &Registry, errors: &mut Vec<Diagnostic>) {
-    let by_name: HashMap<&str, &Instance> = instances.iter().map(|i| (i.name.as_str(), i)).collect();
+fn check_upstream(
+    instances: &[Instance],
+    templates: &[Template],
+    registry: &Registry,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let by_name: HashMap<&str, &Instance> =
+        instances.iter().map(|i| (i.name.as_str(), i)).collect();
     for inst in instances {
         let kind = registry.get(&inst.kind).expect("kinds were checked");
         let ups: Vec<(String, Vec<UpstreamInfo>)> = inst
             .inputs
             .iter()
             .map(|(role, names)| {
-                (role.clone(), names.iter().map(|n| {
-                    let u = by_name[n.as_str()];
-                    UpstreamInfo { name: u.name.clone(), kind: u.kind.clone(), params: u.params.clone() }
-                }).collect())
+                (
+                    role.clone(),
+                    names
+                        .iter()
+                        .map(|n| {
+                            let u = by_name[n.as_str()];
+                            UpstreamInfo {
+                                name: u.name.clone(),
+                                kind: u.kind.clone(),
+                                params: u.params.clone(),
+                            }
+                        })
+                        .collect(),
+                )
             })
             .collect();
         if let Err(msg) = kind.check(&inst.params, &ups) {
-            let t = templates.iter().find(|t| t.name == inst.template).expect("template exists");
-            let d = Diagnostic::at(&t.loc, format!("stage `{}` ({}): {msg}", inst.name, inst.kind));
+            let t = templates
+                .iter()
+                .find(|t| t.name == inst.template)
+                .expect("template exists");
+            let d = Diagnostic::at(
+                &t.loc,
+                format!("stage `{}` ({}): {msg}", inst.name, inst.kind),
+            );
             if !errors.iter().any(|e| e.message == d.message) {
                 errors.push(d);
             }

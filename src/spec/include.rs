@@ -10,7 +10,9 @@ use std::sync::Arc;
 use super::diag::{Diagnostic, Diagnostics, Loc, SourceFile, choices_hint};
 use super::yaml::{self, Key, Node, NodeKind};
 
-pub const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "include", "defaults", "stages", "levels", "report"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "pipeline", "include", "defaults", "stages", "levels", "report",
+];
 
 pub struct Merged {
     pub name: String,
@@ -96,7 +98,12 @@ impl Loader {
     /// Loads one file and its includes; returns its `pipeline:` name if it has one.
     /// `stack` holds the files being loaded: canonical path (to detect cycles) and the path as
     /// the user wrote it (to show it).
-    fn load(&mut self, path: &Path, from: Option<&Loc>, stack: &mut Vec<(PathBuf, PathBuf)>) -> Option<String> {
+    fn load(
+        &mut self,
+        path: &Path,
+        from: Option<&Loc>,
+        stack: &mut Vec<(PathBuf, PathBuf)>,
+    ) -> Option<String> {
         let canonical = match std::fs::canonicalize(path) {
             Ok(c) => c,
             Err(e) => {
@@ -105,7 +112,9 @@ impl Loader {
                     Some(loc) => Diagnostic::at(loc, msg),
                     None => Diagnostic::bare(msg),
                 };
-                self.errors.push(d.hint("check the path; included files are relative to the including file"));
+                self.errors.push(
+                    d.hint("check the path; included files are relative to the including file"),
+                );
                 return None;
             }
         };
@@ -119,7 +128,10 @@ impl Loader {
                 .join(" → ");
             let d = Diagnostic::bare(format!("include cycle: {chain}"));
             self.errors.push(match from {
-                Some(loc) => Diagnostic { loc: Some(loc.clone()), ..d },
+                Some(loc) => Diagnostic {
+                    loc: Some(loc.clone()),
+                    ..d
+                },
                 None => d,
             });
             return None;
@@ -131,7 +143,10 @@ impl Loader {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                self.errors.push(Diagnostic::bare(format!("cannot read {}: {e}", path.display())));
+                self.errors.push(Diagnostic::bare(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
                 return None;
             }
         };
@@ -148,8 +163,11 @@ impl Loader {
         };
         let Some(entries) = root.as_map() else {
             self.errors.push(
-                Diagnostic::at(&root.loc, format!("a pipeline file is a map, found {}", root.type_name()))
-                    .hint("start with `stages:`"),
+                Diagnostic::at(
+                    &root.loc,
+                    format!("a pipeline file is a map, found {}", root.type_name()),
+                )
+                .hint("start with `stages:`"),
             );
             return None;
         };
@@ -188,7 +206,10 @@ impl Loader {
             Some(n) => match n.as_str() {
                 Some(s) => Some(s.to_string()),
                 None => {
-                    self.errors.push(Diagnostic::at(&n.loc, "`pipeline` is the pipeline's name, a string"));
+                    self.errors.push(Diagnostic::at(
+                        &n.loc,
+                        "`pipeline` is the pipeline's name, a string",
+                    ));
                     None
                 }
             },
@@ -210,21 +231,33 @@ impl Loader {
                 continue;
             };
             for (k, v) in m {
-                let target = if section == "stages" { &mut self.stages } else { &mut self.levels };
+                let target = if section == "stages" {
+                    &mut self.stages
+                } else {
+                    &mut self.levels
+                };
                 match target.iter().find(|(e, _)| e.name == k.name) {
                     Some((_, existing)) if existing.to_json() == v.to_json() => {}
                     Some((first, _)) => {
                         let at = format!("{}:{}", first.loc.path().display(), first.loc.line);
                         self.errors.push(
-                            Diagnostic::at(&k.loc, format!("`{}` is defined twice, differently", k.name))
-                                .hint(format!("the other definition is at {at}; rename one of them")),
+                            Diagnostic::at(
+                                &k.loc,
+                                format!("`{}` is defined twice, differently", k.name),
+                            )
+                            .hint(format!(
+                                "the other definition is at {at}; rename one of them"
+                            )),
                         );
                     }
                     None => target.push((k.clone(), v.clone())),
                 }
             }
         }
-        if let Some((k, v)) = root.as_map().and_then(|m| m.iter().find(|(k, _)| k.name == "report")) {
+        if let Some((k, v)) = root
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.name == "report"))
+        {
             self.report = Some((k.clone(), v.clone()));
         }
         name
@@ -232,7 +265,10 @@ impl Loader {
 }
 
 fn expected_map(section: &str, n: &Node) -> Diagnostic {
-    Diagnostic::at(&n.loc, format!("`{section}` must be a map, found {}", n.type_name()))
+    Diagnostic::at(
+        &n.loc,
+        format!("`{section}` must be a map, found {}", n.type_name()),
+    )
 }
 
 /// Deep-merges `v` into `entries[k]`: maps merge key by key, anything else is replaced.

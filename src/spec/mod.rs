@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use diag::choices_hint as choices_hint_pub;
+pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use expand::glob_match;
 pub use overrides::Override;
 

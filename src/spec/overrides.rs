@@ -24,8 +24,10 @@ impl FromStr for Override {
         };
         let path: Vec<String> = path.trim().split('.').map(str::to_string).collect();
         if path.iter().any(String::is_empty) {
-            return Err(Diagnostic::bare(format!("override `{s}` has an empty path segment"))
-                .hint("segments are separated by single dots: stages.dense.lr=0.1"));
+            return Err(
+                Diagnostic::bare(format!("override `{s}` has an empty path segment"))
+                    .hint("segments are separated by single dots: stages.dense.lr=0.1"),
+            );
         }
         Ok(Override {
             path,
@@ -83,7 +85,11 @@ pub fn apply(root: &mut Node, o: &Override) -> Result<(), Diagnostic> {
                 return Err(Diagnostic::bare(format!(
                     "override `{}`: no `{seg}` under `{}`",
                     o.text,
-                    if i == 0 { "the top level".to_string() } else { o.path[..i].join(".") }
+                    if i == 0 {
+                        "the top level".to_string()
+                    } else {
+                        o.path[..i].join(".")
+                    }
                 ))
                 .hint(choices_hint(seg, &names)));
             }
@@ -96,4 +102,3 @@ pub fn apply(root: &mut Node, o: &Override) -> Result<(), Diagnostic> {
     }
     Ok(())
 }
-

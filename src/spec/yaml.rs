@@ -77,7 +77,10 @@ impl Node {
     }
 
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
     }
 
     /// What the user would call this node's type, for "expected a map, found a list" errors.
@@ -146,7 +149,10 @@ impl Node {
 
     /// The location of the key `name` in this map, if present.
     pub fn key_loc(&self, name: &str) -> Option<&Loc> {
-        self.as_map()?.iter().find(|(k, _)| k.name == name).map(|(k, _)| &k.loc)
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(k, _)| &k.loc)
     }
 }
 
@@ -164,36 +170,39 @@ pub fn resolve_plain(s: &str) -> Scalar {
         "" | "~" | "null" | "Null" | "NULL" => return Scalar::Null,
         "true" | "True" | "TRUE" => return Scalar::Bool(true),
         "false" | "False" | "FALSE" => return Scalar::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Scalar::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Scalar::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Scalar::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Scalar::Float(f64::NAN),
         _ => {}
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = s.parse::<i64>() {
-            return Scalar::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return Scalar::Int(i);
     }
-    if let Some(hex) = s.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Scalar::Int(i);
-        }
+    if let Some(hex) = s.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Scalar::Int(i);
     }
-    if let Some(oct) = s.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Scalar::Int(i);
-        }
+    if let Some(oct) = s.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Scalar::Int(i);
     }
     let looks_numeric = digits
         .bytes()
         .next()
         .is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
-    if looks_numeric {
-        if let Ok(f) = s.parse::<f64>() {
-            return Scalar::Float(f);
-        }
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+    if looks_numeric && let Ok(f) = s.parse::<f64>() {
+        return Scalar::Float(f);
     }
     Scalar::Str(s.to_string())
 }
@@ -266,7 +275,10 @@ struct Builder {
 }
 
 impl Builder {
-    fn next<'a>(&self, parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>) -> Result<(Event<'a>, Span), Diagnostic> {
+    fn next<'a>(
+        &self,
+        parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
+    ) -> Result<(Event<'a>, Span), Diagnostic> {
         match parser.next_event() {
             Some(Ok(x)) => Ok(x),
             Some(Err(e)) => Err(scan_error(&self.file, &e)),
@@ -278,7 +290,10 @@ impl Builder {
     }
 
     /// Reads the node that starts with the next event.
-    fn node<'a>(&mut self, parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>) -> Result<Node, Diagnostic> {
+    fn node<'a>(
+        &mut self,
+        parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
+    ) -> Result<Node, Diagnostic> {
         let (ev, span) = self.next(parser)?;
         self.node_from(ev, span, parser)
     }
@@ -395,7 +410,10 @@ impl Builder {
                 self.remember(anchor, &node);
                 Ok(node)
             }
-            other => Err(Diagnostic::at(&loc, format!("unexpected YAML event {other:?}"))),
+            other => Err(Diagnostic::at(
+                &loc,
+                format!("unexpected YAML event {other:?}"),
+            )),
         }
     }
 
@@ -435,12 +453,18 @@ mod tests {
         let e = p("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(e.message, "duplicate key `a`");
         assert_eq!(e.loc.as_ref().unwrap().line, 3);
-        assert_eq!(e.hint.as_deref(), Some("it was first set at line 1; remove one of the two"));
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("it was first set at line 1; remove one of the two")
+        );
     }
 
     #[test]
     fn anchors_and_merge_keys() {
         let n = p("base: &b {lr: 0.1, batch: 60}\nx:\n  <<: *b\n  lr: 0.2\n").unwrap();
-        assert_eq!(n.get("x").unwrap().to_json(), serde_json::json!({"lr": 0.2, "batch": 60}));
+        assert_eq!(
+            n.get("x").unwrap().to_json(),
+            serde_json::json!({"lr": 0.2, "batch": 60})
+        );
     }
 }

@@ -173,8 +173,8 @@ impl<'a> StageContext<'a> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
         }
-        let text = serde_json::to_string_pretty(value)
-            .map_err(|e| StageError::Other(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(value).map_err(|e| StageError::Other(e.to_string()))?;
         std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))
     }
 }

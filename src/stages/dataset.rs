@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::data::{DataError, Split, load_mnist, split_validation, subset, MNIST_FILES};
+use crate::data::{DataError, MNIST_FILES, Split, load_mnist, split_validation, subset};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -106,7 +106,12 @@ impl DataCache {
 
     pub fn load(&self, p: &DataParams) -> Result<Arc<Splits>, DataError> {
         let memo_key = serde_json::to_string(p).expect("data params serialise");
-        if let Some(s) = self.splits.lock().unwrap_or_else(|e| e.into_inner()).get(&memo_key) {
+        if let Some(s) = self
+            .splits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&memo_key)
+        {
             return Ok(s.clone());
         }
         let DatasetName::Mnist = p.dataset;
@@ -121,7 +126,10 @@ impl DataCache {
             val = subset(&val, n);
         }
         let s = Arc::new(Splits { train, val, test });
-        self.splits.lock().unwrap_or_else(|e| e.into_inner()).insert(memo_key, s.clone());
+        self.splits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(memo_key, s.clone());
         Ok(s)
     }
 }

@@ -47,7 +47,11 @@ impl Stage for Evaluate {
         DataParams::strip_locations(params)
     }
 
-    fn check(&self, _p: &EvaluateParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+    fn check(
+        &self,
+        _p: &EvaluateParams,
+        inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> Result<(), String> {
         require_models(inputs)
     }
 

@@ -29,7 +29,11 @@ impl Stage for Init {
     const ROLES: &'static [Role] = &[];
     const ABOUT: &'static str = "a seeded untrained network θ0 {model, init, seed}";
 
-    fn check(&self, p: &InitParams, _inputs: &[(String, Vec<super::UpstreamInfo>)]) -> Result<(), String> {
+    fn check(
+        &self,
+        p: &InitParams,
+        _inputs: &[(String, Vec<super::UpstreamInfo>)],
+    ) -> Result<(), String> {
         p.model.validate()
     }
 
@@ -38,6 +42,15 @@ impl Stage for Init {
         let mask = Mask::dense(&p.model);
         ctx.set_metric("weights", p.model.num_weights() as u64);
         ctx.set_metric("remaining_pct", 100.0);
-        ctx.save_model("model", &Checkpoint { spec: p.model.clone(), weights, mask, step: 0, seed: p.seed })
+        ctx.save_model(
+            "model",
+            &Checkpoint {
+                spec: p.model.clone(),
+                weights,
+                mask,
+                step: 0,
+                seed: p.seed,
+            },
+        )
     }
 }

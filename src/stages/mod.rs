@@ -118,7 +118,11 @@ pub trait Stage: Send + Sync + 'static {
     }
 
     /// Checks that need the consumed stages' kinds and parameters.
-    fn check(&self, _params: &Self::Params, _inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+    fn check(
+        &self,
+        _params: &Self::Params,
+        _inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> Result<(), String> {
         Ok(())
     }
 
@@ -159,7 +163,10 @@ impl Registry {
     }
 
     pub fn get(&self, kind: &str) -> Option<&dyn StageKind> {
-        self.kinds.iter().find(|k| k.kind() == kind).map(|b| b.as_ref())
+        self.kinds
+            .iter()
+            .find(|k| k.kind() == kind)
+            .map(|b| b.as_ref())
     }
 
     pub fn names(&self) -> Vec<&'static str> {

@@ -47,11 +47,15 @@ impl Stage for Prune {
     const KIND: &'static str = "prune";
     const VERSION: u32 = 1;
     const ROLES: &'static [Role] = &[Role::one("model")];
-    const ABOUT: &'static str = "removes a fraction of the surviving weights {method, scope, fraction, layers}";
+    const ABOUT: &'static str =
+        "removes a fraction of the surviving weights {method, scope, fraction, layers}";
 
     fn check(&self, p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
         if !(0.0..=1.0).contains(&p.fraction) {
-            return Err(format!("`fraction` must be between 0 and 1, got {}", p.fraction));
+            return Err(format!(
+                "`fraction` must be between 0 and 1, got {}",
+                p.fraction
+            ));
         }
         for (name, f) in &p.layers {
             if !(0.0..=1.0).contains(f) {
@@ -78,12 +82,25 @@ impl Stage for Prune {
             .map(|n| {
                 p.layers
                     .get(n)
-                    .or_else(|| if *n == output { p.layers.get("output") } else { None })
+                    .or_else(|| {
+                        if *n == output {
+                            p.layers.get("output")
+                        } else {
+                            None
+                        }
+                    })
                     .copied()
                     .unwrap_or(p.fraction)
             })
             .collect();
-        let mask = prune(&input.weights, &input.mask, p.method, p.scope, &rates, p.seed)?;
+        let mask = prune(
+            &input.weights,
+            &input.mask,
+            p.method,
+            p.scope,
+            &rates,
+            p.seed,
+        )?;
         let weights = input.weights.masked(&mask);
         let density = mask.density();
         for (n, d) in names.iter().zip(&density) {
@@ -91,6 +108,15 @@ impl Stage for Prune {
         }
         ctx.set_metric("remaining_pct", round4(mask.remaining_fraction() * 100.0));
         ctx.set_metric("weights_remaining", mask.kept() as u64);
-        ctx.save_model("model", &Checkpoint { spec: input.spec, weights, mask, step: input.step, seed: input.seed })
+        ctx.save_model(
+            "model",
+            &Checkpoint {
+                spec: input.spec,
+                weights,
+                mask,
+                step: input.step,
+                seed: input.seed,
+            },
+        )
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::init::kaiming_normal;
 use super::train::{require_models, round4};
 use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::{Checkpoint, InitScheme, forward_flops, init_weights, Mask};
+use crate::nn::{Checkpoint, InitScheme, Mask, forward_flops, init_weights};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -41,9 +41,14 @@ impl Stage for Reinit {
     const KIND: &'static str = "reinit";
     const VERSION: u32 = 1;
     const ROLES: &'static [Role] = &[Role::one("mask")];
-    const ABOUT: &'static str = "the mask with fresh random weights (Rethinking's control) {init, seed, budget}";
+    const ABOUT: &'static str =
+        "the mask with fresh random weights (Rethinking's control) {init, seed, budget}";
 
-    fn check(&self, _p: &ReinitParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+    fn check(
+        &self,
+        _p: &ReinitParams,
+        inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> Result<(), String> {
         require_models(inputs)
     }
 
@@ -57,7 +62,19 @@ impl Stage for Reinit {
         if p.budget == Budget::SameFlops {
             ctx.set_metric("budget_scale", dense as f64 / pruned.max(1) as f64);
         }
-        ctx.set_metric("remaining_pct", round4(src.mask.remaining_fraction() * 100.0));
-        ctx.save_model("model", &Checkpoint { spec: src.spec, weights: fresh, mask: src.mask, step: 0, seed: p.seed })
+        ctx.set_metric(
+            "remaining_pct",
+            round4(src.mask.remaining_fraction() * 100.0),
+        );
+        ctx.save_model(
+            "model",
+            &Checkpoint {
+                spec: src.spec,
+                weights: fresh,
+                mask: src.mask,
+                step: 0,
+                seed: p.seed,
+            },
+        )
     }
 }

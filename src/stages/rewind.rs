@@ -22,11 +22,18 @@ impl Stage for Rewind {
     const KIND: &'static str = "rewind";
     const VERSION: u32 = 1;
     const ROLES: &'static [Role] = &[Role::one("weights"), Role::one("mask")];
-    const ABOUT: &'static str = "survivors of `mask` rewound to `weights` at `iteration` (0 = θ0) {iteration}";
+    const ABOUT: &'static str =
+        "survivors of `mask` rewound to `weights` at `iteration` (0 = θ0) {iteration}";
 
-    fn check(&self, p: &RewindParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+    fn check(
+        &self,
+        p: &RewindParams,
+        inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> Result<(), String> {
         require_models(inputs)?;
-        let Some((_, ups)) = inputs.iter().find(|(r, _)| r == "weights") else { return Ok(()) };
+        let Some((_, ups)) = inputs.iter().find(|(r, _)| r == "weights") else {
+            return Ok(());
+        };
         let Some(w) = ups.first() else { return Ok(()) };
         if w.kind == "train" {
             let saved: Vec<u64> = w
@@ -61,12 +68,27 @@ impl Stage for Rewind {
         if weights.spec != mask_src.spec {
             return Err(StageError::Input {
                 role: "mask".into(),
-                message: format!("its architecture {:?} differs from the weights' {:?}", mask_src.spec, weights.spec),
+                message: format!(
+                    "its architecture {:?} differs from the weights' {:?}",
+                    mask_src.spec, weights.spec
+                ),
             });
         }
         let w = weights.weights.masked(&mask_src.mask);
         ctx.set_metric("iteration", p.iteration);
-        ctx.set_metric("remaining_pct", round4(mask_src.mask.remaining_fraction() * 100.0));
-        ctx.save_model("model", &Checkpoint { spec: weights.spec, weights: w, mask: mask_src.mask, step: p.iteration, seed: weights.seed })
+        ctx.set_metric(
+            "remaining_pct",
+            round4(mask_src.mask.remaining_fraction() * 100.0),
+        );
+        ctx.save_model(
+            "model",
+            &Checkpoint {
+                spec: weights.spec,
+                weights: w,
+                mask: mask_src.mask,
+                step: p.iteration,
+                seed: weights.seed,
+            },
+        )
     }
 }

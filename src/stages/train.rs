@@ -152,7 +152,11 @@ impl Stage for Train {
             data_seed: p.seed,
             start_step: 0,
         };
-        let data = TrainData { train: &splits.train, val: &splits.val, test: &splits.test };
+        let data = TrainData {
+            train: &splits.train,
+            val: &splits.val,
+            test: &splits.test,
+        };
         let device = ctx.device().clone();
         let out = {
             let ctx_ref = &*ctx;
@@ -160,24 +164,51 @@ impl Stage for Train {
                 if ctx_ref.cancelled() {
                     return ControlFlow::Break(());
                 }
-                ctx_ref.progress(pr.iteration, pr.total, &format!("loss {:.4}", pr.train_loss));
+                ctx_ref.progress(
+                    pr.iteration,
+                    pr.total,
+                    &format!("loss {:.4}", pr.train_loss),
+                );
                 ControlFlow::Continue(())
             };
-            train(&start.spec, &start.weights, &start.mask, &data, &cfg, &device, &mut on_progress)?
+            train(
+                &start.spec,
+                &start.weights,
+                &start.mask,
+                &data,
+                &cfg,
+                &device,
+                &mut on_progress,
+            )?
         };
         for (k, w) in &out.checkpoints {
             ctx.save_model(
                 &format!("ckpt/iter_{k}"),
-                &Checkpoint { spec: start.spec.clone(), weights: w.clone(), mask: start.mask.clone(), step: *k, seed: p.seed },
+                &Checkpoint {
+                    spec: start.spec.clone(),
+                    weights: w.clone(),
+                    mask: start.mask.clone(),
+                    step: *k,
+                    seed: p.seed,
+                },
             )?;
         }
         ctx.save_model(
             "model",
-            &Checkpoint { spec: start.spec.clone(), weights: out.weights.clone(), mask: start.mask.clone(), step: iterations, seed: p.seed },
+            &Checkpoint {
+                spec: start.spec.clone(),
+                weights: out.weights.clone(),
+                mask: start.mask.clone(),
+                step: iterations,
+                seed: p.seed,
+            },
         )?;
         ctx.write_json("curve.json", &out.curve)?;
         ctx.set_metric("iterations", iterations);
-        ctx.set_metric("remaining_pct", round4(start.mask.remaining_fraction() * 100.0));
+        ctx.set_metric(
+            "remaining_pct",
+            round4(start.mask.remaining_fraction() * 100.0),
+        );
         if let Some(last) = out.curve.last() {
             ctx.set_metric("test_acc", last.test_acc);
             ctx.set_metric("test_loss", last.test_loss);

@@ -29,7 +29,9 @@ pub fn file(rel: &str) -> PathBuf {
 }
 
 pub fn overrides(set: &[&str]) -> Vec<Override> {
-    set.iter().map(|s| s.parse().expect("valid override")).collect()
+    set.iter()
+        .map(|s| s.parse().expect("valid override"))
+        .collect()
 }
 
 pub fn plan(cache: &Path, files: &[PathBuf], set: &[&str]) -> exec::Plan {
@@ -49,24 +51,51 @@ pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool)
     let plan = plan(cache, files, set);
     let store = Store::open(cache).expect("cache");
     let cancel = AtomicBool::new(false);
-    let opts = RunOptions { jobs: 2, keep_going, device: DeviceSpec::Cpu };
-    exec::execute(&plan, &reg, &store, &opts, &PlainSink::new(true), &cancel, &DataCache::new())
+    let opts = RunOptions {
+        jobs: 2,
+        keep_going,
+        device: DeviceSpec::Cpu,
+    };
+    exec::execute(
+        &plan,
+        &reg,
+        &store,
+        &opts,
+        &PlainSink::new(true),
+        &cancel,
+        &DataCache::new(),
+    )
 }
 
 pub fn statuses(o: &RunOutcome) -> Vec<(String, StageStatus)> {
-    o.records.iter().map(|r| (r.name.clone(), r.status)).collect()
+    o.records
+        .iter()
+        .map(|r| (r.name.clone(), r.status))
+        .collect()
 }
 
 pub fn status_of(o: &RunOutcome, name: &str) -> StageStatus {
-    o.records.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no stage {name}")).status
+    o.records
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no stage {name}"))
+        .status
 }
 
 pub fn metric(o: &RunOutcome, name: &str, m: &str) -> f64 {
-    o.records.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no stage {name}")).metrics[m]
+    o.records
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no stage {name}"))
+        .metrics[m]
         .as_f64()
         .unwrap_or_else(|| panic!("no metric {m} on {name}"))
 }
 
 pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

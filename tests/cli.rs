@@ -1,0 +1,302 @@
+//! The binary as a user runs it: exit codes, SIGKILL in the middle of a stage, two concurrent
+//! runs sharing a stage, and the `runs` / `diff` / `show` / `explain` / `gc` commands.
+//!
+//! These use examples/custom_stage (the `pipe` binary plus the test-only `toy` kind); the
+//! shipped binary registers only real stage kinds.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn toy_pipe() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
+    let example = bin.parent().unwrap().join("examples").join("custom_stage");
+    if !example.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "custom_stage"])
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    example
+}
+
+fn pipe(cache: &Path, args: &[&str]) -> Output {
+    Command::new(toy_pipe())
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .current_dir(root())
+        .env_remove("PIPE_CACHE_DIR")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn exit_codes_distinguish_bad_input_from_failed_stages() {
+    let cache = tempfile::tempdir().unwrap();
+    let bad = pipe(cache.path(), &["run", "tests/malformed/unknown_kind.yaml"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("tests/malformed/unknown_kind.yaml:3:17"));
+    // Nothing ran, so no run record either.
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+    let failed = pipe(
+        cache.path(),
+        &[
+            "run",
+            "tests/pipelines/toy_chain.yaml",
+            "-S",
+            "stages.c.fail=true",
+        ],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(stderr(&failed).contains("FAILED  c: failed on purpose"));
+    let ok = pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let usage = pipe(cache.path(), &["run"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let device = pipe(
+        cache.path(),
+        &["run", "tests/pipelines/toy_chain.yaml", "--device", "tpu"],
+    );
+    assert_eq!(device.status.code(), Some(2));
+    assert!(
+        stderr(&device).contains("unknown device `tpu`"),
+        "{}",
+        stderr(&device)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_in_the_middle_of_a_stage_leaves_nothing_finished_and_the_next_run_completes() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = Command::new(toy_pipe())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args([
+            "run",
+            "tests/pipelines/toy_chain.yaml",
+            "-S",
+            "stages.b.sleep_ms=20000",
+        ])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until `b` is being written (its temporary folder exists), then kill -9.
+    let tmp = cache.path().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let writing = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+        if writing > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stage b never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let p = plan(cache.path(), &[file("tests/pipelines/toy_chain.yaml")], &[]);
+    let cached: Vec<(&str, bool)> = p
+        .stages
+        .iter()
+        .map(|s| (s.instance.name.as_str(), s.cached()))
+        .collect();
+    assert!(cached[0] == ("a", true));
+    assert!(cached[1] == ("b", false) && cached[2] == ("c", false));
+    let again = pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(stderr(&again).contains("hit     a"));
+    assert!(stderr(&again).contains("run     b"));
+    // The killed writer's folder is garbage now, and gc says so.
+    let gc = pipe(cache.path(), &["gc", "--dry-run"]);
+    assert!(stdout(&gc).contains("partial"), "{}", stdout(&gc));
+}
+
+#[test]
+fn concurrent_runs_sharing_a_stage_compute_it_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let log = cache.path().join("log");
+    let set_log = format!("defaults.toy.log={}", log.display());
+    let spawn = || {
+        Command::new(toy_pipe())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .args([
+                "run",
+                "tests/pipelines/toy_chain.yaml",
+                "-S",
+                &set_log,
+                "-S",
+                "defaults.toy.sleep_ms=300",
+            ])
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    let second = spawn();
+    let o1 = first.wait_with_output().unwrap();
+    let o2 = second.wait_with_output().unwrap();
+    assert!(o1.status.success() && o2.status.success());
+    let mut computed = lines(&log);
+    computed.sort();
+    assert_eq!(
+        computed,
+        vec!["a", "b", "c", "d"],
+        "each stage computed exactly once"
+    );
+    let both = format!("{}{}", stderr(&o1), stderr(&o2));
+    assert_eq!(both.matches("run     a").count(), 1);
+    assert_eq!(both.matches("hit     a").count(), 1);
+}
+
+fn run_ids(cache: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(cache.join("runs"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn runs_diff_show_and_explain() {
+    let cache = tempfile::tempdir().unwrap();
+    assert!(
+        pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        pipe(
+            cache.path(),
+            &[
+                "run",
+                "tests/pipelines/toy_chain.yaml",
+                "-S",
+                "stages.b.value=5"
+            ]
+        )
+        .status
+        .success()
+    );
+    let ids = run_ids(cache.path());
+    assert_eq!(ids.len(), 2);
+    let redact = |s: String| s.replace(&ids[0], "RUN_A").replace(&ids[1], "RUN_B");
+    let d = pipe(cache.path(), &["diff", &ids[0], &ids[1]]);
+    insta::assert_snapshot!("diff_text", redact(stdout(&d)));
+    let md = pipe(cache.path(), &["diff", &ids[0], "last", "--md"]);
+    insta::assert_snapshot!("diff_md", redact(stdout(&md)));
+    let json = pipe(cache.path(), &["diff", &ids[0], &ids[1], "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[0]["path"], "b");
+    assert_eq!(rows[0]["name"], "params.value");
+    assert_eq!(rows[0]["change"], 3.0);
+    let runs = pipe(cache.path(), &["runs"]);
+    assert_eq!(stdout(&runs).lines().count(), 4);
+    let show = pipe(cache.path(), &["show", "c"]);
+    assert!(stdout(&show).contains("total   9"), "{}", stdout(&show));
+    let explain = pipe(
+        cache.path(),
+        &[
+            "explain",
+            "tests/pipelines/toy_chain.yaml",
+            "b",
+            "-S",
+            "stages.b.value=7",
+        ],
+    );
+    insta::assert_snapshot!("explain_changed", stdout(&explain));
+    let nostage = pipe(
+        cache.path(),
+        &["explain", "tests/pipelines/toy_chain.yaml", "bb"],
+    );
+    assert_eq!(nostage.status.code(), Some(2));
+    assert!(stderr(&nostage).contains("did you mean `b`?"));
+}
+
+#[test]
+fn gc_dry_run_then_collect() {
+    let cache = tempfile::tempdir().unwrap();
+    assert!(
+        pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        pipe(
+            cache.path(),
+            &[
+                "run",
+                "tests/pipelines/toy_chain.yaml",
+                "-S",
+                "stages.a.value=2"
+            ]
+        )
+        .status
+        .success()
+    );
+    let dry = pipe(cache.path(), &["gc", "--keep-last", "1", "--dry-run"]);
+    assert!(
+        stdout(&dry).contains("would remove 5 item(s)"),
+        "{}",
+        stdout(&dry)
+    );
+    let real = pipe(cache.path(), &["gc", "--keep-last", "1"]);
+    assert!(
+        stdout(&real).contains("removed 5 item(s)"),
+        "{}",
+        stdout(&real)
+    );
+    assert!(stdout(&real).contains("kept 4 entries"));
+    let again = pipe(
+        cache.path(),
+        &[
+            "run",
+            "tests/pipelines/toy_chain.yaml",
+            "-S",
+            "stages.a.value=2",
+        ],
+    );
+    assert!(
+        stderr(&again)
+            .lines()
+            .filter(|l| l.starts_with("hit"))
+            .count()
+            == 4,
+        "{}",
+        stderr(&again)
+    );
+}
