@@ -6,7 +6,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -44,9 +43,10 @@ pub struct Global {
     /// The cache folder.
     #[arg(long, global = true, env = "PIPE_CACHE_DIR", default_value = "cache")]
     pub cache_dir: PathBuf,
-    /// Stages run at once (each training already uses every core of the CPU backend).
-    #[arg(short = 'j', long, global = true, default_value_t = 1)]
-    pub jobs: usize,
+    /// Stages run at once [default: the number of CPU cores]. At LeNet sizes a training keeps
+    /// about one core busy on the CPU backend, so independent stages use the rest.
+    #[arg(short = 'j', long, global = true)]
+    pub jobs: Option<usize>,
     /// Override a value as if written in the file: `-S stages.dense.lr=0.1`,
     /// `-S defaults.train.iterations=50000`, `-S levels.imp.count=12`. Part of the keys.
     #[arg(short = 'S', long = "set", global = true, value_name = "PATH=VALUE")]
@@ -297,21 +297,24 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
     };
     let started = clock::now_secs();
     let t0 = Instant::now();
-    let data = Arc::new(DataCache::new());
+    let data = DataCache::new();
+    let jobs = g
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = RunOptions {
-        jobs: g.jobs,
+        jobs,
         keep_going: g.keep_going,
         device: device.clone(),
     };
-    let outcome = exec::execute(
-        &plan,
+    let env = exec::Engine {
         registry,
-        &store,
-        &opts,
-        sink.as_ref(),
-        &CANCEL,
-        &data,
-    );
+        store: &store,
+        opts: &opts,
+        sink: sink.as_ref(),
+        cancel: &CANCEL,
+        data: &data,
+    };
+    let outcome = exec::execute(&plan, env);
     let report_text = plan
         .pipeline
         .report

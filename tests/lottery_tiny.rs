@@ -150,3 +150,43 @@ fn late_rewinding_reuses_the_dense_prefix_of_another_pipeline() {
         "same as imp.1.late[lr=1.2e-3]"
     );
 }
+
+#[test]
+fn scratch_b_trains_for_the_same_flops_as_the_dense_network() {
+    let cache = tempfile::tempdir().unwrap();
+    let o = run(
+        cache.path(),
+        &tiny(),
+        &[
+            "levels.imp.count=1",
+            "levels.imp.stages.random_init.budget=same_flops",
+            "levels.imp.stages.random.matrix.lr=[1.2e-3]",
+        ],
+    );
+    assert!(o.ok());
+    let reinit = &o
+        .records
+        .iter()
+        .find(|r| r.name == "imp.1.random_init")
+        .unwrap()
+        .metrics;
+    // 784-32-16-10: 2 × 25,760 dense weights + 58 biases; level 1 keeps 12,920 weights.
+    assert_eq!(reinit["flops_dense"], 2 * 25760 + 58);
+    assert_eq!(reinit["flops_pruned"], 2 * 12920 + 58);
+    let random = &o
+        .records
+        .iter()
+        .find(|r| r.name == "imp.1.random[lr=1.2e-3]")
+        .unwrap()
+        .metrics;
+    // Scratch-B: 30 × 51,578 / 25,898 = 59.75 → 60 iterations; Scratch-E keeps 30.
+    assert_eq!(random["iterations"], 60);
+    assert_eq!(
+        o.records
+            .iter()
+            .find(|r| r.name == "imp.1.ticket[lr=1.2e-3]")
+            .unwrap()
+            .metrics["iterations"],
+        30
+    );
+}

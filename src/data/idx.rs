@@ -42,6 +42,25 @@ pub fn read_idx_u8(path: &Path) -> Result<IdxArray, DataError> {
     parse_idx_u8(path, &bytes)
 }
 
+/// The IDX bytes of a file's content: gunzipped when it starts with the gzip magic, as is
+/// otherwise. `path` is only used in error messages.
+pub fn decompress<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, DataError> {
+    if !bytes.starts_with(&GZIP_MAGIC) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .map_err(|source| DataError::Gzip {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(std::borrow::Cow::Owned(out))
+}
+
 /// Parses the bytes of an IDX file (gzip-compressed or raw); `path` is only used
 /// in error messages.
 pub fn parse_idx_u8(path: &Path, bytes: &[u8]) -> Result<IdxArray, DataError> {

@@ -6,4 +6,4 @@ mod scheduler;
 
 pub use events::{BarSink, Event, EventSink, PlainSink};
 pub use plan::{Plan, PlanError, PlannedStage, Why, plan};
-pub use scheduler::{RunOptions, RunOutcome, execute, headline};
+pub use scheduler::{Engine, RunOptions, RunOutcome, execute, headline};

@@ -95,16 +95,26 @@ pub fn headline(metrics: &Value) -> String {
         .join(" ")
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn execute(
-    plan: &Plan,
-    registry: &Registry,
-    store: &Store,
-    opts: &RunOptions,
-    sink: &dyn EventSink,
-    cancel: &AtomicBool,
-    data: &DataCache,
-) -> RunOutcome {
+/// What running stages need besides the plan: the kinds, the cache, the options, where events
+/// go, the cancel flag (set by Ctrl-C) and the shared dataset cache.
+#[derive(Clone, Copy)]
+pub struct Engine<'a> {
+    pub registry: &'a Registry,
+    pub store: &'a Store,
+    pub opts: &'a RunOptions,
+    pub sink: &'a dyn EventSink,
+    pub cancel: &'a AtomicBool,
+    pub data: &'a DataCache,
+}
+
+pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
+    let Engine {
+        store,
+        opts,
+        sink,
+        cancel,
+        ..
+    } = env;
     let stages = &plan.stages;
     let graph = StageGraph::new(&plan.pipeline.instances);
     let mut job_of_key: HashMap<&str, usize> = HashMap::new();
@@ -163,9 +173,7 @@ pub fn execute(
                 let tx = tx.clone();
                 let key = jobs[j].key.clone();
                 scope.spawn(move || {
-                    let res = run_job(
-                        &key, rep, plan, registry, store, opts, sink, cancel, data, inputs,
-                    );
+                    let res = run_job(&key, rep, plan, env, inputs);
                     let _ = tx.send((j, res));
                 });
             }
@@ -307,19 +315,21 @@ fn input_entries(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_job(
     key: &str,
     rep: usize,
     plan: &Plan,
-    registry: &Registry,
-    store: &Store,
-    opts: &RunOptions,
-    sink: &dyn EventSink,
-    cancel: &AtomicBool,
-    data: &DataCache,
+    env: Engine,
     mut inputs: Vec<(String, Vec<InputEntry>)>,
 ) -> Result<(StageStatus, Manifest, f64), String> {
+    let Engine {
+        registry,
+        store,
+        opts,
+        sink,
+        cancel,
+        data,
+    } = env;
     let stage = &plan.stages[rep];
     let name = stage.instance.name.as_str();
     if store.is_complete(key) {
@@ -364,6 +374,7 @@ fn run_job(
         .expect("plan checked kinds");
     let tmp = store.begin(key).map_err(|e| e.to_string())?;
     sink.event(&Event::Start { name, key });
+    tracing::info!(stage = name, key = &key[..12], kind = %stage.instance.kind, device = %opts.device, "running");
     let started_at = clock::rfc3339(clock::now_secs());
     let t0 = Instant::now();
     let mut ctx = StageContext::new(
@@ -398,6 +409,7 @@ fn run_job(
                 pipe_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             let m = store.publish(tmp, manifest).map_err(|e| e.to_string())?;
+            tracing::info!(stage = name, key = &key[..12], seconds, "published");
             sink.event(&Event::Done {
                 name,
                 seconds,

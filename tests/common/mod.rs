@@ -56,15 +56,16 @@ pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool)
         keep_going,
         device: DeviceSpec::Cpu,
     };
-    exec::execute(
-        &plan,
-        &reg,
-        &store,
-        &opts,
-        &PlainSink::new(true),
-        &cancel,
-        &DataCache::new(),
-    )
+    let (sink, data) = (PlainSink::new(true), DataCache::new());
+    let env = exec::Engine {
+        registry: &reg,
+        store: &store,
+        opts: &opts,
+        sink: &sink,
+        cancel: &cancel,
+        data: &data,
+    };
+    exec::execute(&plan, env)
 }
 
 pub fn statuses(o: &RunOutcome) -> Vec<(String, StageStatus)> {
