@@ -133,6 +133,43 @@ fn sigkill_in_the_middle_of_a_stage_leaves_nothing_finished_and_the_next_run_com
     assert!(stdout(&gc).contains("partial"), "{}", stdout(&gc));
 }
 
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_cleanly_keeps_finished_stages_and_the_next_run_resumes() {
+    let cache = tempfile::tempdir().unwrap();
+    let child = Command::new(toy_pipe())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(["run", "tests/pipelines/toy_chain.yaml", "-j", "1", "-S", "stages.b.sleep_ms=20000"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = cache.path().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "stage b never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    // b's unfinished folder was removed; a, finished before, is kept; the run is recorded.
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    let ids = run_ids(cache.path());
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.path().join("runs").join(format!("{}.json", ids[0]))).unwrap()).unwrap();
+    assert_eq!(rec["outcome"], "interrupted");
+    let status: Vec<&str> = rec["stages"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(status[0], "ran");
+    assert_eq!(status[1], "not_run");
+    let again = pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(stderr(&again).contains("hit     a"));
+}
+
 #[test]
 fn concurrent_runs_sharing_a_stage_compute_it_once() {
     let cache = tempfile::tempdir().unwrap();
