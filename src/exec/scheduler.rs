@@ -144,6 +144,11 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
         deps.dedup();
         job.deps = deps;
     }
+    let index: HashMap<&str, usize> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.instance.name.as_str(), i))
+        .collect();
     let mut state: Vec<State> = vec![State::Pending; jobs.len()];
     let mut stop = false;
     let jobs_limit = opts.jobs.max(1);
@@ -169,7 +174,7 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
                 running += 1;
                 // Everything the job needs, captured by value: its inputs are finished entries.
                 let rep = jobs[j].members[0];
-                let inputs = input_entries(&stages[rep], stages, &state, &job_of_stage);
+                let inputs = input_entries(&stages[rep], stages, &index, &state, &job_of_stage);
                 let tx = tx.clone();
                 let key = jobs[j].key.clone();
                 scope.spawn(move || {
@@ -279,14 +284,10 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
 fn input_entries(
     stage: &super::PlannedStage,
     stages: &[super::PlannedStage],
+    index: &HashMap<&str, usize>,
     state: &[State],
     job_of_stage: &[usize],
 ) -> Vec<(String, Vec<InputEntry>)> {
-    let index: HashMap<&str, usize> = stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.instance.name.as_str(), i))
-        .collect();
     stage
         .instance
         .inputs

@@ -57,30 +57,67 @@ impl DeviceSpec {
             #[cfg(not(feature = "cuda"))]
             DeviceSpec::Cuda(_) => Err(NnError::CudaNotCompiled),
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(n) => {
-                use burn::backend::Cuda;
-                use burn::backend::cuda::CudaDevice;
-                use burn::tensor::Tensor;
-                let index = *n;
-                let probe = std::panic::catch_unwind(move || {
-                    let dev = CudaDevice::new(index);
-                    let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &dev);
-                    t.sum().into_scalar()
-                });
-                match probe {
-                    Ok(v) if v == 3.0 => Ok(()),
-                    Ok(v) => Err(NnError::DeviceUnavailable {
-                        device: self.to_string(),
-                        reason: format!("probe computed 1 + 2 = {v}"),
-                    }),
-                    Err(payload) => Err(NnError::DeviceUnavailable {
-                        device: self.to_string(),
-                        reason: panic_message(&payload),
-                    }),
-                }
-            }
+            DeviceSpec::Cuda(n) => cuda_probe(*n).map_err(|reason| NnError::DeviceUnavailable {
+                device: self.to_string(),
+                reason,
+            }),
         }
     }
+}
+
+/// Runs a tiny computation on CUDA device `index`, once per process and device. The CUDA
+/// runtime reports a missing driver or device by panicking (on its own threads too), so the
+/// probe runs under `catch_unwind` with a panic hook that records the message instead of
+/// printing a backtrace; the first message becomes the error's reason.
+#[cfg(feature = "cuda")]
+fn cuda_probe(index: usize) -> Result<(), String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use burn::backend::Cuda;
+    use burn::backend::cuda::CudaDevice;
+    use burn::tensor::Tensor;
+
+    static RESULTS: Mutex<Option<HashMap<usize, Result<(), String>>>> = Mutex::new(None);
+    static MESSAGES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    let mut results = RESULTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = results.get_or_insert_default().get(&index) {
+        return r.clone();
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        MESSAGES.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+    }));
+    let probe = std::panic::catch_unwind(move || {
+        let dev = CudaDevice::new(index);
+        let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &dev);
+        t.sum().into_scalar()
+    });
+    std::panic::set_hook(previous);
+    let first = MESSAGES.lock().unwrap_or_else(|e| e.into_inner()).drain(..).next();
+    let result = match probe {
+        Ok(v) if v == 3.0 => Ok(()),
+        Ok(v) => Err(format!("probe computed 1 + 2 = {v}")),
+        Err(payload) => {
+            let msg = first.filter(|m| !m.is_empty()).unwrap_or_else(|| panic_message(&payload));
+            // cudarc lists every library name it tried; the first clause says what matters.
+            let short = msg.split(" - searched").next().unwrap_or(&msg).trim().to_string();
+            Err(if short.contains("shared library") {
+                format!("{short} (is the NVIDIA driver installed and libcuda.so on the library path?)")
+            } else {
+                short
+            })
+        }
+    };
+    results.get_or_insert_default().insert(index, result.clone());
+    result
 }
 
 #[cfg(feature = "cuda")]

@@ -116,11 +116,6 @@ fn valid_stage_name(s: &str) -> bool {
 
 fn collect_templates(root: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Template> {
     let mut out = Vec::new();
-    let top: Vec<String> = root
-        .get("stages")
-        .and_then(Node::as_map)
-        .map(|m| m.iter().map(|(k, _)| k.name.clone()).collect())
-        .unwrap_or_default();
     if let Some(stages) = root.get("stages").and_then(Node::as_map) {
         for (k, v) in stages {
             if let Some(t) = template(&k.name, k, v, None, errors) {
@@ -130,7 +125,7 @@ fn collect_templates(root: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Template>
     }
     if let Some(groups) = root.get("levels").and_then(Node::as_map) {
         for (gk, g) in groups {
-            unroll_group(gk, g, &top, &mut out, errors);
+            unroll_group(gk, g, &mut out, errors);
         }
     }
     if out.is_empty() && errors.is_empty() {
@@ -172,7 +167,6 @@ fn collect_templates(root: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Template>
 fn unroll_group(
     gk: &Key,
     g: &Node,
-    top: &[String],
     out: &mut Vec<Template>,
     errors: &mut Vec<Diagnostic>,
 ) {
@@ -302,12 +296,9 @@ fn unroll_group(
                         }
                     } else if siblings.contains(&r.target.as_str()) {
                         r.target = format!("{}.{level}.{}", gk.name, r.target);
-                    } else if !top.contains(&r.target)
-                        && !r.target.contains('.')
-                        && !r.target.contains('*')
-                    {
-                        // Left as is: reported as undefined with a suggestion later.
                     }
+                    // Any other name stays as written: a top-level stage or an explicit
+                    // `group.level.stage`; undefined ones are reported with a suggestion later.
                 }
             }
             out.push(t);
