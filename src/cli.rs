@@ -22,6 +22,31 @@ use crate::spec::{self, Diagnostic, Override, choices_hint_pub};
 use crate::stages::Registry;
 use crate::stages::dataset::DataCache;
 
+/// `println!` that treats a closed stdout (`pipe plan … | head`) as the end of the output
+/// rather than a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// `print!` with the same treatment of a closed stdout.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 pub const EXIT_STAGE_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_CACHE: u8 = 3;
@@ -268,8 +293,8 @@ fn plan_counts(plan: &exec::Plan) -> String {
 
 fn cmd_plan(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Failure> {
     let (plan, _) = load_plan(g, registry, files)?;
-    print!("{}", plan_table(&plan).render_text());
-    println!("{}", plan_counts(&plan));
+    out_raw!("{}", plan_table(&plan).render_text());
+    out!("{}", plan_counts(&plan));
     Ok(0)
 }
 
@@ -341,9 +366,9 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
         pipe_version: env!("CARGO_PKG_VERSION").into(),
     };
     runs::save(store.root(), &record)?;
-    println!("{}", summary_table(&record).render_text());
+    out!("{}", summary_table(&record).render_text());
     if let Some(r) = &report_text {
-        println!("{r}");
+        out!("{r}");
     }
     let ran = record
         .stages
@@ -355,7 +380,7 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
         .iter()
         .filter(|s| s.status == StageStatus::Hit)
         .count();
-    println!(
+    out!(
         "run {}: {ran} ran, {hit} cached, {} failed, {:.1}s",
         record.id,
         outcome.failed(),
@@ -409,18 +434,18 @@ fn cmd_explain(
                 .hint(choices_hint_pub(stage, &names)),
         ));
     };
-    println!("stage:  {}", s.instance.name);
-    println!("kind:   {}", s.instance.kind);
-    println!("key:    {}", s.key);
-    println!("status: {}", if s.cached() { "cached" } else { "will run" });
-    println!("pre-image (BLAKE3 of its canonical form is the key):");
-    println!(
+    out!("stage:  {}", s.instance.name);
+    out!("kind:   {}", s.instance.kind);
+    out!("key:    {}", s.key);
+    out!("status: {}", if s.cached() { "cached" } else { "will run" });
+    out!("pre-image (BLAKE3 of its canonical form is the key):");
+    out!(
         "{}",
         serde_json::to_string_pretty(&s.preimage.0).expect("JSON")
     );
     match store.last_for_name(stage) {
-        None => println!("no earlier entry named `{stage}`"),
-        Some(last) if last == s.key => println!(
+        None => out!("no earlier entry named `{stage}`"),
+        Some(last) if last == s.key => out!(
             "same key as the last entry named `{stage}`{}",
             if s.cached() {
                 ""
@@ -430,7 +455,7 @@ fn cmd_explain(
         ),
         Some(last) => match store.read_manifest(&last) {
             Ok(m) => {
-                println!(
+                out!(
                     "differences from the last entry named `{stage}` ({}):",
                     &last[..12]
                 );
@@ -438,12 +463,12 @@ fn cmd_explain(
                 for (path, a, b) in diff_values(&m.preimage, &s.preimage.0) {
                     t.push(vec![path, report::fmt_value(&a), report::fmt_value(&b)]);
                 }
-                print!("{}", t.render_text());
+                out_raw!("{}", t.render_text());
                 if let Why::Changed(_) = &s.why {
-                    println!("why: {}", s.why.describe(&s.instance));
+                    out!("why: {}", s.why.describe(&s.instance));
                 }
             }
-            Err(_) => println!("the last entry named `{stage}` ({}) is gone", &last[..12]),
+            Err(_) => out!("the last entry named `{stage}` ({}) is gone", &last[..12]),
         },
     }
     Ok(0)
@@ -477,7 +502,7 @@ fn cmd_runs(g: &Global) -> Result<u8, Failure> {
             format!("{:.1}s", r.duration_s),
         ]);
     }
-    print!("{}", t.render_text());
+    out_raw!("{}", t.render_text());
     Ok(0)
 }
 
@@ -487,15 +512,15 @@ fn cmd_diff(g: &Global, a: &str, b: &str, json: bool, md: bool, all: bool) -> Re
     let rb = runs::resolve(&rs, b).map_err(Failure::invalid)?;
     let rows = diff::diff_runs(ra, rb, all);
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+        out!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
     } else {
         let t = diff::diff_table(&rows, &ra.id, &rb.id);
         if md {
-            print!("{}", t.render_md());
+            out_raw!("{}", t.render_md());
         } else if rows.is_empty() {
-            println!("no differences between {} and {}", ra.id, rb.id);
+            out!("no differences between {} and {}", ra.id, rb.id);
         } else {
-            print!("{}", t.render_text());
+            out_raw!("{}", t.render_text());
         }
     }
     Ok(0)
@@ -505,15 +530,15 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
     let rs = all_runs(g)?;
     if let Ok(r) = runs::resolve(&rs, target) {
         if json {
-            println!("{}", serde_json::to_string_pretty(r).expect("JSON"));
+            out!("{}", serde_json::to_string_pretty(r).expect("JSON"));
         } else {
-            println!(
+            out!(
                 "run {} ({}, {}, {})",
                 r.id, r.pipeline, r.started_at, r.outcome
             );
-            print!("{}", summary_table(r).render_text());
+            out_raw!("{}", summary_table(r).render_text());
             if let Some(rep) = &r.report {
-                println!("\n{rep}");
+                out!("\n{rep}");
             }
         }
         return Ok(0);
@@ -528,24 +553,24 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
         )));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(s).expect("JSON"));
+        out!("{}", serde_json::to_string_pretty(s).expect("JSON"));
         return Ok(0);
     }
-    println!(
+    out!(
         "stage {} ({}) in run {}: {}",
         s.name,
         s.kind,
         run.id,
         s.status.as_str()
     );
-    println!("key {}", s.key);
+    out!("key {}", s.key);
     let mut t = Table::new(["Metric", "Value"]);
     if let Value::Object(m) = &s.metrics {
         for (k, v) in m {
             t.push(vec![k.clone(), report::fmt_value(v)]);
         }
     }
-    print!("{}", t.render_text());
+    out_raw!("{}", t.render_text());
     Ok(0)
 }
 
@@ -581,9 +606,9 @@ fn cmd_gc(g: &Global, keep_last: Option<usize>, dry_run: bool) -> Result<u8, Fai
         ]);
     }
     if !rep.removed.is_empty() {
-        print!("{}", t.render_text());
+        out_raw!("{}", t.render_text());
     }
-    println!(
+    out!(
         "{} {} item(s), {}; kept {} entries{}",
         if dry_run { "would remove" } else { "removed" },
         rep.removed.len(),
@@ -627,7 +652,7 @@ fn cmd_kinds(registry: &Registry, kind: Option<&str>) -> Result<u8, Failure> {
                     k.about().into(),
                 ]);
             }
-            print!("{}", t.render_text());
+            out_raw!("{}", t.render_text());
         }
         Some(name) => {
             let Some(k) = registry.get(name) else {
@@ -636,11 +661,11 @@ fn cmd_kinds(registry: &Registry, kind: Option<&str>) -> Result<u8, Failure> {
                         .hint(choices_hint_pub(name, &registry.names())),
                 ));
             };
-            println!("{} (version {}): {}", k.kind(), k.version(), k.about());
+            out!("{} (version {}): {}", k.kind(), k.version(), k.about());
             let defaults = k
                 .normalize(&Value::Object(Default::default()))
                 .map_err(|e| Failure::invalid(e.message))?;
-            println!(
+            out!(
                 "parameters with their defaults:\n{}",
                 serde_json::to_string_pretty(&defaults).expect("JSON")
             );
