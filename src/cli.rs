@@ -534,7 +534,10 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
         } else {
             out!(
                 "run {} ({}, {}, {})",
-                r.id, r.pipeline, r.started_at, r.outcome
+                r.id,
+                r.pipeline,
+                r.started_at,
+                r.outcome
             );
             out_raw!("{}", summary_table(r).render_text());
             if let Some(rep) = &r.report {

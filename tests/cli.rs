@@ -140,7 +140,14 @@ fn ctrl_c_stops_cleanly_keeps_finished_stages_and_the_next_run_resumes() {
     let child = Command::new(toy_pipe())
         .arg("--cache-dir")
         .arg(cache.path())
-        .args(["run", "tests/pipelines/toy_chain.yaml", "-j", "1", "-S", "stages.b.sleep_ms=20000"])
+        .args([
+            "run",
+            "tests/pipelines/toy_chain.yaml",
+            "-j",
+            "1",
+            "-S",
+            "stages.b.sleep_ms=20000",
+        ])
         .current_dir(root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -152,17 +159,28 @@ fn ctrl_c_stops_cleanly_keeps_finished_stages_and_the_next_run_resumes() {
         assert!(Instant::now() < deadline, "stage b never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     // b's unfinished folder was removed; a, finished before, is kept; the run is recorded.
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     let ids = run_ids(cache.path());
-    let rec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cache.path().join("runs").join(format!("{}.json", ids[0]))).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cache.path().join("runs").join(format!("{}.json", ids[0])))
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(rec["outcome"], "interrupted");
-    let status: Vec<&str> = rec["stages"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+    let status: Vec<&str> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
     assert_eq!(status[0], "ran");
     assert_eq!(status[1], "not_run");
     let again = pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"]);

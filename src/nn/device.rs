@@ -101,22 +101,37 @@ fn cuda_probe(index: usize) -> Result<(), String> {
         t.sum().into_scalar()
     });
     std::panic::set_hook(previous);
-    let first = MESSAGES.lock().unwrap_or_else(|e| e.into_inner()).drain(..).next();
+    let first = MESSAGES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+        .next();
     let result = match probe {
         Ok(v) if v == 3.0 => Ok(()),
         Ok(v) => Err(format!("probe computed 1 + 2 = {v}")),
         Err(payload) => {
-            let msg = first.filter(|m| !m.is_empty()).unwrap_or_else(|| panic_message(&payload));
+            let msg = first
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| panic_message(&payload));
             // cudarc lists every library name it tried; the first clause says what matters.
-            let short = msg.split(" - searched").next().unwrap_or(&msg).trim().to_string();
+            let short = msg
+                .split(" - searched")
+                .next()
+                .unwrap_or(&msg)
+                .trim()
+                .to_string();
             Err(if short.contains("shared library") {
-                format!("{short} (is the NVIDIA driver installed and libcuda.so on the library path?)")
+                format!(
+                    "{short} (is the NVIDIA driver installed and libcuda.so on the library path?)"
+                )
             } else {
                 short
             })
         }
     };
-    results.get_or_insert_default().insert(index, result.clone());
+    results
+        .get_or_insert_default()
+        .insert(index, result.clone());
     result
 }
 

@@ -164,12 +164,7 @@ fn collect_templates(root: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Template>
     out
 }
 
-fn unroll_group(
-    gk: &Key,
-    g: &Node,
-    out: &mut Vec<Template>,
-    errors: &mut Vec<Diagnostic>,
-) {
+fn unroll_group(gk: &Key, g: &Node, out: &mut Vec<Template>, errors: &mut Vec<Diagnostic>) {
     if !valid_stage_name(&gk.name) {
         errors.push(
             Diagnostic::at(&gk.loc, format!("invalid group name `{}`", gk.name))
