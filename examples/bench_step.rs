@@ -16,9 +16,12 @@ use pipe::nn::{
     BackendTask, DeviceSpec, InitScheme, LrSchedule, Mask, ModelSpec, NnError, OptimizerKind,
     TrainConfig, dispatch, init_weights,
 };
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
 
-const WARMUP: usize = 20;
-const STEPS: usize = 200;
+const WARMUP: usize = 200;
+const STEPS: usize = 500;
 
 struct StepBench {
     batch: usize,
@@ -46,26 +49,40 @@ impl BackendTask for StepBench {
         };
         let mut session =
             TrainSession::<B>::new(&spec, &weights, &Mask::dense(&spec), &cfg, device)?;
-        // A deterministic pseudo-random batch (the values do not affect the time).
+        // Seeded normal inputs and random labels, as in benches/train_step.rs.
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
         let images: Vec<f32> = (0..self.batch * 784)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();
-        let labels: Vec<u8> = (0..self.batch).map(|i| (i % 10) as u8).collect();
+        let labels: Vec<u8> = (0..self.batch).map(|_| rng.random_range(0..10u8)).collect();
         for _ in 0..WARMUP {
             session.step(images.clone(), &labels, cfg.lr);
         }
         let _ = session.step(images.clone(), &labels, cfg.lr).into_scalar();
         let t0 = Instant::now();
-        let mut last = None;
-        for _ in 0..STEPS {
-            last = Some(session.step(images.clone(), &labels, cfg.lr));
+        for i in 0..STEPS {
+            let loss = session.step(images.clone(), &labels, cfg.lr);
+            // Read the loss now and then, as training does (and always after the last step,
+            // so that queued GPU work is finished before the clock stops).
+            if i % 25 == 24 || i + 1 == STEPS {
+                let _ = loss.into_scalar();
+            }
         }
-        let _ = last.expect("at least one step").into_scalar();
         Ok(t0.elapsed().as_secs_f64() * 1e3 / STEPS as f64)
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match bench() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let device: DeviceSpec = args.next().unwrap_or_else(|| "cpu".into()).parse()?;
     device.available()?;

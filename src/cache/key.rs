@@ -15,6 +15,21 @@ pub const KEY_FORMAT: u32 = 1;
 
 /// The document whose hash is a stage's key. Kept in every entry's manifest so that
 /// `pipe explain` can say which field changed.
+///
+/// ```
+/// use pipe::cache::PreImage;
+/// use serde_json::json;
+///
+/// let inputs = vec![("model".to_string(), vec!["1d0bbde3".to_string()])];
+/// let a = PreImage::new("train", 1, json!({"lr": 0.1, "batch": 60}), &inputs, &Default::default());
+/// let b = PreImage::new("train", 1, json!({"batch": 60, "lr": 0.1}), &inputs, &Default::default());
+/// // Field order does not matter; the canonical form is compact JSON with sorted keys.
+/// assert_eq!(a.key(), b.key());
+/// assert_eq!(
+///     a.canonical(),
+///     r#"{"data":{},"format":1,"inputs":{"model":["1d0bbde3"]},"kind":"train","params":{"batch":60,"lr":0.1},"version":1}"#
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreImage(pub Value);
 
