@@ -244,28 +244,28 @@ fn run_ids(cache: &Path) -> Vec<String> {
     ids
 }
 
-#[test]
-fn runs_diff_show_and_explain() {
-    let cache = tempfile::tempdir().unwrap();
+/// Runs toy_chain, then again with one override, a second apart (run ids have 1 s resolution).
+fn two_runs(cache: &Path, second: &str) {
     assert!(
-        pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"])
+        pipe(cache, &["run", "tests/pipelines/toy_chain.yaml"])
             .status
             .success()
     );
     std::thread::sleep(Duration::from_millis(1100));
     assert!(
         pipe(
-            cache.path(),
-            &[
-                "run",
-                "tests/pipelines/toy_chain.yaml",
-                "-S",
-                "stages.b.value=5"
-            ]
+            cache,
+            &["run", "tests/pipelines/toy_chain.yaml", "-S", second]
         )
         .status
         .success()
     );
+}
+
+#[test]
+fn runs_diff_show_and_explain() {
+    let cache = tempfile::tempdir().unwrap();
+    two_runs(cache.path(), "stages.b.value=5");
     let ids = run_ids(cache.path());
     assert_eq!(ids.len(), 2);
     let redact = |s: String| s.replace(&ids[0], "RUN_A").replace(&ids[1], "RUN_B");
@@ -304,25 +304,7 @@ fn runs_diff_show_and_explain() {
 #[test]
 fn gc_dry_run_then_collect() {
     let cache = tempfile::tempdir().unwrap();
-    assert!(
-        pipe(cache.path(), &["run", "tests/pipelines/toy_chain.yaml"])
-            .status
-            .success()
-    );
-    std::thread::sleep(Duration::from_millis(1100));
-    assert!(
-        pipe(
-            cache.path(),
-            &[
-                "run",
-                "tests/pipelines/toy_chain.yaml",
-                "-S",
-                "stages.a.value=2"
-            ]
-        )
-        .status
-        .success()
-    );
+    two_runs(cache.path(), "stages.a.value=2");
     let dry = pipe(cache.path(), &["gc", "--keep-last", "1", "--dry-run"]);
     assert!(
         stdout(&dry).contains("would remove 5 item(s)"),

@@ -64,20 +64,8 @@ pub fn decompress<'a>(
 /// Parses the bytes of an IDX file (gzip-compressed or raw); `path` is only used
 /// in error messages.
 pub fn parse_idx_u8(path: &Path, bytes: &[u8]) -> Result<IdxArray, DataError> {
-    let raw;
-    let body: &[u8] = if bytes.starts_with(&GZIP_MAGIC) {
-        let mut out = Vec::with_capacity(bytes.len() * 4);
-        flate2::read::GzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|source| DataError::Gzip {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        raw = out;
-        &raw
-    } else {
-        bytes
-    };
+    let decompressed = decompress(path, bytes)?;
+    let body: &[u8] = &decompressed;
     parse_raw(path, body)
 }
 
