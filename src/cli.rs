@@ -18,7 +18,7 @@ use crate::clock;
 use crate::exec::{self, BarSink, EventSink, PlainSink, RunOptions, Why};
 use crate::nn::DeviceSpec;
 use crate::report::{self, Table, diff, pivot};
-use crate::spec::{self, Diagnostic, Override, choices_hint_pub};
+use crate::spec::{self, Diagnostic, Override, choices_hint};
 use crate::stages::Registry;
 use crate::stages::dataset::DataCache;
 
@@ -431,7 +431,7 @@ fn cmd_explain(
             .collect();
         return Err(Failure::invalid(
             Diagnostic::bare(format!("no stage `{stage}` in {}", file.display()))
-                .hint(choices_hint_pub(stage, &names)),
+                .hint(choices_hint(stage, &names)),
         ));
     };
     out!("stage:  {}", s.instance.name);
@@ -661,7 +661,7 @@ fn cmd_kinds(registry: &Registry, kind: Option<&str>) -> Result<u8, Failure> {
             let Some(k) = registry.get(name) else {
                 return Err(Failure::invalid(
                     Diagnostic::bare(format!("unknown stage kind `{name}`"))
-                        .hint(choices_hint_pub(name, &registry.names())),
+                        .hint(choices_hint(name, &registry.names())),
                 ));
             };
             out!("{} (version {}): {}", k.kind(), k.version(), k.about());

@@ -85,35 +85,40 @@ fn exit_codes_distinguish_bad_input_from_failed_stages() {
     );
 }
 
+/// Starts `pipe run` on toy_chain with `-j 1` and stage `b` sleeping for 20 s, and returns
+/// once `b` is being written (its temporary folder exists), so the caller can interrupt it.
 #[cfg(unix)]
-#[test]
-fn sigkill_in_the_middle_of_a_stage_leaves_nothing_finished_and_the_next_run_completes() {
-    let cache = tempfile::tempdir().unwrap();
-    let mut child = Command::new(toy_pipe())
+fn start_with_b_writing(cache: &Path) -> std::process::Child {
+    let child = Command::new(toy_pipe())
         .arg("--cache-dir")
-        .arg(cache.path())
+        .arg(cache)
         .args([
             "run",
             "tests/pipelines/toy_chain.yaml",
+            "-j",
+            "1",
             "-S",
             "stages.b.sleep_ms=20000",
         ])
         .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until `b` is being written (its temporary folder exists), then kill -9.
-    let tmp = cache.path().join("tmp");
+    let tmp = cache.join("tmp");
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let writing = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
-        if writing > 0 {
-            break;
-        }
+    while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
         assert!(Instant::now() < deadline, "stage b never started");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_in_the_middle_of_a_stage_leaves_nothing_finished_and_the_next_run_completes() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = start_with_b_writing(cache.path());
     child.kill().unwrap();
     child.wait().unwrap();
     let p = plan(cache.path(), &[file("tests/pipelines/toy_chain.yaml")], &[]);
@@ -137,28 +142,8 @@ fn sigkill_in_the_middle_of_a_stage_leaves_nothing_finished_and_the_next_run_com
 #[test]
 fn ctrl_c_stops_cleanly_keeps_finished_stages_and_the_next_run_resumes() {
     let cache = tempfile::tempdir().unwrap();
-    let child = Command::new(toy_pipe())
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .args([
-            "run",
-            "tests/pipelines/toy_chain.yaml",
-            "-j",
-            "1",
-            "-S",
-            "stages.b.sleep_ms=20000",
-        ])
-        .current_dir(root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_with_b_writing(cache.path());
     let tmp = cache.path().join("tmp");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "stage b never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -52,8 +52,6 @@ fn bad_overrides_are_refused_with_a_hint() {
         "tests/pipelines/toy_chain.yaml",
         &["stages.b.vlaue=3"]
     ));
-    let reg = registry();
     let err = "no-equals-sign".parse::<spec::Override>().unwrap_err();
     assert_eq!(err.message, "override `no-equals-sign` has no `=`");
-    let _ = reg;
 }

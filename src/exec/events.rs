@@ -174,7 +174,11 @@ impl EventSink for BarSink {
                 {
                     b.finish_and_clear();
                 }
-                let _ = self.multi.println(format!("done    {name} {headline}"));
+                let _ = self.multi.println(if headline.is_empty() {
+                    format!("done    {name}")
+                } else {
+                    format!("done    {name}: {headline}")
+                });
             }
             Event::Failed { name, error } => {
                 if let Some(b) = self

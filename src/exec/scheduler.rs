@@ -174,7 +174,8 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
                 running += 1;
                 // Everything the job needs, captured by value: its inputs are finished entries.
                 let rep = jobs[j].members[0];
-                let inputs = input_entries(&stages[rep], stages, &index, &state, &job_of_stage);
+                let inputs =
+                    input_entries(store, &stages[rep], stages, &index, &state, &job_of_stage);
                 let tx = tx.clone();
                 let key = jobs[j].key.clone();
                 scope.spawn(move || {
@@ -282,6 +283,7 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
 }
 
 fn input_entries(
+    store: &Store,
     stage: &super::PlannedStage,
     stages: &[super::PlannedStage],
     index: &HashMap<&str, usize>,
@@ -304,7 +306,7 @@ fn input_entries(
                         name: n.clone(),
                         kind: stages[u].instance.kind.clone(),
                         key: stages[u].key.clone(),
-                        dir: std::path::PathBuf::new(),
+                        dir: store.entry_dir(&stages[u].key),
                         files: manifest.outputs.keys().cloned().collect(),
                         metrics: manifest.metrics.clone(),
                         params: stages[u].instance.params.clone(),
@@ -321,7 +323,7 @@ fn run_job(
     rep: usize,
     plan: &Plan,
     env: Engine,
-    mut inputs: Vec<(String, Vec<InputEntry>)>,
+    inputs: Vec<(String, Vec<InputEntry>)>,
 ) -> Result<(StageStatus, Manifest, f64), String> {
     let Engine {
         registry,
@@ -363,11 +365,6 @@ fn run_job(
                 let aside = store.quarantine(key).map_err(|e| e.to_string())?;
                 tracing::warn!("corrupt entry for {name} moved to {}", aside.display());
             }
-        }
-    }
-    for (_, entries) in &mut inputs {
-        for e in entries.iter_mut() {
-            e.dir = store.entry_dir(&e.key);
         }
     }
     let kind = registry

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-pub use diag::choices_hint as choices_hint_pub;
+pub use diag::choices_hint;
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use expand::glob_match;
 pub use overrides::Override;
