@@ -55,6 +55,8 @@ fn config(batch: usize, iterations: u64) -> TrainConfig {
 }
 
 fn steps(c: &mut Criterion) {
+    // As the `pipe` binary does at start-up (see pipe::nn::host).
+    pipe::nn::host::retain_tensor_buffers();
     let spec = ModelSpec::lenet_300_100();
     let init = init_weights(&spec, InitScheme::KaimingNormal, 0);
     let mask = Mask::dense(&spec);

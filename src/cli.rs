@@ -16,7 +16,7 @@ use crate::cache::key::diff_values;
 use crate::cache::{RunRecord, StageStatus, Store, gc, runs};
 use crate::clock;
 use crate::exec::{self, BarSink, EventSink, PlainSink, RunOptions, Why};
-use crate::nn::DeviceSpec;
+use crate::nn::{DeviceSpec, host};
 use crate::report::{self, Table, diff, pivot};
 use crate::spec::{self, Diagnostic, Override, choices_hint};
 use crate::stages::Registry;
@@ -72,6 +72,10 @@ pub struct Global {
     /// about one core busy on the CPU backend, so independent stages use the rest.
     #[arg(short = 'j', long, global = true)]
     pub jobs: Option<usize>,
+    /// CPU threads for tensor arithmetic, shared by the stages running at once [default: the
+    /// cores divided by --jobs, at least 1]. Results do not depend on it.
+    #[arg(long, global = true, env = "PIPE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// Override a value as if written in the file: `-S stages.dense.lr=0.1`,
     /// `-S defaults.train.iterations=50000`, `-S levels.imp.count=12`. Part of the keys.
     #[arg(short = 'S', long = "set", global = true, value_name = "PATH=VALUE")]
@@ -175,6 +179,7 @@ impl From<crate::cache::CacheError> for Failure {
 
 /// Entry point shared by the `pipe` binary and programs that register extra stage kinds.
 pub fn main(registry: Registry) -> ExitCode {
+    host::retain_tensor_buffers();
     let cli = Cli::parse();
     init_tracing(cli.global.verbose, cli.global.quiet);
     match dispatch(cli, &registry) {
@@ -323,9 +328,14 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
     let started = clock::now_secs();
     let t0 = Instant::now();
     let data = DataCache::new();
-    let jobs = g
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = g.jobs.unwrap_or(cores);
+    match g.threads {
+        Some(t) => host::set_cpu_threads(usize::from(t)),
+        // rayon reads RAYON_NUM_THREADS itself; a user who set it meant it.
+        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => {}
+        None => host::set_cpu_threads(host::cpu_threads(jobs, cores)),
+    }
     let opts = RunOptions {
         jobs,
         keep_going: g.keep_going,

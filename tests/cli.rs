@@ -322,3 +322,62 @@ fn gc_dry_run_then_collect() {
         stderr(&again)
     );
 }
+
+/// The stages' results recorded by the only run in `cache`, by stage name: key and metrics.
+fn recorded_results(cache: &Path) -> Vec<(String, String, serde_json::Value)> {
+    let ids = run_ids(cache);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let text =
+        std::fs::read_to_string(cache.join("runs").join(format!("{}.json", ids[0]))).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["key"].as_str().unwrap().to_string(),
+                s["metrics"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// `--threads` is a scheduling choice like `-j`: a LeNet-300-100 training at batch 60, whose
+/// matrix products are large enough for burn to split over threads, gives the same keys and
+/// bit-identical metrics with one thread and with two.
+#[test]
+fn thread_count_changes_neither_keys_nor_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("lenet.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "pipeline: threads\n\
+             defaults:\n  train: {{batch: 60, iterations: 20, eval_every: 10, data: &d {{dir: {data}, train_subset: 1200, test_subset: 500, val_size: 500}}}}\n  evaluate: {{data: *d}}\n\
+             stages:\n  init: {{kind: init, seed: 3}}\n  dense: {{kind: train, inputs: {{model: init}}}}\n  eval: {{kind: evaluate, inputs: {{model: dense}}}}\n",
+            data = root().join("data/mnist").display()
+        ),
+    )
+    .unwrap();
+    let yaml = yaml.to_str().unwrap();
+    let mut results = Vec::new();
+    for threads in ["1", "2"] {
+        let cache = dir.path().join(format!("cache{threads}"));
+        let o = pipe(&cache, &["run", yaml, "-j", "1", "--threads", threads]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        results.push(recorded_results(&cache));
+    }
+    assert_eq!(results[0].len(), 3);
+    assert!(
+        results[0][1].2["test_acc"].as_f64().unwrap() > 0.5,
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[0], results[1]);
+
+    let zero = pipe(&dir.path().join("cache0"), &["run", yaml, "--threads", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(stderr(&zero).contains("--threads"), "{}", stderr(&zero));
+}

@@ -5,6 +5,7 @@
 # then on the GPU machine, from the repository root:
 #   bash bench/gpu/bench.sh target/release/examples/bench_step
 set -euo pipefail
+source "$(dirname "$0")/cuda_env.sh"
 BIN=${1:-target/release/examples/bench_step}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 pipe_out=$("$BIN" cuda 60 1024)

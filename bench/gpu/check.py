@@ -25,6 +25,9 @@ def curve(cache, key):
 ok = True
 gpu, cpu = last_run(os.path.join(out, "gpu")), last_run(os.path.join(out, "cpu"))
 print("gpu device:", gpu["device"], " cpu device:", cpu["device"])
+if not gpu["device"].startswith("cuda"):
+    print("the GPU run did not run on cuda")
+    ok = False
 for name in ["dense", "ticket"]:
     c = curve(os.path.join(out, "gpu"), stage(gpu, name)["key"])
     losses = [p["train_loss"] for p in c if p["iteration"] > 0]

@@ -7,6 +7,7 @@
 #    kernels, different summation order).
 # Usage (from the repository root): bash bench/gpu/smoke.sh [PIPE_BINARY built with --features cuda]
 set -euo pipefail
+source "$(dirname "$0")/cuda_env.sh"
 PIPE=${1:-target/release/pipe}
 out=$(mktemp -d)
 echo "work dir: $out"

@@ -107,7 +107,7 @@ fn cuda_probe(index: usize) -> Result<(), String> {
         .drain(..)
         .next();
     let result = match probe {
-        Ok(v) if v == 3.0 => Ok(()),
+        Ok(3.0) => Ok(()),
         Ok(v) => Err(format!("probe computed 1 + 2 = {v}")),
         Err(payload) => {
             let msg = first

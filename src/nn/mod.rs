@@ -9,10 +9,12 @@ pub mod arch;
 pub mod checkpoint;
 pub mod device;
 pub mod flops;
+pub mod host;
 pub mod init;
 pub mod model;
 pub mod prune;
 pub mod schedule;
+pub mod step_timing;
 pub mod train;
 pub mod weights;
 

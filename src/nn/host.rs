@@ -1,0 +1,75 @@
+//! Process-wide settings for tensor work on the host: how the C allocator treats tensor-sized
+//! buffers, and how many threads the CPU backend's arithmetic uses.
+//!
+//! Allocator. Every training step allocates and frees buffers of about a megabyte (a LeNet-300-100 weight
+//! gradient is 784 × 300 × 4 bytes). glibc's malloc serves a buffer that large with its own
+//! `mmap` and returns it to the kernel on `free`, so the next step faults every page in again.
+//! glibc raises that threshold by itself once a large buffer has been freed, which is why the
+//! `pipe` binary, having loaded MNIST first, mostly escapes it, but a process that starts
+//! straight into training does not: on the 2-core CI machine a batch-60 Adam step measured
+//! 4.1-4.5 ms with the default settings against 1.6-1.7 ms with these (`examples/bench_step`,
+//! half the default run's time was system time). Fixing the thresholds at start-up makes the
+//! speed independent of what the process happened to allocate first.
+
+/// Largest allocation glibc serves from the heap rather than its own `mmap`. 32 MiB is the
+/// most glibc accepts on 64-bit targets; larger buffers (a whole dataset) still get their own
+/// mapping and go back to the kernel when freed.
+const MMAP_THRESHOLD: i32 = 32 << 20;
+
+/// Free memory at the top of the heap kept for reuse before glibc returns it to the kernel.
+const TRIM_THRESHOLD: i32 = 128 << 20;
+
+/// Keeps tensor-sized buffers on the heap between training steps. Call once at start-up,
+/// before other threads exist. A no-op where the C library is not glibc.
+pub fn retain_tensor_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes two of glibc's tuning parameters; it takes plain integers,
+    // and a value glibc rejects is reported by a 0 return, leaving the default in place.
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 0 {
+            tracing::debug!("glibc rejected M_MMAP_THRESHOLD = {MMAP_THRESHOLD}");
+        }
+        if libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 0 {
+            tracing::debug!("glibc rejected M_TRIM_THRESHOLD = {TRIM_THRESHOLD}");
+        }
+    }
+}
+
+/// Threads for CPU tensor arithmetic when `jobs` stages run at once on `cores` cores: the cores
+/// shared out between the stages, at least one each.
+///
+/// burn's CPU backend splits a matrix product over rayon's global pool once it exceeds
+/// 192³ multiply-adds, which every LeNet-300-100 layer at batch 60 does. Two trainings
+/// that each split their products over both cores of a 2-core machine wait on each other's
+/// threads: the headline pipeline at `-j 2` took 417.6 s with two threads against 343.5 s
+/// with one (bench/RESULTS.md). With one stage at a time (`-j 1`) the products get every core.
+pub fn cpu_threads(jobs: usize, cores: usize) -> usize {
+    (cores / jobs.max(1)).max(1)
+}
+
+/// Sizes rayon's global pool, which the CPU backend's arithmetic runs on, to `threads`.
+/// Rayon allows this once per process, before the pool is first used; a later call (a test
+/// harness running several commands in one process) leaves the pool as it is.
+pub fn set_cpu_threads(threads: usize) {
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build_global()
+    {
+        tracing::debug!("rayon's pool was already sized: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_are_shared_out_between_running_stages() {
+        assert_eq!(cpu_threads(1, 2), 2);
+        assert_eq!(cpu_threads(2, 2), 1);
+        assert_eq!(cpu_threads(4, 2), 1);
+        assert_eq!(cpu_threads(4, 16), 4);
+        assert_eq!(cpu_threads(3, 16), 5);
+        assert_eq!(cpu_threads(0, 8), 8);
+    }
+}

@@ -1,0 +1,121 @@
+//! Wall-clock time of one training step, for comparing pipe with PyTorch on the same device
+//! (`examples/bench_step.rs`, `bench/gpu/bench.sh`). The loop drives the same
+//! [`TrainSession::step`] that the `train` stage runs, on any backend [`dispatch`] offers.
+
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use super::train::TrainSession;
+use super::{
+    BackendTask, DeviceSpec, InitScheme, LrSchedule, Mask, ModelSpec, NnError, OptimizerKind,
+    TrainConfig, dispatch, init_weights,
+};
+
+/// How a step timing is taken.
+#[derive(Clone, Copy, Debug)]
+pub struct StepTiming {
+    /// Samples per step.
+    pub batch: usize,
+    /// Steps run before the clock starts (kernel compilation and autotuning on a GPU).
+    pub warmup: usize,
+    /// Steps timed.
+    pub steps: usize,
+    /// Read the loss back every this many steps, as training does for its progress line.
+    /// The loss of the last step is always read, so queued GPU work is done when the clock
+    /// stops.
+    pub read_every: usize,
+}
+
+/// Mean milliseconds per LeNet-300-100 Adam step (lr 1.2e-3, as in the lottery-ticket setting)
+/// on `device`. Inputs are seeded standard normals with random labels: only shapes matter.
+pub fn time_lenet_adam_steps(device: &DeviceSpec, timing: StepTiming) -> Result<f64, NnError> {
+    if timing.batch == 0 || timing.steps == 0 {
+        return Err(NnError::Shape(
+            "step timing needs a batch and a step count above 0".into(),
+        ));
+    }
+    dispatch(device, timing)
+}
+
+impl BackendTask for StepTiming {
+    type Output = f64;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f64, NnError> {
+        let spec = ModelSpec::lenet_300_100();
+        let weights = init_weights(&spec, InitScheme::KaimingNormal, 0);
+        let lr = 1.2e-3;
+        let cfg = TrainConfig {
+            optimizer: OptimizerKind::Adam,
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            batch: self.batch,
+            iterations: (self.warmup + self.steps) as u64,
+            schedule: LrSchedule::Constant,
+            warmup: 0,
+            save_at: vec![],
+            eval_every: 0,
+            data_seed: 0,
+            start_step: 0,
+        };
+        let mut session =
+            TrainSession::<B>::new(&spec, &weights, &Mask::dense(&spec), &cfg, device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let images: Vec<f32> = (0..self.batch * spec.input_dim())
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let labels: Vec<u8> = (0..self.batch)
+            .map(|_| rng.random_range(0..spec.output_dim() as u8))
+            .collect();
+        for _ in 0..self.warmup {
+            session.step(images.clone(), &labels, lr);
+        }
+        // Drain the warm-up's queued work before the clock starts.
+        let _ = session.step(images.clone(), &labels, lr).into_scalar();
+        let read_every = self.read_every.max(1);
+        let t0 = Instant::now();
+        for i in 0..self.steps {
+            let loss = session.step(images.clone(), &labels, lr);
+            if (i + 1) % read_every == 0 || i + 1 == self.steps {
+                let _ = loss.into_scalar();
+            }
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1e3 / self.steps as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_a_few_cpu_steps() {
+        let t = StepTiming {
+            batch: 4,
+            warmup: 1,
+            steps: 2,
+            read_every: 1,
+        };
+        let ms = time_lenet_adam_steps(&DeviceSpec::Cpu, t).unwrap();
+        assert!(ms.is_finite() && ms > 0.0, "{ms}");
+    }
+
+    #[test]
+    fn zero_batch_is_an_error() {
+        let t = StepTiming {
+            batch: 0,
+            warmup: 0,
+            steps: 1,
+            read_every: 1,
+        };
+        let e = time_lenet_adam_steps(&DeviceSpec::Cpu, t).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "shape mismatch: step timing needs a batch and a step count above 0"
+        );
+    }
+}
