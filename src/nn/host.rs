@@ -41,7 +41,7 @@ pub fn retain_tensor_buffers() {
 /// burn's CPU backend splits a matrix product over rayon's global pool once it exceeds
 /// 192³ multiply-adds, which every LeNet-300-100 layer at batch 60 does. Two trainings
 /// that each split their products over both cores of a 2-core machine wait on each other's
-/// threads: the headline pipeline at `-j 2` took 417.6 s with two threads against 343.5 s
+/// threads: the headline pipeline at `-j 2` took 422.5 s with two threads against 343.5 s
 /// with one (bench/RESULTS.md). With one stage at a time (`-j 1`) the products get every core.
 pub fn cpu_threads(jobs: usize, cores: usize) -> usize {
     (cores / jobs.max(1)).max(1)

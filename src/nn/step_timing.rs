@@ -92,30 +92,29 @@ impl BackendTask for StepTiming {
 mod tests {
     use super::*;
 
+    fn timing(batch: usize, steps: usize) -> StepTiming {
+        StepTiming {
+            batch,
+            warmup: 1,
+            steps,
+            read_every: 1,
+        }
+    }
+
     #[test]
     fn times_a_few_cpu_steps() {
-        let t = StepTiming {
-            batch: 4,
-            warmup: 1,
-            steps: 2,
-            read_every: 1,
-        };
-        let ms = time_lenet_adam_steps(&DeviceSpec::Cpu, t).unwrap();
+        let ms = time_lenet_adam_steps(&DeviceSpec::Cpu, timing(4, 2)).unwrap();
         assert!(ms.is_finite() && ms > 0.0, "{ms}");
     }
 
     #[test]
-    fn zero_batch_is_an_error() {
-        let t = StepTiming {
-            batch: 0,
-            warmup: 0,
-            steps: 1,
-            read_every: 1,
-        };
-        let e = time_lenet_adam_steps(&DeviceSpec::Cpu, t).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "shape mismatch: step timing needs a batch and a step count above 0"
-        );
+    fn zero_batch_or_steps_is_an_error() {
+        for t in [timing(0, 1), timing(4, 0)] {
+            let e = time_lenet_adam_steps(&DeviceSpec::Cpu, t).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "shape mismatch: step timing needs a batch and a step count above 0"
+            );
+        }
     }
 }
