@@ -15,44 +15,10 @@ use std::time::Duration;
 use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
 use criterion::{Criterion, criterion_group, criterion_main};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
-
 use pipe::data::Split;
+use pipe::nn::step_timing::{bench_config, synthetic_split};
 use pipe::nn::train::TrainSession;
-use pipe::nn::{
-    DeviceSpec, InitScheme, LrSchedule, Mask, ModelSpec, OptimizerKind, TrainConfig, TrainData,
-    init_weights, train,
-};
-
-fn synthetic(n: usize, seed: u64) -> Split {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Split {
-        images: (0..n * 784)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect(),
-        labels: (0..n).map(|_| rng.random_range(0..10u8)).collect(),
-        n,
-    }
-}
-
-fn config(batch: usize, iterations: u64) -> TrainConfig {
-    TrainConfig {
-        optimizer: OptimizerKind::Adam,
-        lr: 1.2e-3,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        batch,
-        iterations,
-        schedule: LrSchedule::Constant,
-        warmup: 0,
-        save_at: vec![],
-        eval_every: 0,
-        data_seed: 1,
-        start_step: 0,
-    }
-}
+use pipe::nn::{DeviceSpec, InitScheme, Mask, ModelSpec, TrainData, init_weights, train};
 
 fn steps(c: &mut Criterion) {
     // As the `pipe` binary does at start-up (see pipe::nn::host).
@@ -62,10 +28,15 @@ fn steps(c: &mut Criterion) {
     let mask = Mask::dense(&spec);
     let mut group = c.benchmark_group("train_step");
     for batch in [60usize, 1024] {
-        let data = synthetic(batch, 7);
-        let mut session =
-            TrainSession::<Autodiff<Flex>>::new(&spec, &init, &mask, &config(batch, 1), FlexDevice)
-                .unwrap();
+        let data = synthetic_split(batch, 7);
+        let mut session = TrainSession::<Autodiff<Flex>>::new(
+            &spec,
+            &init,
+            &mask,
+            &bench_config(batch, 1),
+            FlexDevice,
+        )
+        .unwrap();
         group.bench_function(format!("adam_b{batch}"), |b| {
             b.iter(|| black_box(session.step(data.images.clone(), &data.labels, 1.2e-3)))
         });
@@ -77,10 +48,10 @@ fn epoch(c: &mut Criterion) {
     let spec = ModelSpec::lenet_300_100();
     let init = init_weights(&spec, InitScheme::KaimingNormal, 0);
     let mask = Mask::dense(&spec);
-    let train_set = synthetic(60_000, 1);
-    let test = synthetic(10, 2);
+    let train_set = synthetic_split(60_000, 1);
+    let test = synthetic_split(10, 2);
     let val = Split::empty();
-    let cfg = config(60, 1000);
+    let cfg = bench_config(60, 1000);
     let mut group = c.benchmark_group("train_epoch");
     group
         .sample_size(10)

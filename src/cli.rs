@@ -22,20 +22,8 @@ use crate::spec::{self, Diagnostic, Override, choices_hint};
 use crate::stages::Registry;
 use crate::stages::dataset::DataCache;
 
-/// `println!` that treats a closed stdout (`pipe plan … | head`) as the end of the output
+/// `print!` that treats a closed stdout (`pipe plan … | head`) as the end of the output
 /// rather than a panic.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
-
-/// `print!` with the same treatment of a closed stdout.
 macro_rules! out_raw {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -45,6 +33,13 @@ macro_rules! out_raw {
             }
         }
     }};
+}
+
+/// `println!` with the same treatment of a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        out_raw!("{}\n", format_args!($($arg)*))
+    };
 }
 
 pub const EXIT_STAGE_FAILED: u8 = 1;
@@ -380,20 +375,12 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
     if let Some(r) = &report_text {
         out!("{r}");
     }
-    let ran = record
-        .stages
-        .iter()
-        .filter(|s| s.status == StageStatus::Ran)
-        .count();
-    let hit = record
-        .stages
-        .iter()
-        .filter(|s| s.status == StageStatus::Hit)
-        .count();
     out!(
-        "run {}: {ran} ran, {hit} cached, {} failed, {:.1}s",
+        "run {}: {} ran, {} cached, {} failed, {:.1}s",
         record.id,
-        outcome.failed(),
+        record.count(StageStatus::Ran),
+        record.count(StageStatus::Hit),
+        record.count(StageStatus::Failed),
         record.duration_s
     );
     Ok(if outcome.interrupted {
@@ -494,13 +481,7 @@ fn cmd_runs(g: &Global) -> Result<u8, Failure> {
         "Run", "Pipeline", "Started", "Stages", "Ran", "Hit", "Outcome", "Time",
     ]);
     for r in &rs {
-        let count = |st: StageStatus| {
-            r.stages
-                .iter()
-                .filter(|s| s.status == st)
-                .count()
-                .to_string()
-        };
+        let count = |st: StageStatus| r.count(st).to_string();
         t.push(vec![
             r.id.clone(),
             r.pipeline.clone(),

@@ -14,6 +14,7 @@ pub mod data;
 pub mod exec;
 pub mod graph;
 pub mod nn;
+pub mod panic_text;
 pub mod report;
 pub mod spec;
 pub mod stages;

@@ -325,22 +325,12 @@ fn gc_dry_run_then_collect() {
 
 /// The stages' results recorded by the only run in `cache`, by stage name: key and metrics.
 fn recorded_results(cache: &Path) -> Vec<(String, String, serde_json::Value)> {
-    let ids = run_ids(cache);
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    let text =
-        std::fs::read_to_string(cache.join("runs").join(format!("{}.json", ids[0]))).unwrap();
-    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-    record["stages"]
-        .as_array()
-        .unwrap()
+    let records = pipe::cache::runs::list(cache).unwrap();
+    assert_eq!(records.len(), 1);
+    records[0]
+        .stages
         .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["key"].as_str().unwrap().to_string(),
-                s["metrics"].clone(),
-            )
-        })
+        .map(|s| (s.name.clone(), s.key.clone(), s.metrics.clone()))
         .collect()
 }
 

@@ -15,7 +15,7 @@ fn toy_chain() -> Vec<std::path::PathBuf> {
 fn second_run_is_all_hits_with_the_same_results() {
     let cache = tempfile::tempdir().unwrap();
     let first = run(cache.path(), &toy_chain(), &[]);
-    assert!(first.ok());
+    assert_ok(&first);
     assert_eq!(
         statuses(&first),
         vec![
@@ -230,7 +230,7 @@ fn sweep_members_and_levels_get_stable_names_and_pair_on_shared_variables() {
         )]
     );
     let o = run(cache.path(), &[file("tests/pipelines/toy_sweep.yaml")], &[]);
-    assert!(o.ok());
+    assert_ok(&o);
     assert_eq!(
         metric(&o, "paired[fail=false,value=2]", "total"),
         1.0 + 2.0 + 1.0 + 2.0

@@ -35,14 +35,7 @@ fn tiny_lottery_pipeline_is_deterministic_and_pinned() {
     let c1 = tempfile::tempdir().unwrap();
     let c2 = tempfile::tempdir().unwrap();
     let a = run(c1.path(), &tiny(), &[]);
-    assert!(
-        a.ok(),
-        "{:?}",
-        a.records
-            .iter()
-            .filter_map(|r| r.error.clone())
-            .collect::<Vec<_>>()
-    );
+    assert_ok(&a);
     let b = run(c2.path(), &tiny(), &[]);
     let metrics = |o: &pipe::exec::RunOutcome| {
         o.records
@@ -116,15 +109,7 @@ fn late_rewinding_reuses_the_dense_prefix_of_another_pipeline() {
         &[file("pipelines/lottery_vs_rethinking.yaml")],
         &set,
     );
-    assert!(
-        first.ok(),
-        "{:?}",
-        first
-            .records
-            .iter()
-            .filter_map(|r| r.error.clone())
-            .collect::<Vec<_>>()
-    );
+    assert_ok(&first);
     let set2: Vec<&str> = small
         .iter()
         .copied()
@@ -138,7 +123,7 @@ fn late_rewinding_reuses_the_dense_prefix_of_another_pipeline() {
         &[file("pipelines/late_rewinding.yaml")],
         &set2,
     );
-    assert!(second.ok());
+    assert_ok(&second);
     for shared in ["init", "dense", "eval_dense"] {
         assert_eq!(status_of(&second, shared), StageStatus::Hit, "{shared}");
     }
@@ -163,7 +148,7 @@ fn scratch_b_trains_for_the_same_flops_as_the_dense_network() {
             "levels.imp.stages.random.matrix.lr=[1.2e-3]",
         ],
     );
-    assert!(o.ok());
+    assert_ok(&o);
     let reinit = &o
         .records
         .iter()

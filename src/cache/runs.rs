@@ -68,6 +68,11 @@ impl RunRecord {
     pub fn stage(&self, name: &str) -> Option<&StageRecord> {
         self.stages.iter().find(|s| s.name == name)
     }
+
+    /// How many of the run's stages ended with `status`.
+    pub fn count(&self, status: StageStatus) -> usize {
+        self.stages.iter().filter(|s| s.status == status).count()
+    }
 }
 
 fn runs_dir(cache: &Path) -> PathBuf {

@@ -21,6 +21,7 @@ use crate::cache::{Manifest, StageRecord, StageStatus, Store};
 use crate::clock;
 use crate::graph::StageGraph;
 use crate::nn::DeviceSpec;
+use crate::panic_text::panic_text;
 use crate::stages::dataset::DataCache;
 use crate::stages::{InputEntry, Registry, StageContext};
 
@@ -39,12 +40,6 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    pub fn failed(&self) -> usize {
-        self.records
-            .iter()
-            .filter(|r| r.status == StageStatus::Failed)
-            .count()
-    }
     pub fn ok(&self) -> bool {
         !self.interrupted
             && self
@@ -425,11 +420,7 @@ fn run_job(
         }
         Err(panic) => {
             store.abandon(tmp);
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = panic_text(&*panic).unwrap_or_else(|| "unknown panic".into());
             Err(format!(
                 "the stage panicked: {msg} (a bug in pipe; please report it)"
             ))

@@ -71,28 +71,25 @@ impl DeviceSpec {
 /// printing a backtrace; the first message becomes the error's reason.
 #[cfg(feature = "cuda")]
 fn cuda_probe(index: usize) -> Result<(), String> {
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
 
     use burn::backend::Cuda;
     use burn::backend::cuda::CudaDevice;
     use burn::tensor::Tensor;
 
-    static RESULTS: Mutex<Option<HashMap<usize, Result<(), String>>>> = Mutex::new(None);
+    use crate::panic_text::panic_text;
+
+    static RESULTS: Mutex<BTreeMap<usize, Result<(), String>>> = Mutex::new(BTreeMap::new());
     static MESSAGES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
     let mut results = RESULTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = results.get_or_insert_default().get(&index) {
+    if let Some(r) = results.get(&index) {
         return r.clone();
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = panic_text(info.payload()).unwrap_or_default();
         MESSAGES.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
     }));
     let probe = std::panic::catch_unwind(move || {
@@ -112,7 +109,8 @@ fn cuda_probe(index: usize) -> Result<(), String> {
         Err(payload) => {
             let msg = first
                 .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| panic_message(&payload));
+                .or_else(|| panic_text(&*payload))
+                .unwrap_or_else(|| "the CUDA runtime panicked while probing".into());
             // cudarc lists every library name it tried; the first clause says what matters.
             let short = msg
                 .split(" - searched")
@@ -129,21 +127,8 @@ fn cuda_probe(index: usize) -> Result<(), String> {
             })
         }
     };
-    results
-        .get_or_insert_default()
-        .insert(index, result.clone());
+    results.insert(index, result.clone());
     result
-}
-
-#[cfg(feature = "cuda")]
-fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "the CUDA runtime panicked while probing".to_string()
-    }
 }
 
 /// A computation generic over the autodiff backend, run by [`dispatch`].

@@ -1,5 +1,6 @@
 //! Wall-clock time of one training step, for comparing pipe with PyTorch on the same device
-//! (`examples/bench_step.rs`, `bench/gpu/bench.sh`). The loop drives the same
+//! (`examples/bench_step.rs`, `bench/gpu/bench.sh`), and the synthetic inputs and settings the
+//! benchmarks share (`benches/train_step.rs`). The loop drives the same
 //! [`TrainSession::step`] that the `train` stage runs, on any backend [`dispatch`] offers.
 
 use std::time::Instant;
@@ -14,6 +15,7 @@ use super::{
     BackendTask, DeviceSpec, InitScheme, LrSchedule, Mask, ModelSpec, NnError, OptimizerKind,
     TrainConfig, dispatch, init_weights,
 };
+use crate::data::Split;
 
 /// How a step timing is taken.
 #[derive(Clone, Copy, Debug)]
@@ -41,45 +43,60 @@ pub fn time_lenet_adam_steps(device: &DeviceSpec, timing: StepTiming) -> Result<
     dispatch(device, timing)
 }
 
+/// `n` MNIST-shaped samples (784 standard normals, a random label of 10), seeded: benchmark
+/// input, where only the shapes matter for time.
+pub fn synthetic_split(n: usize, seed: u64) -> Split {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Split {
+        images: (0..n * 784)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect(),
+        labels: (0..n).map(|_| rng.random_range(0..10u8)).collect(),
+        n,
+    }
+}
+
+/// The benchmarks' training settings: Adam at lr 1.2e-3 (the lottery-ticket setting), constant
+/// schedule, no evaluation, nothing saved.
+pub fn bench_config(batch: usize, iterations: u64) -> TrainConfig {
+    TrainConfig {
+        optimizer: OptimizerKind::Adam,
+        lr: 1.2e-3,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        batch,
+        iterations,
+        schedule: LrSchedule::Constant,
+        warmup: 0,
+        save_at: vec![],
+        eval_every: 0,
+        data_seed: 1,
+        start_step: 0,
+    }
+}
+
 impl BackendTask for StepTiming {
     type Output = f64;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f64, NnError> {
         let spec = ModelSpec::lenet_300_100();
         let weights = init_weights(&spec, InitScheme::KaimingNormal, 0);
-        let lr = 1.2e-3;
-        let cfg = TrainConfig {
-            optimizer: OptimizerKind::Adam,
-            lr,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            batch: self.batch,
-            iterations: (self.warmup + self.steps) as u64,
-            schedule: LrSchedule::Constant,
-            warmup: 0,
-            save_at: vec![],
-            eval_every: 0,
-            data_seed: 0,
-            start_step: 0,
-        };
+        let cfg = bench_config(self.batch, (self.warmup + self.steps) as u64);
+        let lr = cfg.lr;
         let mut session =
             TrainSession::<B>::new(&spec, &weights, &Mask::dense(&spec), &cfg, device)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let images: Vec<f32> = (0..self.batch * spec.input_dim())
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect();
-        let labels: Vec<u8> = (0..self.batch)
-            .map(|_| rng.random_range(0..spec.output_dim() as u8))
-            .collect();
+        let data = synthetic_split(self.batch, 7);
         for _ in 0..self.warmup {
-            session.step(images.clone(), &labels, lr);
+            session.step(data.images.clone(), &data.labels, lr);
         }
         // Drain the warm-up's queued work before the clock starts.
-        let _ = session.step(images.clone(), &labels, lr).into_scalar();
+        let _ = session
+            .step(data.images.clone(), &data.labels, lr)
+            .into_scalar();
         let read_every = self.read_every.max(1);
         let t0 = Instant::now();
         for i in 0..self.steps {
-            let loss = session.step(images.clone(), &labels, lr);
+            let loss = session.step(data.images.clone(), &data.labels, lr);
             if (i + 1) % read_every == 0 || i + 1 == self.steps {
                 let _ = loss.into_scalar();
             }

@@ -83,6 +83,18 @@ pub fn status_of(o: &RunOutcome, name: &str) -> StageStatus {
         .status
 }
 
+/// Asserts that every stage ran or hit, showing the stages' errors otherwise.
+pub fn assert_ok(o: &RunOutcome) {
+    assert!(
+        o.ok(),
+        "{:?}",
+        o.records
+            .iter()
+            .filter_map(|r| r.error.as_deref())
+            .collect::<Vec<_>>()
+    );
+}
+
 pub fn metric(o: &RunOutcome, name: &str, m: &str) -> f64 {
     o.records
         .iter()
