@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -78,7 +77,7 @@ pub fn bench_config(batch: usize, iterations: u64) -> TrainConfig {
 impl BackendTask for StepTiming {
     type Output = f64;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f64, NnError> {
+    fn run<B: crate::nn::ops::TrainBackend>(self, device: B::Device) -> Result<f64, NnError> {
         let spec = ModelSpec::lenet_300_100();
         let weights = init_weights(&spec, InitScheme::KaimingNormal, 0);
         let cfg = bench_config(self.batch, (self.warmup + self.steps) as u64);
