@@ -370,7 +370,10 @@ struct TrainTask<'a, 'b> {
 impl BackendTask for TrainTask<'_, '_> {
     type Output = TrainOutput;
 
-    fn run<B: crate::nn::ops::TrainBackend>(self, device: B::Device) -> Result<TrainOutput, NnError> {
+    fn run<B: crate::nn::ops::TrainBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<TrainOutput, NnError> {
         let TrainTask {
             spec,
             init,
@@ -516,7 +519,10 @@ pub fn evaluate(
     }
     impl BackendTask for EvalTask<'_> {
         type Output = (f64, f64);
-        fn run<B: crate::nn::ops::TrainBackend>(self, device: B::Device) -> Result<(f64, f64), NnError> {
+        fn run<B: crate::nn::ops::TrainBackend>(
+            self,
+            device: B::Device,
+        ) -> Result<(f64, f64), NnError> {
             let model =
                 to_masked_module::<B::InnerBackend>(self.spec, self.weights, self.mask, &device)?;
             Ok(eval_split(&model, self.split, &device))
