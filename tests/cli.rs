@@ -12,20 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn toy_pipe() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
-    let example = bin.parent().unwrap().join("examples").join("custom_stage");
-    if !example.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "custom_stage"])
-            .current_dir(root())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    example
-}
-
 fn pipe(cache: &Path, args: &[&str]) -> Output {
     Command::new(toy_pipe())
         .arg("--cache-dir")

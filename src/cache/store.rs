@@ -191,7 +191,12 @@ impl Store {
     }
 
     /// Digests the outputs, writes the manifest and the completion marker, and renames the
-    /// folder into place. Returns the manifest as written.
+    /// folder into place. Returns the manifest of the entry now in place.
+    ///
+    /// A complete entry of the same key is never replaced: another process (on another node of
+    /// a shared cache, or one whose lock did not exclude us) published it first, so it is kept
+    /// and this copy is dropped. The rename cannot overwrite it either: renaming a folder onto
+    /// a non-empty one fails.
     pub fn publish(&self, tmp: TmpEntry, mut manifest: Manifest) -> Result<Manifest, CacheError> {
         manifest.outputs = digest_tree(&tmp.dir)?;
         let mpath = tmp.dir.join(MANIFEST);
@@ -201,16 +206,35 @@ impl Store {
         let dest = self.entry_dir(&tmp.key);
         let parent = dest.parent().expect("entry dirs have a parent");
         fs::create_dir_all(parent).map_err(io(parent))?;
+        if self.is_complete(&tmp.key) {
+            return self.keep_first(tmp);
+        }
         if dest.exists() {
-            // A leftover without COMPLETE (we hold the lock, and complete entries are never
-            // re-written): move it aside rather than merge into it.
+            // A leftover without COMPLETE (complete entries are never re-written): move it
+            // aside rather than merge into it.
             self.discard(&dest)?;
         }
-        fs::rename(&tmp.dir, &dest).map_err(io(&dest))?;
+        if let Err(e) = fs::rename(&tmp.dir, &dest) {
+            if self.is_complete(&tmp.key) {
+                return self.keep_first(tmp);
+            }
+            return Err(io(&dest)(e));
+        }
         if let Ok(d) = File::open(parent) {
             let _ = d.sync_all();
         }
         Ok(manifest)
+    }
+
+    /// Drops `tmp` in favour of the complete entry already in place, and returns its manifest.
+    fn keep_first(&self, tmp: TmpEntry) -> Result<Manifest, CacheError> {
+        tracing::info!(
+            key = &tmp.key[..12],
+            "the entry was published meanwhile by another process; keeping it"
+        );
+        let key = tmp.key.clone();
+        self.abandon(tmp);
+        self.read_manifest(&key)
     }
 
     /// Removes an unfinished entry folder.
