@@ -78,7 +78,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
         >>/tmp/slurm-up-apt.log 2>&1 \
         || { tail -n 20 /tmp/slurm-up-apt.log >&2; die "apt-get install slurm-wlm munge failed or timed out"; }
 fi
-say "$(sinfo --version 2>/dev/null || echo 'slurm installed')"
+say "$(slurmd -V 2>/dev/null || echo 'slurm installed')"
 
 # 2. Munge: a key (the package usually makes one), then the daemon as the munge user.
 if [ ! -s /etc/munge/munge.key ]; then

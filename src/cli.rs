@@ -414,7 +414,12 @@ fn cmd_run(
             let exe = std::env::current_exe().map_err(|e| {
                 Failure::invalid(format!("error: cannot find this pipe binary: {e}"))
             })?;
-            let cache = std::fs::canonicalize(store.root()).map_err(|e| Failure::cache(e))?;
+            let cache = std::fs::canonicalize(store.root()).map_err(|e| {
+                Failure::cache(format!(
+                    "error: cache folder {}: {e}",
+                    store.root().display()
+                ))
+            })?;
             let mut args = Vec::new();
             if let Some(t) = worker_threads {
                 args.push(format!("--threads={t}"));
@@ -458,7 +463,8 @@ fn cmd_run(
         ExecutorKind::Slurm => {
             // Each job's threads follow its `cpus` request (SLURM_CPUS_PER_TASK) unless given.
             let (exe, cache, worker_args) = remote(g.threads.map(usize::from))?;
-            let workdir = std::env::current_dir().map_err(|e| Failure::cache(e))?;
+            let workdir = std::env::current_dir()
+                .map_err(|e| Failure::cache(format!("error: the current directory: {e}")))?;
             let slurm = SlurmExecutor::new(
                 SlurmConfig {
                     exe,

@@ -3,8 +3,11 @@
 //! An entry is written into `tmp/`, given its manifest and its `COMPLETE` marker last, then
 //! renamed into `entries/` (same file system, so the rename is atomic): an interrupted stage
 //! leaves at most a folder in `tmp/`, never anything that looks finished. Locks are advisory
-//! file locks per key (`std::fs::File::lock`), released by the OS when a process dies, so a
-//! `kill -9` never leaves a stale lock behind.
+//! file locks per key (`std::fs::File::lock`, which is `flock(2)` on Linux), released by the OS
+//! when a process dies, so a `kill -9` never leaves a stale lock behind. On a cache shared
+//! between nodes, a complete entry is never replaced (the first published wins), so nodes whose
+//! locks do not exclude each other waste work but never corrupt an entry (README: "A cache
+//! shared between machines").
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
