@@ -118,9 +118,13 @@ impl QueueState {
 }
 
 impl SlurmExecutor {
-    /// Checks that `sbatch` can be run here.
+    /// Checks that `sbatch` is on PATH (by looking, not by running it: a plan that is all
+    /// hits runs no Slurm command at all).
     pub fn new(cfg: SlurmConfig, store: Store) -> Result<Self, String> {
-        run("sbatch", &["--version".to_string()], COMMAND_TIMEOUT)?;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        if !std::env::split_paths(&path).any(|d| d.join("sbatch").is_file()) {
+            return Err(not_on_path("sbatch"));
+        }
         Ok(SlurmExecutor {
             cfg,
             store,
@@ -447,7 +451,7 @@ fn run(program: &str, args: &[String], timeout: Duration) -> Result<Output, Stri
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                format!("`{program}` is not on PATH: run on a Slurm login node (or start one: scripts/slurm-up.sh)")
+                not_on_path(program)
             } else {
                 format!("cannot run {program}: {e}")
             }
@@ -472,6 +476,12 @@ fn run(program: &str, args: &[String], timeout: Duration) -> Result<Output, Stri
             ))
         }
     }
+}
+
+fn not_on_path(program: &str) -> String {
+    format!(
+        "`{program}` is not on PATH: run on a Slurm login node (or start one: scripts/slurm-up.sh)"
+    )
 }
 
 /// `squeue` for the given jobs: id → state, for those it still lists.
