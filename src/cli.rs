@@ -18,7 +18,8 @@ use crate::cache::{RunRecord, StageStatus, Store, gc, runs};
 use crate::clock;
 use crate::exec::remote::{WorkerResult, result_path};
 use crate::exec::slurm::{self, SlurmConfig, SlurmExecutor};
-use crate::exec::subprocess::{SubprocessConfig, SubprocessExecutor};
+use crate::exec::ssh;
+use crate::exec::subprocess::{Launch, SubprocessConfig, SubprocessExecutor};
 use crate::exec::{
     self, BarSink, Event, EventSink, Finished, JobSpec, PlainSink, RunOptions, Scheduling, Why,
     Worker,
@@ -151,10 +152,20 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct ExecArgs {
     /// Where jobs run: `local` (threads of this process), `subprocess` (`pipe worker` child
-    /// processes), `slurm` (one `sbatch` per job; the cache, the data and this binary must be
-    /// on a file system the nodes share).
+    /// processes), `ssh` (`pipe worker` on `--hosts` over ssh), `slurm` (one `sbatch` per job).
+    /// With `ssh` and `slurm` the cache, the data and this binary must be on a file system the
+    /// nodes share, at the same paths.
     #[arg(long, value_enum, env = "PIPE_EXECUTOR", default_value = "local")]
     pub executor: ExecutorKind,
+    /// With `--executor ssh`: the hosts that run jobs (ssh destinations), comma-separated.
+    /// `-j` jobs run at once in all [default: one per host], each on the least busy host.
+    #[arg(
+        long,
+        env = "PIPE_SSH_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST,..."
+    )]
+    pub hosts: Vec<String>,
     /// With `--executor slurm`: return once every job is queued. `pipe runs` and `pipe show
     /// RUN` report the jobs' states; running the file again follows them.
     #[arg(long)]
@@ -168,6 +179,7 @@ pub struct ExecArgs {
 pub enum ExecutorKind {
     Local,
     Subprocess,
+    Ssh,
     Slurm,
 }
 
@@ -358,6 +370,13 @@ fn cmd_run(
             "error: --detach needs --executor slurm (other executors' jobs end with `pipe run`)",
         ));
     }
+    if ex.executor == ExecutorKind::Ssh {
+        ssh::check_hosts(&ex.hosts).map_err(|e| Failure::invalid(format!("error: {e}")))?;
+    } else if !ex.hosts.is_empty() {
+        return Err(Failure::invalid(
+            "error: --hosts is for --executor ssh; add `--executor ssh` or drop --hosts",
+        ));
+    }
     if !(ex.poll.is_finite() && ex.poll > 0.0) {
         return Err(Failure::invalid(format!(
             "error: --poll {}: give a positive number of seconds",
@@ -390,7 +409,10 @@ fn cmd_run(
     let started = clock::now_secs();
     let t0 = Instant::now();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = g.jobs.unwrap_or(cores);
+    let jobs = match ex.executor {
+        ExecutorKind::Ssh => g.jobs.unwrap_or(ex.hosts.len()),
+        _ => g.jobs.unwrap_or(cores),
+    };
     let threads = match g.threads {
         Some(t) => Some(usize::from(t)),
         // rayon reads RAYON_NUM_THREADS itself; a user who set it meant it.
@@ -450,6 +472,25 @@ fn cmd_run(
             let (exe, cache, worker_args) = remote(threads)?;
             let sub = SubprocessExecutor::new(
                 SubprocessConfig {
+                    name: "subprocess",
+                    launch: vec![Launch::Here],
+                    exe,
+                    cache,
+                    run_dir,
+                    worker_args,
+                    slots: jobs,
+                },
+                store.clone(),
+            );
+            exec::schedule(&plan, scheduling, &sub)
+        }
+        ExecutorKind::Ssh => {
+            // Hosts have their own cores: workers size their threads there unless --threads.
+            let (exe, cache, worker_args) = remote(g.threads.map(usize::from))?;
+            let sub = SubprocessExecutor::new(
+                SubprocessConfig {
+                    name: "ssh",
+                    launch: ssh::launches(&ex.hosts),
                     exe,
                     cache,
                     run_dir,
@@ -500,6 +541,7 @@ fn cmd_run(
         executor: match ex.executor {
             ExecutorKind::Local => None,
             ExecutorKind::Subprocess => Some("subprocess".into()),
+            ExecutorKind::Ssh => Some("ssh".into()),
             ExecutorKind::Slurm => Some("slurm".into()),
         },
         outcome: if outcome.interrupted {

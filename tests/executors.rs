@@ -1,5 +1,6 @@
 //! The executor seam without a cluster: `--executor subprocess` (every job a `pipe worker`
-//! child process, as on Slurm) gives what a local run gives; `pipe worker` re-checks the entry
+//! child process, as on Slurm) and `--executor ssh` (through a stand-in `ssh`) give what a
+//! local run gives; `pipe worker` re-checks the entry
 //! under the key's lock and refuses an edited job; `publish` keeps the first complete entry;
 //! `resources:` is checked at plan time and stays out of keys.
 
@@ -24,6 +25,7 @@ fn pipe(cache: &Path, args: &[&str]) -> Output {
         .current_dir(root())
         .env_remove("PIPE_CACHE_DIR")
         .env_remove("PIPE_EXECUTOR")
+        .env_remove("PIPE_SSH_HOSTS")
         .output()
         .unwrap()
 }
@@ -83,6 +85,91 @@ fn subprocess_workers_give_the_keys_and_metrics_of_a_local_run() {
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert!(!stderr(&again).contains("submit"), "{}", stderr(&again));
     assert!(results(&sub).iter().all(|r| r.2 == StageStatus::Hit));
+}
+
+/// A stand-in for `ssh`, first on PATH: it notes the host it was asked for in `hosts`, then
+/// runs the command line it was given with `sh -c`, as sshd does with the user's shell. So the
+/// worker's command line must survive a shell, as it must over a real ssh.
+fn fake_ssh(dir: &Path, hosts: &Path) -> std::ffi::OsString {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ssh = bin.join("ssh");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done\nshift\necho \"$1\" >> '{}'\nshift\nexec sh -c \"$*\"\n",
+            hosts.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut dirs = vec![bin];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap()
+}
+
+#[test]
+fn ssh_workers_spread_over_the_hosts_and_give_the_results_of_a_local_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // A space in the cache's path: the worker's command line goes through a shell.
+    let (local, remote) = (dir.path().join("local"), dir.path().join("over ssh"));
+    let hosts = dir.path().join("hosts");
+    let path = fake_ssh(dir.path(), &hosts);
+    let file = "tests/pipelines/slurm_tiny.yaml";
+    let l = pipe(&local, &["run", file]);
+    assert_eq!(l.status.code(), Some(0), "{}", stderr(&l));
+    let s = Command::new(toy_pipe())
+        .arg("--cache-dir")
+        .arg(&remote)
+        .args(["run", file, "--executor", "ssh", "--hosts", "alpha,beta"])
+        .current_dir(root())
+        .env("PATH", &path)
+        .env_remove("PIPE_CACHE_DIR")
+        .env_remove("PIPE_EXECUTOR")
+        .env_remove("PIPE_SSH_HOSTS")
+        .output()
+        .unwrap();
+    assert_eq!(s.status.code(), Some(0), "{}", stderr(&s));
+    assert_eq!(results(&remote), results(&local));
+    // One ssh per job; two at once (one per host by default), each on the less busy host.
+    let mut used = lines(&hosts);
+    assert_eq!(used.len(), 7);
+    used.sort();
+    used.dedup();
+    assert_eq!(used, ["alpha", "beta"]);
+    let rec = runs::list(&remote).unwrap().pop().unwrap();
+    assert_eq!(rec.executor.as_deref(), Some("ssh"));
+    assert!(
+        rec.stages.iter().all(|s| s
+            .job
+            .as_ref()
+            .is_some_and(|j| j.starts_with("alpha:") || j.starts_with("beta:"))),
+        "{:?}",
+        rec.stages.iter().map(|s| &s.job).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn ssh_needs_hosts_and_hosts_need_ssh() {
+    let cache = tempfile::tempdir().unwrap();
+    let f = "tests/pipelines/toy_chain.yaml";
+    let o = pipe(cache.path(), &["run", f, "--executor", "ssh"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--executor ssh needs --hosts HOST[,HOST...]"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pipe(cache.path(), &["run", f, "--hosts", "alpha"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--hosts is for --executor ssh"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

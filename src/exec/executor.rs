@@ -1,7 +1,7 @@
 //! The executor seam: the scheduler decides what runs and when; an [`Executor`] runs one job
 //! at a time from its [`JobSpec`] and reports how it ended. `local` (threads of this
-//! process), `subprocess` (`pipe worker` child processes) and `slurm` (`sbatch`) implement it;
-//! the scheduler's code is the same for all three.
+//! process), `subprocess` and `ssh` (`pipe worker` child processes, here or through `ssh`)
+//! and `slurm` (`sbatch`) implement it; the scheduler's code is the same for all of them.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

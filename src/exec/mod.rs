@@ -1,5 +1,5 @@
 //! Planning (keys, hit or miss, and why) and running (the scheduler, and the executors that
-//! run its jobs: in this process, as `pipe worker` child processes, or on Slurm).
+//! run its jobs: in this process, as `pipe worker` child processes, over ssh, or on Slurm).
 
 pub mod events;
 mod executor;
@@ -8,6 +8,7 @@ mod plan;
 pub mod remote;
 mod scheduler;
 pub mod slurm;
+pub mod ssh;
 pub mod subprocess;
 
 pub use events::{BarSink, Event, EventSink, PlainSink};

@@ -158,6 +158,11 @@ pub fn worker_argv(exe: &Path, cache: &Path, extra: &[String], job: &Path) -> Ve
     argv
 }
 
+/// `s` quoted for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// Writes the job's description into its run folder and returns its files.
 pub fn write_job(run_dir: &Path, job: &JobSpec) -> Result<JobFiles, String> {
     std::fs::create_dir_all(run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::executor::{Executor, Report, Submitted, Ticket};
 use super::job::{Finished, JobSpec};
-use super::remote::{self, JobFiles, LOG_TAIL, WorkerResult};
+use super::remote::{self, JobFiles, LOG_TAIL, WorkerResult, sh_quote};
 use crate::cache::{RunRecord, StageStatus, Store, runs};
 use crate::spec::Resources;
 
@@ -539,10 +539,6 @@ fn parse_sbatch(stdout: &str) -> Result<String, String> {
     } else {
         Err(format!("sbatch printed no job id: `{}`", stdout.trim()))
     }
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Brings a `--detach`ed run's record up to date: queued stages whose entry is complete now

@@ -1,7 +1,7 @@
 //! `--executor subprocess`: each job is a `pipe worker JOB.json` child process on this
-//! machine, its output in the run's folder. It exists to show (and test, without a cluster)
-//! that another engine is one small file behind the [`Executor`] seam: an `ssh host pipe
-//! worker …` or HyperQueue executor would differ only in the command it starts.
+//! machine, its output in the run's folder. With a [`Launch`] other than `Here`, the child is
+//! a command that runs the worker elsewhere (`ssh host …`, see `ssh.rs`): the same code
+//! drives both, which is what the [`Executor`] seam is for.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,10 +13,40 @@ use std::time::Duration;
 
 use super::executor::{Executor, Report, Submitted, Ticket};
 use super::job::{Finished, JobSpec};
-use super::remote::{self, JobFiles, LOG_TAIL};
+use super::remote::{self, JobFiles, LOG_TAIL, sh_quote};
 use crate::cache::Store;
 
+/// Where a worker starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launch {
+    /// A child process of this one.
+    Here,
+    /// `prefix` followed by the worker's command line as one shell-quoted string, which the
+    /// prefix hands to a shell elsewhere (as `ssh host` does). `label` names the place in
+    /// tickets (`node1:4242`).
+    Via { label: String, prefix: Vec<String> },
+}
+
+impl Launch {
+    /// The command that runs `argv` from here.
+    fn command(&self, argv: &[String]) -> Vec<String> {
+        match self {
+            Launch::Here => argv.to_vec(),
+            Launch::Via { prefix, .. } => {
+                let line = argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>();
+                let mut cmd = prefix.clone();
+                cmd.push(line.join(" "));
+                cmd
+            }
+        }
+    }
+}
+
 pub struct SubprocessConfig {
+    /// What the executor is called in events and run records (`subprocess`, `ssh`).
+    pub name: &'static str,
+    /// Where workers start; each job goes to the place with the fewest jobs running.
+    pub launch: Vec<Launch>,
     /// The `pipe` binary (one with the same stage kinds as this one).
     pub exe: PathBuf,
     /// The cache, as an absolute path.
@@ -30,6 +60,8 @@ pub struct SubprocessConfig {
 
 struct Child {
     key: String,
+    /// Index into the config's `launch`.
+    place: usize,
     files: JobFiles,
     pid: u32,
     cancelled: bool,
@@ -58,7 +90,7 @@ impl SubprocessExecutor {
 
 impl Executor for SubprocessExecutor {
     fn name(&self) -> &'static str {
-        "subprocess"
+        self.cfg.name
     }
     fn slots(&self) -> usize {
         self.cfg.slots.max(1)
@@ -82,26 +114,35 @@ impl Executor for SubprocessExecutor {
             &self.cfg.worker_args,
             &files.job,
         );
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let places = self.cfg.launch.len().max(1);
+        let place = (0..places)
+            .min_by_key(|&p| children.values().filter(|c| c.place == p).count())
+            .unwrap_or(0);
+        let launch = self.cfg.launch.get(place).unwrap_or(&Launch::Here);
+        let cmd = launch.command(&argv);
+        let mut child = Command::new(&cmd[0])
+            .args(&cmd[1..])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
-        let ticket = Ticket(child.id().to_string());
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                ticket.clone(),
-                Child {
-                    key: job.key.clone(),
-                    files,
-                    pid: child.id(),
-                    cancelled: false,
-                },
-            );
+            .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
+        let ticket = Ticket(match launch {
+            Launch::Here => child.id().to_string(),
+            Launch::Via { label, .. } => format!("{label}:{}", child.id()),
+        });
+        children.insert(
+            ticket.clone(),
+            Child {
+                key: job.key.clone(),
+                place,
+                files,
+                pid: child.id(),
+                cancelled: false,
+            },
+        );
+        drop(children);
         let (tx, t) = (self.tx.clone(), ticket.clone());
         std::thread::spawn(move || {
             let code = child.wait().ok().and_then(|s| s.code());
@@ -146,7 +187,8 @@ impl Executor for SubprocessExecutor {
             if let Some(c) = children.get_mut(t) {
                 c.cancelled = true;
                 // SIGTERM: the worker stops its stage at the next check and removes its
-                // unfinished folder, as on Ctrl-C.
+                // unfinished folder, as on Ctrl-C. (Through `ssh -tt`, the remote worker gets
+                // SIGHUP when the connection closes, which it handles the same way.)
                 #[cfg(unix)]
                 // SAFETY: kill(2) with a pid we started and have not reaped yet.
                 unsafe {
