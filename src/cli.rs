@@ -452,6 +452,10 @@ fn cmd_run(
             Ok((exe, cache, args))
         };
     let run_dir = runs::run_folder(store.root(), &run_id);
+    let workdir = || {
+        std::env::current_dir()
+            .map_err(|e| Failure::cache(format!("error: the current directory: {e}")))
+    };
     let outcome = match ex.executor {
         ExecutorKind::Local => {
             if let Some(t) = threads {
@@ -477,6 +481,7 @@ fn cmd_run(
                     exe,
                     cache,
                     run_dir,
+                    workdir: workdir()?,
                     worker_args,
                     slots: jobs,
                 },
@@ -494,6 +499,7 @@ fn cmd_run(
                     exe,
                     cache,
                     run_dir,
+                    workdir: workdir()?,
                     worker_args,
                     slots: jobs,
                 },
@@ -504,15 +510,13 @@ fn cmd_run(
         ExecutorKind::Slurm => {
             // Each job's threads follow its `cpus` request (SLURM_CPUS_PER_TASK) unless given.
             let (exe, cache, worker_args) = remote(g.threads.map(usize::from))?;
-            let workdir = std::env::current_dir()
-                .map_err(|e| Failure::cache(format!("error: the current directory: {e}")))?;
             let slurm = SlurmExecutor::new(
                 SlurmConfig {
                     exe,
                     cache,
                     run_id: run_id.clone(),
                     run_dir,
-                    workdir,
+                    workdir: workdir()?,
                     worker_args,
                     resources: plan.pipeline.resources.clone(),
                     poll: std::time::Duration::from_secs_f64(ex.poll),

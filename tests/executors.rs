@@ -88,8 +88,9 @@ fn subprocess_workers_give_the_keys_and_metrics_of_a_local_run() {
 }
 
 /// A stand-in for `ssh`, first on PATH: it notes the host it was asked for in `hosts`, then
-/// runs the command line it was given with `sh -c`, as sshd does with the user's shell. So the
-/// worker's command line must survive a shell, as it must over a real ssh.
+/// runs the command line it was given with `sh -c` in `/` (sshd starts the user's shell in
+/// their home, not where `pipe run` was). So the worker's command line must survive a shell
+/// and find its working directory itself, as over a real ssh.
 fn fake_ssh(dir: &Path, hosts: &Path) -> std::ffi::OsString {
     use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("bin");
@@ -98,7 +99,7 @@ fn fake_ssh(dir: &Path, hosts: &Path) -> std::ffi::OsString {
     std::fs::write(
         &ssh,
         format!(
-            "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done\nshift\necho \"$1\" >> '{}'\nshift\nexec sh -c \"$*\"\n",
+            "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done\nshift\necho \"$1\" >> '{}'\nshift\ncd /\nexec sh -c \"$*\"\n",
             hosts.display()
         ),
     )

@@ -272,11 +272,28 @@ fn start_with_b_running(cache: &Path, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // b's own unfinished folder (`tmp/<key>.…`), not a's, which is there first for a moment.
+    let b_key = |cache: &Path| -> Option<String> {
+        std::fs::read_dir(cache.join("slurm"))
+            .ok()?
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|m| m["stage"] == "b")
+            })
+            .map(|e| e.file_name().to_string_lossy().replace(".json", ""))
+    };
     let tmp = cache.join("tmp");
     wait_until("b is being written", Duration::from_secs(120), || {
-        std::fs::read_dir(&tmp)
-            .map(|d| d.flatten().count() > 0)
-            .unwrap_or(false)
+        let Some(key) = b_key(cache) else {
+            return false;
+        };
+        std::fs::read_dir(&tmp).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&key))
+        })
     });
     child
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -28,14 +28,19 @@ pub enum Launch {
 }
 
 impl Launch {
-    /// The command that runs `argv` from here.
-    fn command(&self, argv: &[String]) -> Vec<String> {
+    /// The command that runs `argv` in the folder `workdir` (a remote shell starts in the
+    /// user's home, so the command line changes into the folder first).
+    fn command(&self, argv: &[String], workdir: &Path) -> Vec<String> {
         match self {
             Launch::Here => argv.to_vec(),
             Launch::Via { prefix, .. } => {
                 let line = argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>();
                 let mut cmd = prefix.clone();
-                cmd.push(line.join(" "));
+                cmd.push(format!(
+                    "cd {} && exec {}",
+                    sh_quote(&workdir.display().to_string()),
+                    line.join(" ")
+                ));
                 cmd
             }
         }
@@ -53,6 +58,8 @@ pub struct SubprocessConfig {
     pub cache: PathBuf,
     /// The run's folder for job files and logs.
     pub run_dir: PathBuf,
+    /// The workers' working directory (relative dataset paths resolve against it).
+    pub workdir: PathBuf,
     /// Global flags handed to every worker (`--threads 1`).
     pub worker_args: Vec<String>,
     pub slots: usize,
@@ -120,9 +127,10 @@ impl Executor for SubprocessExecutor {
             .min_by_key(|&p| children.values().filter(|c| c.place == p).count())
             .unwrap_or(0);
         let launch = self.cfg.launch.get(place).unwrap_or(&Launch::Here);
-        let cmd = launch.command(&argv);
+        let cmd = launch.command(&argv, &self.cfg.workdir);
         let mut child = Command::new(&cmd[0])
             .args(&cmd[1..])
+            .current_dir(&self.cfg.workdir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
