@@ -63,7 +63,7 @@ pub struct RunRecord {
     pub started_at: String,
     pub duration_s: f64,
     pub device: String,
-    /// Where jobs ran when not in this process (`slurm`, `subprocess`).
+    /// Where jobs ran when not in this process (`slurm`, `ssh`, `subprocess`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<String>,
     /// ok, failed, interrupted, or detached (jobs still queued when `pipe run` returned).
