@@ -92,6 +92,22 @@ fn every_family_trains_prunes_and_rewinds_deterministically() {
         }
         assert_eq!(t.step, 8, "{arm}");
     }
+    // A late rewind (to iteration 4) continues at 4: its curve starts there and it takes the
+    // 4 remaining steps; the ticket (rewound to 0) takes all 8.
+    let first_point = |stage: &str| {
+        let r = a.records.iter().find(|r| r.name == stage).unwrap();
+        let path = cache
+            .join("entries")
+            .join(&r.key[..2])
+            .join(&r.key)
+            .join("curve.json");
+        let curve: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        curve[0]["iteration"].as_u64().unwrap()
+    };
+    assert_eq!(first_point("conv_late_train"), 4);
+    assert_eq!(first_point("conv_ticket_train"), 0);
+
     // The random re-initialisation draws new survivors (same mask, other values).
     let random = checkpoint(cache, &a, "conv_random");
     assert_eq!(random.mask, pruned.mask);
