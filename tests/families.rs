@@ -113,6 +113,28 @@ fn every_family_trains_prunes_and_rewinds_deterministically() {
     assert_eq!(random.mask, pruned.mask);
     assert_ne!(random.weights.params[0].data, ticket.weights.params[0].data);
 
+    // Filter pruning: half of each conv's filters, and with them what reads their channels.
+    let f = &a
+        .records
+        .iter()
+        .find(|r| r.name == "conv_filters")
+        .unwrap()
+        .metrics;
+    assert_eq!(
+        (f["filters_conv1"].as_u64(), f["filters_conv2"].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert_eq!(f["density_conv1"], 0.5);
+    assert_eq!(
+        f["density_conv2"], 0.25,
+        "half the filters, half their input channels"
+    );
+    assert_eq!(
+        f["density_fc1"], 0.5,
+        "the flattened rows of the dropped channels"
+    );
+    assert_eq!(f["density_fc2"], 1.0);
+
     // Layer patterns: every residual-block conv at 50%, the stem and output untouched.
     let rp = checkpoint(cache, &a, "resnet_prune");
     let d = rp.mask.density();
