@@ -19,24 +19,6 @@ fn checkpoint(cache: &std::path::Path, o: &RunOutcome, stage: &str) -> Checkpoin
     load_checkpoint(&dir, "model").unwrap_or_else(|e| panic!("{stage}: {e}"))
 }
 
-fn summary(o: &RunOutcome) -> String {
-    o.records
-        .iter()
-        .map(|r| {
-            let mut m = r.metrics.clone();
-            if let Some(obj) = m.as_object_mut() {
-                for v in obj.values_mut() {
-                    if let Some(f) = v.as_f64().filter(|f| f.fract() != 0.0) {
-                        *v = serde_json::json!((f * 1e4).round() / 1e4);
-                    }
-                }
-            }
-            format!("{} {}", r.name, m)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn every_family_trains_prunes_and_rewinds_deterministically() {
     let (c1, c2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -54,7 +36,7 @@ fn every_family_trains_prunes_and_rewinds_deterministically() {
         metrics(&b),
         "same seeds, same numbers, bit for bit"
     );
-    insta::assert_snapshot!(summary(&a));
+    insta::assert_snapshot!(metrics_summary(&a, false));
     let cache = c1.path();
 
     // Global pruning pools conv and hidden linear weights; the output layer keeps 75%.
