@@ -16,7 +16,7 @@ use super::diag::{Diagnostic, Diagnostics, Loc, choices_hint, did_you_mean};
 use super::include::deep_merge;
 use super::yaml::{Key, Node, NodeKind};
 use super::{Instance, ReportSpec};
-use crate::stages::{Registry, UpstreamInfo};
+use crate::stages::{Registry, Role, UpstreamInfo};
 
 const RESERVED: &[&str] = &["kind", "inputs", "matrix"];
 const GROUP_KEYS: &[&str] = &["count", "first", "stages"];
@@ -810,6 +810,9 @@ fn check_upstream(
     registry: &Registry,
     errors: &mut Vec<Diagnostic>,
 ) {
+    // Each stage's declared artifact and plan-time facts, filled in definition order (inputs
+    // are defined before their consumers), handed to the consumers' checks unread.
+    let mut known: HashMap<&str, (Option<&'static str>, serde_json::Value)> = HashMap::new();
     let by_name: HashMap<&str, &Instance> =
         instances.iter().map(|i| (i.name.as_str(), i)).collect();
     for inst in instances {
@@ -824,17 +827,28 @@ fn check_upstream(
                         .iter()
                         .map(|n| {
                             let u = by_name[n.as_str()];
+                            let (produces, facts) = match known.get(n.as_str()) {
+                                Some((p, f)) => (*p, f.clone()),
+                                None => (
+                                    registry.get(&u.kind).and_then(|k| k.produces()),
+                                    serde_json::Value::Null,
+                                ),
+                            };
                             UpstreamInfo {
                                 name: u.name.clone(),
                                 kind: u.kind.clone(),
                                 params: u.params.clone(),
+                                produces,
+                                facts,
                             }
                         })
                         .collect(),
                 )
             })
             .collect();
-        if let Err(msg) = kind.check(&inst.params, &ups) {
+        let result =
+            accepted(kind.roles(), &ups, registry).and_then(|()| kind.check(&inst.params, &ups));
+        if let Err(msg) = result {
             let t = templates
                 .iter()
                 .find(|t| t.name == inst.template)
@@ -847,5 +861,42 @@ fn check_upstream(
                 errors.push(d);
             }
         }
+        known.insert(
+            inst.name.as_str(),
+            (kind.produces(), kind.facts(&inst.params, &ups)),
+        );
     }
+}
+
+/// Every input is of the artifact its role takes.
+fn accepted(
+    roles: &[Role],
+    inputs: &[(String, Vec<UpstreamInfo>)],
+    registry: &Registry,
+) -> Result<(), String> {
+    for (role, ups) in inputs {
+        let Some(want) = roles
+            .iter()
+            .find(|r| r.name == role)
+            .and_then(|r| r.accepts)
+        else {
+            continue;
+        };
+        if let Some(u) = ups.iter().find(|u| u.produces != Some(want)) {
+            let makers: Vec<&str> = registry
+                .iter()
+                .filter(|k| k.produces() == Some(want))
+                .map(|k| k.kind())
+                .collect();
+            return Err(format!(
+                "input `{role}` is `{}`, a stage of kind `{}`, which produces {}; `{role}` \
+                 takes a {want}, which stages of kind {} produce",
+                u.name,
+                u.kind,
+                u.produces.unwrap_or("nothing it can take"),
+                makers.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }

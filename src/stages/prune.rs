@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::train::{require_models, round4};
-use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use super::model_facts::ModelFacts;
+use super::train::round4;
+use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::filter_prune::prune_filters;
 use crate::nn::{Checkpoint, PruneMethod, PruneScope, prune};
 
@@ -107,7 +108,8 @@ impl Stage for Prune {
     type Params = PruneParams;
     const KIND: &'static str = "prune";
     const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[Role::one("model")];
+    const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
+    const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "removes a fraction of the surviving weights, or whole filters {method, scope, fraction, layers}";
 
     fn check(&self, p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
@@ -129,7 +131,19 @@ impl Stage for Prune {
                     .into(),
             );
         }
-        require_models(inputs)
+        if let Some(spec) = ModelFacts::spec_of(inputs, "model") {
+            layer_rates(
+                &p.layers,
+                p.fraction,
+                &spec.layer_names(),
+                &spec.output_layer(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn facts(&self, _p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+        ModelFacts::of_spec(ModelFacts::spec_of(inputs, "model")).to_value()
     }
 
     fn run(&self, p: &PruneParams, ctx: &mut StageContext) -> Result<(), StageError> {

@@ -9,7 +9,8 @@ use std::ops::ControlFlow;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::DataParams;
-use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use super::model_facts::{ModelFacts, check_fits};
+use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::{Checkpoint, LrSchedule, OptimizerKind, TrainConfig, TrainData, train};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -76,31 +77,14 @@ fn default_eval_every() -> u64 {
 
 pub struct Train;
 
-pub(crate) fn model_producer(kind: &str) -> bool {
-    matches!(kind, "init" | "train" | "prune" | "rewind" | "reinit")
-}
-
-pub(crate) fn require_models(inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
-    for (role, ups) in inputs {
-        for u in ups {
-            if !model_producer(&u.kind) {
-                return Err(format!(
-                    "input `{role}` is `{}`, a stage of kind `{}`, which produces no model; use an init, train, prune, rewind or reinit stage",
-                    u.name, u.kind
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Stage for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
     /// 2: a model saved at step k continues at k (late rewinding trains k..T) instead of
     /// restarting the count at 0; every train key changed with it, on purpose.
     const VERSION: u32 = 2;
-    const ROLES: &'static [Role] = &[Role::one("model")];
+    const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
+    const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data}";
 
     fn external_inputs(&self, p: &TrainParams) -> Vec<std::path::PathBuf> {
@@ -127,8 +111,33 @@ impl Stage for Train {
         if p.eval_every == 0 {
             return Err("`eval_every` must be at least 1".into());
         }
+        if !(0.0..1.0).contains(&p.momentum) {
+            return Err(format!("`momentum` must be in [0, 1), got {}", p.momentum));
+        }
         p.data.check()?;
-        require_models(inputs)
+        let Some((from, facts)) = ModelFacts::input(inputs, "model") else {
+            return Ok(());
+        };
+        if let Some(spec) = &facts.spec {
+            check_fits(spec, &p.data, &from.name)?;
+        }
+        if let (Some(n), false) = (p.iterations, facts.length_scaled)
+            && let Some(&k) = p.save_at.iter().find(|&&k| k > n)
+        {
+            return Err(format!(
+                "`save_at` has iteration {k}, past the end of training ({n} iterations)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn facts(&self, p: &TrainParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+        ModelFacts {
+            spec: ModelFacts::spec_of(inputs, "model"),
+            checkpoints: Some(p.save_at.clone()),
+            length_scaled: false,
+        }
+        .to_value()
     }
 
     fn run(&self, p: &TrainParams, ctx: &mut StageContext) -> Result<(), StageError> {
