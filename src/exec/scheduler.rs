@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::events::{Event, EventSink};
 use super::plan::Plan;
-use crate::cache::{Manifest, StageRecord, StageStatus, Store};
+use crate::cache::{CacheError, Manifest, StageRecord, StageStatus, Store, os_error_in};
 use crate::clock;
 use crate::graph::StageGraph;
 use crate::nn::DeviceSpec;
@@ -37,6 +37,9 @@ pub struct RunOutcome {
     /// One record per stage, in plan order.
     pub records: Vec<StageRecord>,
     pub interrupted: bool,
+    /// Stages that failed on an operating-system I/O error (a full disk, a read-only cache),
+    /// as opposed to a failure of the stage itself: `pipe run` exits 3 for these.
+    pub io_failures: Vec<String>,
 }
 
 impl RunOutcome {
@@ -58,7 +61,8 @@ enum State {
         manifest: Box<Manifest>,
         seconds: f64,
     },
-    Failed(String),
+    /// The message, and whether an OS-level I/O error caused it.
+    Failed(String, bool),
     Skipped(String),
     NotRun,
 }
@@ -149,7 +153,7 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
     let jobs_limit = opts.jobs.max(1);
 
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel::<(usize, Result<(StageStatus, Manifest, f64), String>)>();
+        let (tx, rx) = mpsc::channel::<(usize, Result<(StageStatus, Manifest, f64), JobError>)>();
         let mut running = 0usize;
         loop {
             if cancel.load(Ordering::Relaxed) {
@@ -199,14 +203,14 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
                         seconds,
                     };
                 }
-                Err(msg) => {
+                Err(JobError { message: msg, io }) => {
                     let cancelled = cancel.load(Ordering::Relaxed);
                     let name = &stages[jobs[j].members[0]].instance.name;
                     if cancelled {
                         state[j] = State::NotRun;
                     } else {
                         sink.event(&Event::Failed { name, error: &msg });
-                        state[j] = State::Failed(msg);
+                        state[j] = State::Failed(msg, io);
                     }
                     let because = format!(
                         "`{name}` {}",
@@ -252,7 +256,7 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
                     manifest,
                     seconds,
                 } => (*status, manifest.metrics.clone(), *seconds, None),
-                State::Failed(m) => (StageStatus::Failed, Value::Null, 0.0, Some(m.clone())),
+                State::Failed(m, _) => (StageStatus::Failed, Value::Null, 0.0, Some(m.clone())),
                 State::Skipped(m) => (StageStatus::Skipped, Value::Null, 0.0, Some(m.clone())),
                 State::Pending | State::Running | State::NotRun => {
                     (StageStatus::NotRun, Value::Null, 0.0, None)
@@ -271,9 +275,39 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
         })
         .collect();
     sink.finish();
+    let io_failures = stages
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| matches!(state[job_of_stage[i]], State::Failed(_, true)))
+        .map(|(_, s)| s.instance.name.clone())
+        .collect();
     RunOutcome {
         records,
         interrupted: cancel.load(Ordering::Relaxed),
+        io_failures,
+    }
+}
+
+/// Why a job failed: its message, and whether the operating system's I/O failed under it
+/// (the cache's own operations, or a stage's reads and writes) rather than the stage.
+#[derive(Debug)]
+struct JobError {
+    message: String,
+    io: bool,
+}
+
+impl From<CacheError> for JobError {
+    fn from(e: CacheError) -> Self {
+        JobError {
+            io: os_error_in(&e).is_some(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        JobError { message, io: false }
     }
 }
 
@@ -319,7 +353,7 @@ fn run_job(
     plan: &Plan,
     env: Engine,
     inputs: Vec<(String, Vec<InputEntry>)>,
-) -> Result<(StageStatus, Manifest, f64), String> {
+) -> Result<(StageStatus, Manifest, f64), JobError> {
     let Engine {
         registry,
         store,
@@ -339,11 +373,11 @@ fn run_job(
             Err(e) => tracing::debug!("{name}: verification before locking failed: {e}"),
         }
     }
-    let _lock = match store.try_lock(key).map_err(|e| e.to_string())? {
+    let _lock = match store.try_lock(key)? {
         Some(l) => l,
         None => {
             sink.event(&Event::Waiting { name });
-            store.lock(key).map_err(|e| e.to_string())?
+            store.lock(key)?
         }
     };
     if store.is_complete(key) {
@@ -357,7 +391,7 @@ fn run_job(
                     name,
                     reason: &e.to_string(),
                 });
-                let aside = store.quarantine(key).map_err(|e| e.to_string())?;
+                let aside = store.quarantine(key)?;
                 tracing::warn!("corrupt entry for {name} moved to {}", aside.display());
             }
         }
@@ -365,7 +399,7 @@ fn run_job(
     let kind = registry
         .get(&stage.instance.kind)
         .expect("plan checked kinds");
-    let tmp = store.begin(key).map_err(|e| e.to_string())?;
+    let tmp = store.begin(key)?;
     sink.event(&Event::Start { name, key });
     tracing::info!(stage = name, key = &key[..12], kind = %stage.instance.kind, device = %opts.device, "running");
     let started_at = clock::rfc3339(clock::now_secs());
@@ -401,7 +435,7 @@ fn run_job(
                 device: opts.device.to_string(),
                 pipe_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            let m = store.publish(tmp, manifest).map_err(|e| e.to_string())?;
+            let m = store.publish(tmp, manifest)?;
             tracing::info!(stage = name, key = &key[..12], seconds, "published");
             sink.event(&Event::Done {
                 name,
@@ -413,17 +447,18 @@ fn run_job(
         Ok(Err(e)) => {
             store.abandon(tmp);
             Err(if e.is_cancelled() {
-                "interrupted".into()
+                "interrupted".to_string().into()
             } else {
-                e.to_string()
+                JobError {
+                    io: os_error_in(&e).is_some(),
+                    message: e.to_string(),
+                }
             })
         }
         Err(panic) => {
             store.abandon(tmp);
             let msg = panic_text(&*panic).unwrap_or_else(|| "unknown panic".into());
-            Err(format!(
-                "the stage panicked: {msg} (a bug in pipe; please report it)"
-            ))
+            Err(format!("the stage panicked: {msg} (a bug in pipe; please report it)").into())
         }
     }
 }
