@@ -616,7 +616,8 @@ fn cmd_gc(g: &Global, keep_last: Option<usize>, dry_run: bool) -> Result<u8, Fai
     for r in &rep.removed {
         t.push(vec![
             r.what.into(),
-            if r.id.chars().count() > 24 {
+            // Keys (and folders named after them) are shown like everywhere else.
+            if crate::cache::is_key(crate::cache::short(&r.id, 64)) {
                 crate::cache::short(&r.id, 12).to_string()
             } else {
                 r.id.clone()

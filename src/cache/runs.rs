@@ -176,7 +176,7 @@ pub fn load(cache: &Path) -> (Vec<RunRecord>, Vec<CacheError>) {
 pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
     let (out, bad) = load(cache);
     for e in bad {
-        tracing::warn!("skipping {e}");
+        tracing::warn!("{e}; skipping it");
     }
     Ok(out)
 }
