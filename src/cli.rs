@@ -385,7 +385,8 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
         report: report_text.clone(),
         pipe_version: env!("CARGO_PKG_VERSION").into(),
     };
-    runs::save(store.root(), &record)?;
+    // A full disk may refuse the record too; the summary is still printed before saying so.
+    let saved = runs::save(store.root(), &record);
     out!("{}", summary_table(&record).render_text());
     if let Some(r) = &report_text {
         out!("{r}");
@@ -398,6 +399,11 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
         record.count(StageStatus::Failed),
         record.duration_s
     );
+    if let Err(e) = saved {
+        return Err(Failure::cache(format!(
+            "error: the run record could not be written: {e}"
+        )));
+    }
     if !outcome.io_failures.is_empty() && !outcome.interrupted {
         eprintln!(
             "error: {} failed on a cache or file-system error (see above): free disk space or make the cache folder writable, then run again",

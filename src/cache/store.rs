@@ -277,7 +277,21 @@ impl Store {
 
     /// Digests the outputs, writes the manifest and the completion marker, and renames the
     /// folder into place. Returns the manifest as written.
-    pub fn publish(&self, tmp: TmpEntry, mut manifest: Manifest) -> Result<Manifest, CacheError> {
+    /// On failure (a full disk, say) the unfinished folder is removed, so that it neither
+    /// holds the space nor waits for `gc`.
+    pub fn publish(&self, tmp: TmpEntry, manifest: Manifest) -> Result<Manifest, CacheError> {
+        let published = self.publish_in_place(&tmp, manifest);
+        if published.is_err() {
+            self.abandon(tmp);
+        }
+        published
+    }
+
+    fn publish_in_place(
+        &self,
+        tmp: &TmpEntry,
+        mut manifest: Manifest,
+    ) -> Result<Manifest, CacheError> {
         manifest.outputs = digest_tree(&tmp.dir)?;
         let mpath = tmp.dir.join(MANIFEST);
         let text = serde_json::to_string_pretty(&manifest).expect("manifests serialise");
@@ -288,8 +302,9 @@ impl Store {
         let parent = dest.parent().expect("entry dirs have a parent");
         fs::create_dir_all(parent).map_err(io(parent))?;
         if dest.exists() {
-            // A leftover without COMPLETE (we hold the lock, and complete entries are never
-            // re-written): move it aside rather than merge into it.
+            // A leftover without a sealed COMPLETE (we hold the lock, and complete entries
+            // are never re-written; an unsealed one is from an older pipe): move it aside
+            // rather than merge into it.
             self.discard(&dest)?;
         }
         fs::rename(&tmp.dir, &dest).map_err(io(&dest))?;
