@@ -83,7 +83,16 @@ pub fn expand(
         let ms = match expand_members(t, &members, &mut budget) {
             Ok(ms) => ms,
             Err(d) => {
-                errors.extend(d);
+                // A stage of a level group is expanded once per level; the same mistake in it
+                // is reported once.
+                if let Some(d) = d {
+                    let same = |e: &Diagnostic| {
+                        e.loc == d.loc && e.message == d.message && e.hint == d.hint
+                    };
+                    if !errors.iter().any(same) {
+                        errors.push(d);
+                    }
+                }
                 if budget.exhausted() {
                     break;
                 }
@@ -295,9 +304,17 @@ fn check_report(node: &Node, r: &ReportSpec, instances: &[Instance], errors: &mu
         if instances.iter().any(|inst| glob_match(pat, &inst.name)) {
             continue;
         }
-        let hint = match did_you_mean(pat, instances.iter().map(|i| i.name.as_str())) {
-            Some(m) => format!("did you mean `{m}`?"),
-            None => "patterns match stage names as `pipe plan` prints them; `*` matches any run of characters".into(),
+        // A swept stage's instances carry their values in the name (`eval[lr=0.1]`), so its
+        // bare name selects none of them; the nearest name by spelling would mislead.
+        let swept = format!("{pat}[*");
+        let member = instances.iter().find(|i| glob_match(&swept, &i.name));
+        let hint = match (member, did_you_mean(pat, instances.iter().map(|i| i.name.as_str()))) {
+            (Some(m), _) => format!(
+                "`{pat}` is swept, so its stages are named like `{}`; select them all with `\"{swept}\"`",
+                m.name
+            ),
+            (None, Some(m)) => format!("did you mean `{m}`?"),
+            (None, None) => "patterns match stage names as `pipe plan` prints them; `*` matches any run of characters".into(),
         };
         errors.push(
             Diagnostic::at(
@@ -940,9 +957,18 @@ fn expand_members(
                     if !r.target.contains('*') {
                         return Err(None);
                     }
+                    // Inside a level group a bare name means the sibling at the same level,
+                    // but a pattern is matched against full names (`g.1.train`).
+                    let hint = match &t.level {
+                        Some((group, _)) if !r.target.contains('.') => format!(
+                            "inside `levels:` patterns match full stage names such as `{group}.1.NAME`; name this level's stage without a pattern, or write `\"{group}.*.{}\"` for every level",
+                            r.target
+                        ),
+                        _ => "check the pattern; `*` matches any run of characters".into(),
+                    };
                     return Err(Some(
                         Diagnostic::at(&r.loc, format!("`{}` matches no stage", r.target))
-                            .hint("check the pattern; `*` matches any run of characters"),
+                            .hint(hint),
                     ));
                 }
                 tnames.sort();
