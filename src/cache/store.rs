@@ -225,6 +225,14 @@ impl Store {
                 }
             }
         }
+        // Publishing lists every file; a manifest that leaves one out (edited, then re-sealed)
+        // does not describe the entry, and a stage reading that output would fail on it.
+        let files = output_files(&dir).map_err(|e| corrupt(e.to_string()))?;
+        if let Some((file, _)) = files.iter().find(|(f, _)| !m.outputs.contains_key(f)) {
+            return Err(corrupt(format!(
+                "{file} is in the entry but not in its {MANIFEST}"
+            )));
+        }
         Ok(m)
     }
 
@@ -442,9 +450,10 @@ pub(crate) fn write_then_rename(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result
     written
 }
 
-/// Digests of every file under `dir`, by relative path ('/'-separated), sorted.
-fn digest_tree(dir: &Path) -> Result<BTreeMap<String, String>, CacheError> {
-    let mut out = BTreeMap::new();
+/// The output files under an entry folder `dir` (all but the manifest and the seal), by
+/// relative path ('/'-separated) with their full path.
+fn output_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, CacheError> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).map_err(io(&d))? {
@@ -457,16 +466,24 @@ fn digest_tree(dir: &Path) -> Result<BTreeMap<String, String>, CacheError> {
                     .expect("under dir")
                     .to_string_lossy()
                     .replace('\\', "/");
-                if rel == MANIFEST || rel == COMPLETE {
-                    continue;
+                if rel != MANIFEST && rel != COMPLETE {
+                    out.push((rel, p));
                 }
-                // Output files are flushed before digesting: the digest is what a reader checks.
-                if let Ok(f) = File::open(&p) {
-                    let _ = f.sync_all();
-                }
-                out.insert(rel, hash_file(&p).map_err(io(&p))?);
             }
         }
+    }
+    Ok(out)
+}
+
+/// Digests of every output file under `dir`, by relative path, sorted.
+fn digest_tree(dir: &Path) -> Result<BTreeMap<String, String>, CacheError> {
+    let mut out = BTreeMap::new();
+    for (rel, p) in output_files(dir)? {
+        // Output files are flushed before digesting: the digest is what a reader checks.
+        if let Ok(f) = File::open(&p) {
+            let _ = f.sync_all();
+        }
+        out.insert(rel, hash_file(&p).map_err(io(&p))?);
     }
     Ok(out)
 }
@@ -567,6 +584,26 @@ mod tests {
             let e = store.verify(&key).unwrap_err().to_string();
             assert!(e.contains(file), "{e}");
         }
+    }
+
+    #[test]
+    fn a_resealed_manifest_that_leaves_out_a_file_is_corrupt() {
+        // Found by the fuzz harness (tests/fuzz/): with `metrics.json` removed from the
+        // outputs and the seal redone, the entry verified, and the stage reading that output
+        // failed (exit 1).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = published(&store);
+        let entry = store.entry_dir(&key);
+        let text = serde_json::to_string_pretty(&manifest(&key)).unwrap();
+        fs::write(entry.join(MANIFEST), &text).unwrap();
+        let seal = format!("{SEAL_PREFIX}{}\n", blake3::hash(text.as_bytes()).to_hex());
+        fs::write(entry.join(COMPLETE), seal).unwrap();
+        let e = store.verify(&key).unwrap_err().to_string();
+        assert!(
+            e.contains("metrics.json is in the entry but not in its manifest.json"),
+            "{e}"
+        );
     }
 
     #[test]
