@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long fuzz budget: tests/fuzz.rs's three properties (generated pipelines, the mutated
+# The long fuzz budget: tests/fuzz/'s three properties (generated pipelines, the mutated
 # pipeline corpus, mutated caches) with many more cases than `cargo test` runs, from a random
 # seed. A failure prints its input shrunk to a minimal case; a case that aborts the process
 # (past the memory bound, or a hang caught by the watchdog) leaves its input in
