@@ -7,6 +7,7 @@
 #
 #   PIPE_FUZZ_CASES=10000 scripts/fuzz-long.sh     # cases per property (default 10000)
 #   PIPE_FUZZ_SEED=1234 scripts/fuzz-long.sh       # replay a run's cases (the seed is printed)
+#   scripts/fuzz-long.sh cache                     # only the properties whose name has `cache`
 #
 # About 80 ms of cases per case count on one core of the 2-core CI machine (all three
 # properties together), so the default takes some 15 minutes there.
@@ -25,7 +26,7 @@ echo "fuzz: $PIPE_FUZZ_CASES cases per property, seed $PIPE_FUZZ_SEED; log in $l
 start=$(date +%s)
 # One test thread: cases run one at a time anyway (the memory bound is process-wide).
 status=0
-cargo test --locked --test fuzz -- --nocapture --test-threads=1 >"$log" 2>&1 || status=$?
+cargo test --locked --test fuzz -- --nocapture --test-threads=1 "$@" >"$log" 2>&1 || status=$?
 end=$(date +%s)
 grep '^fuzz: ' "$log" || true
 echo "fuzz: wall time $((end - start)) s, exit status $status"
