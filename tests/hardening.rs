@@ -181,6 +181,33 @@ fn an_io_error_inside_a_stage_exits_3_and_a_stage_error_exits_1() {
 }
 
 #[test]
+fn an_io_error_inside_a_stage_run_by_pipe_worker_exits_3_and_a_stage_error_exits_1() {
+    // The same failures as above, but each job runs in a `pipe worker` process: the worker's
+    // result file carries that the failure was I/O, and the run still tells the two apart.
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let log = format!("stages.a.log={}", blocker.join("log").display());
+    let sub = ["--executor", "subprocess"];
+    let out = pipe(
+        cache.path(),
+        &[&["run", CHAIN, "-S", &log][..], &sub].concat(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stage `a` failed on a cache or file-system error"),
+        "{}",
+        stderr(&out)
+    );
+    let failed = pipe(
+        cache.path(),
+        &[&["run", CHAIN, "-S", "stages.a.fail=true"][..], &sub].concat(),
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+}
+
+#[test]
 fn a_cache_folder_that_cannot_be_published_into_exits_3() {
     let cache = tempfile::tempdir().unwrap();
     let plan = plan(cache.path(), &[file(CHAIN)], &[]);

@@ -3,8 +3,11 @@
 //! An entry is written into `tmp/`, given its manifest and its `COMPLETE` marker last, then
 //! renamed into `entries/` (same file system, so the rename is atomic): an interrupted stage
 //! leaves at most a folder in `tmp/`, never anything that looks finished. Locks are advisory
-//! file locks per key (`std::fs::File::lock`), released by the OS when a process dies, so a
-//! `kill -9` never leaves a stale lock behind.
+//! file locks per key (`std::fs::File::lock`, which is `flock(2)` on Linux), released by the OS
+//! when a process dies, so a `kill -9` never leaves a stale lock behind. On a cache shared
+//! between nodes, a complete entry is never replaced (the first published wins), so nodes whose
+//! locks do not exclude each other waste work but never corrupt an entry (README: "A cache
+//! shared between machines").
 //!
 //! The manifest is sealed: `COMPLETE` holds the BLAKE3 of `manifest.json`'s bytes, so an edit
 //! to anything the manifest says (metrics, pre-image, output digests) is detected like a
@@ -159,9 +162,7 @@ impl Store {
 
     /// Whether the entry is finished and sealed (it may still fail verification).
     pub fn is_complete(&self, key: &str) -> bool {
-        is_key(key)
-            && fs::read_to_string(self.entry_dir(key).join(COMPLETE))
-                .is_ok_and(|s| s.starts_with(SEAL_PREFIX))
+        is_key(key) && is_sealed(&self.entry_dir(key))
     }
 
     pub fn read_manifest(&self, key: &str) -> Result<Manifest, CacheError> {
@@ -284,22 +285,33 @@ impl Store {
     }
 
     /// Digests the outputs, writes the manifest and the completion marker, and renames the
-    /// folder into place. Returns the manifest as written.
+    /// folder into place. Returns the manifest of the entry now in place.
+    ///
+    /// A complete entry of the same key is never replaced: another process (on another node of
+    /// a shared cache, or one whose lock did not exclude us) published it first, so it is kept
+    /// and this copy is dropped. The rename cannot overwrite it either: renaming a folder onto
+    /// a non-empty one fails.
+    ///
     /// On failure (a full disk, say) the unfinished folder is removed, so that it neither
     /// holds the space nor waits for `gc`.
     pub fn publish(&self, tmp: TmpEntry, manifest: Manifest) -> Result<Manifest, CacheError> {
-        let published = self.publish_in_place(&tmp, manifest);
-        if published.is_err() {
-            self.abandon(tmp);
+        match self.publish_in_place(&tmp, manifest) {
+            Ok(Placed::Ours(m)) => Ok(*m),
+            Ok(Placed::First) => self.keep_first(tmp),
+            Err(e) => {
+                self.abandon(tmp);
+                Err(e)
+            }
         }
-        published
     }
 
+    /// Seals `tmp` and renames it into place, unless a complete entry of its key is there
+    /// first ([`Placed::First`]: the caller drops `tmp`).
     fn publish_in_place(
         &self,
         tmp: &TmpEntry,
         mut manifest: Manifest,
-    ) -> Result<Manifest, CacheError> {
+    ) -> Result<Placed, CacheError> {
         manifest.outputs = digest_tree(&tmp.dir)?;
         let mpath = tmp.dir.join(MANIFEST);
         let text = serde_json::to_string_pretty(&manifest).expect("manifests serialise");
@@ -309,17 +321,38 @@ impl Store {
         let dest = self.entry_dir(&tmp.key);
         let parent = dest.parent().expect("entry dirs have a parent");
         fs::create_dir_all(parent).map_err(io(parent))?;
-        if dest.exists() {
-            // A leftover without a sealed COMPLETE (we hold the lock, and complete entries
-            // are never re-written; an unsealed one is from an older pipe): move it aside
-            // rather than merge into it.
-            self.discard(&dest)?;
+        if self.is_complete(&tmp.key) {
+            return Ok(Placed::First);
         }
-        fs::rename(&tmp.dir, &dest).map_err(io(&dest))?;
+        if dest.exists() {
+            // A leftover without a sealed COMPLETE (complete entries are never re-written; an
+            // unsealed one is from an older pipe): move it aside rather than merge into it.
+            self.clear_leftover(&dest)?;
+            if self.is_complete(&tmp.key) {
+                return Ok(Placed::First);
+            }
+        }
+        if let Err(e) = fs::rename(&tmp.dir, &dest) {
+            if self.is_complete(&tmp.key) {
+                return Ok(Placed::First);
+            }
+            return Err(io(&dest)(e));
+        }
         if let Ok(d) = File::open(parent) {
             let _ = d.sync_all();
         }
-        Ok(manifest)
+        Ok(Placed::Ours(Box::new(manifest)))
+    }
+
+    /// Drops `tmp` in favour of the complete entry already in place, and returns its manifest.
+    fn keep_first(&self, tmp: TmpEntry) -> Result<Manifest, CacheError> {
+        tracing::info!(
+            key = short(&tmp.key, 12),
+            "the entry was published meanwhile by another process; keeping it"
+        );
+        let key = tmp.key.clone();
+        self.abandon(tmp);
+        self.read_manifest(&key)
     }
 
     /// Removes an unfinished entry folder.
@@ -340,13 +373,34 @@ impl Store {
         Ok(dest)
     }
 
-    fn discard(&self, dir: &Path) -> Result<(), CacheError> {
+    /// Moves the folder `dest` (seen without a sealed COMPLETE) out of `entries/`. Where locks do not
+    /// exclude another node, that node may have published a complete entry there between our
+    /// check and the move: a complete folder is put back (the first entry wins), and only an
+    /// unfinished one is removed.
+    fn clear_leftover(&self, dest: &Path) -> Result<(), CacheError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        // Host and time as well as the pid: pids repeat across the nodes sharing `tmp/`.
         let aside = self.root.join("tmp").join(format!(
-            "stale-{}.{}",
-            dir.file_name().and_then(|s| s.to_str()).unwrap_or("entry"),
+            "stale-{}.{}.{}.{nanos}",
+            dest.file_name().and_then(|s| s.to_str()).unwrap_or("entry"),
+            crate::clock::hostname(),
             std::process::id()
         ));
-        fs::rename(dir, &aside).map_err(io(dir))?;
+        match fs::rename(dest, &aside) {
+            Ok(()) => {}
+            // Gone meanwhile (another process cleared it): nothing to do.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(dest)(e)),
+        }
+        if is_sealed(&aside) {
+            // Fails only if yet another complete entry is in place now; this one then goes.
+            if fs::rename(&aside, dest).is_ok() {
+                return Ok(());
+            }
+        }
         let _ = fs::remove_dir_all(&aside);
         Ok(())
     }
@@ -411,6 +465,20 @@ impl Store {
         out.sort();
         Ok(out)
     }
+}
+
+/// Whether the entry folder `dir` holds a sealed `COMPLETE` (an unsealed one is from an
+/// older pipe and counts as unfinished).
+fn is_sealed(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(COMPLETE)).is_ok_and(|s| s.starts_with(SEAL_PREFIX))
+}
+
+/// Where [`Store::publish_in_place`] left things.
+enum Placed {
+    /// Our folder is the entry now; its manifest as written.
+    Ours(Box<Manifest>),
+    /// A complete entry of the key was in place first; ours is to be dropped.
+    First,
 }
 
 /// Reads an entry's manifest without verifying it (for explanations and `gc`; use
@@ -660,5 +728,57 @@ mod tests {
             reason: "r".into(),
         };
         assert!(os_error_in(&corrupt).is_none());
+    }
+
+    #[test]
+    fn clearing_a_leftover_that_became_complete_puts_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (key, other) = ("cd".repeat(32), "ef".repeat(32));
+        // Seen without COMPLETE, then completed by another node before it was moved aside.
+        let dest = store.entry_dir(&key);
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join("w.bin"), "first").unwrap();
+        fs::write(
+            dest.join(COMPLETE),
+            format!("{SEAL_PREFIX}{}\n", "0".repeat(64)),
+        )
+        .unwrap();
+        store.clear_leftover(&dest).unwrap();
+        assert!(store.is_complete(&key));
+        assert_eq!(fs::read_to_string(dest.join("w.bin")).unwrap(), "first");
+        // A real leftover (no COMPLETE, or an unsealed one from an older pipe) goes, and
+        // nothing of it stays in tmp/.
+        let left = store.entry_dir(&other);
+        for complete in [None, Some("")] {
+            fs::create_dir_all(&left).unwrap();
+            fs::write(left.join("w.bin"), "half").unwrap();
+            if let Some(text) = complete {
+                fs::write(left.join(COMPLETE), text).unwrap();
+            }
+            store.clear_leftover(&left).unwrap();
+            assert!(!left.exists());
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_second_publish_of_a_key_keeps_the_first_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = published(&store);
+        let tmp = store.begin(&key).unwrap();
+        fs::write(tmp.dir.join("metrics.json"), "{\"second\": true}").unwrap();
+        let mut second = manifest(&key);
+        second.host = "other".into();
+        let kept = store.publish(tmp, second).unwrap();
+        assert_eq!(kept.host, "h");
+        let entry = store.entry_dir(&key);
+        assert_eq!(
+            fs::read_to_string(entry.join("metrics.json")).unwrap(),
+            "{}"
+        );
+        assert_eq!(store.verify(&key).unwrap().host, "h");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::init::{DOMAIN_PRUNE, stream_rng};
-use super::{Mask, NnError, Weights};
+use super::{Mask, NnError, Param, Weights};
 
 /// How the weights to remove are chosen.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub enum PruneMethod {
     Magnitude,
     /// Remove the same number of surviving weights, uniformly at random (seeded).
     Random,
+    /// Structured: remove whole conv filters of smallest L1 norm, with the channels they
+    /// feed (Li et al. 2017); see [`crate::nn::filter_prune`].
+    Filter,
 }
 
 /// Whether counts (and magnitude thresholds) are per layer or over all layers.
@@ -39,6 +42,11 @@ pub enum PruneScope {
     /// half the rate), the output layer is left out of the pool and pruned
     /// layerwise at its own rate. Every other layer must have rate `rates[0]`.
     Global,
+}
+
+/// The layer a prunable parameter belongs to (`fc2` for `fc2.weight`), as users name it.
+fn layer_name(p: &Param) -> &str {
+    p.name.strip_suffix(".weight").unwrap_or(&p.name)
 }
 
 /// Number of survivors to remove: `round(rate × survivors)`, half up.
@@ -58,22 +66,24 @@ pub fn prune(
     rates: &[f64],
     seed: u64,
 ) -> Result<Mask, NnError> {
-    let n_layers = weights.layers.len();
+    if method == PruneMethod::Filter {
+        return Err(NnError::Invalid(
+            "filter pruning removes whole channels: use nn::filter_prune::prune_filters".into(),
+        ));
+    }
+    // The prunable parameters (conv and linear weights), aligned with the mask's entries.
+    let prunable: Vec<&Param> = weights.prunable().collect();
+    let n_layers = prunable.len();
     if mask.layers.len() != n_layers
-        || weights
-            .layers
+        || prunable
             .iter()
             .zip(&mask.layers)
-            .any(|(l, m)| l.weight.len() != m.len())
+            .any(|(l, m)| l.data.len() != m.len())
     {
         return Err(NnError::Shape(format!(
             "pruning: mask layer sizes {:?} do not match weight layer sizes {:?}",
             mask.layers.iter().map(Vec::len).collect::<Vec<_>>(),
-            weights
-                .layers
-                .iter()
-                .map(|l| l.weight.len())
-                .collect::<Vec<_>>()
+            prunable.iter().map(|l| l.data.len()).collect::<Vec<_>>()
         )));
     }
     let rates: Vec<f64> = match rates.len() {
@@ -92,15 +102,16 @@ pub fn prune(
     {
         return Err(NnError::Invalid(format!(
             "pruning rate {r} for layer {} is outside [0, 1]",
-            weights.layers[l].name
+            layer_name(prunable[l])
         )));
     }
     if method == PruneMethod::Magnitude {
-        for l in &weights.layers {
-            if let Some(i) = l.weight.iter().position(|w| !w.is_finite()) {
+        for l in &prunable {
+            if let Some(i) = l.data.iter().position(|w| !w.is_finite()) {
                 return Err(NnError::Diverged(format!(
                     "weight {i} of layer {} is {}, cannot prune by magnitude",
-                    l.name, l.weight[i]
+                    layer_name(l),
+                    l.data[i]
                 )));
             }
         }
@@ -119,7 +130,8 @@ pub fn prune(
                 return Err(NnError::Invalid(format!(
                     "global pruning uses one rate ({r}) for all hidden layers, but layer {} has \
                      rate {}; only the output layer may differ (it is then pruned on its own)",
-                    weights.layers[l].name, rates[l]
+                    layer_name(prunable[l]),
+                    rates[l]
                 )));
             }
             if rates[out] == r {
@@ -153,8 +165,7 @@ pub fn prune(
         }
         let chosen: Vec<(u32, u32)> = match method {
             PruneMethod::Magnitude => {
-                let mag =
-                    |&(l, i): &(u32, u32)| weights.layers[l as usize].weight[i as usize].abs();
+                let mag = |&(l, i): &(u32, u32)| prunable[l as usize].data[i as usize].abs();
                 // Total order: magnitude, then position. The first k are removed.
                 let cmp = |a: &(u32, u32), b: &(u32, u32)| mag(a).total_cmp(&mag(b)).then(a.cmp(b));
                 if k < cands.len() {
@@ -163,6 +174,7 @@ pub fn prune(
                 cands.truncate(k);
                 cands
             }
+            PruneMethod::Filter => unreachable!("rejected above"),
             PruneMethod::Random => {
                 // One stream per group, named by its first layer.
                 let mut rng = stream_rng(seed, DOMAIN_PRUNE, layers[0] as u64);
@@ -180,31 +192,37 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::Layer;
+    use crate::nn::program::ParamRole;
 
     fn weights(layers: &[&[f32]]) -> Weights {
         Weights {
-            layers: layers
+            params: layers
                 .iter()
                 .enumerate()
-                .map(|(k, w)| Layer {
-                    name: format!("fc{}", k + 1),
-                    in_dim: 1,
-                    out_dim: w.len(),
-                    weight: w.to_vec(),
-                    bias: vec![0.25; w.len()],
+                .flat_map(|(k, w)| {
+                    [
+                        Param {
+                            name: format!("fc{}.weight", k + 1),
+                            shape: vec![1, w.len()],
+                            role: ParamRole::LinearWeight,
+                            data: w.to_vec(),
+                        },
+                        Param {
+                            name: format!("fc{}.bias", k + 1),
+                            shape: vec![w.len()],
+                            role: ParamRole::Bias,
+                            data: vec![0.25; w.len()],
+                        },
+                    ]
                 })
                 .collect(),
+            buffers: vec![],
         }
     }
 
     fn dense(w: &Weights) -> Mask {
         Mask {
-            layers: w
-                .layers
-                .iter()
-                .map(|l| vec![true; l.weight.len()])
-                .collect(),
+            layers: w.prunable().map(|l| vec![true; l.data.len()]).collect(),
         }
     }
 

@@ -8,8 +8,7 @@ use pipe::cache::{StageStatus, Store};
 use pipe::exec::{self, PlainSink, RunOptions, RunOutcome};
 use pipe::nn::DeviceSpec;
 use pipe::spec::{self, Override};
-use pipe::stages::Registry;
-use pipe::stages::dataset::DataCache;
+use pipe::stages::{Registry, Runtime};
 
 #[path = "../../examples/custom_stage/toy.rs"]
 pub mod toy;
@@ -18,6 +17,21 @@ pub fn registry() -> Registry {
     let mut r = Registry::builtin();
     r.register(toy::Toy);
     r
+}
+
+/// The `pipe` binary plus the test-only `toy` kind (examples/custom_stage), built if needed.
+pub fn toy_pipe() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
+    let example = bin.parent().unwrap().join("examples").join("custom_stage");
+    if !example.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "custom_stage"])
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    example
 }
 
 pub fn root() -> PathBuf {
@@ -54,16 +68,17 @@ pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool)
     let opts = RunOptions {
         jobs: 2,
         keep_going,
-        device: DeviceSpec::Cpu,
+        device: DeviceSpec::Cpu.to_string(),
+        detach: false,
     };
-    let (sink, data) = (PlainSink::new(true), DataCache::new());
+    let (sink, runtime) = (PlainSink::new(true), Runtime::new(DeviceSpec::Cpu));
     let env = exec::Engine {
         registry: &reg,
         store: &store,
         opts: &opts,
         sink: &sink,
         cancel: &cancel,
-        data: &data,
+        runtime: &runtime,
     };
     exec::execute(&plan, env)
 }
@@ -111,4 +126,29 @@ pub fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// One line per stage: name (and, with `keys`, the key's first 12 characters) and metrics,
+/// fractional numbers rounded to 4 decimals for readability (determinism is checked bit for
+/// bit by the tests themselves).
+pub fn metrics_summary(o: &RunOutcome, keys: bool) -> String {
+    o.records
+        .iter()
+        .map(|r| {
+            let mut m = r.metrics.clone();
+            if let Some(obj) = m.as_object_mut() {
+                for v in obj.values_mut() {
+                    if let Some(f) = v.as_f64().filter(|f| f.fract() != 0.0) {
+                        *v = serde_json::json!((f * 1e4).round() / 1e4);
+                    }
+                }
+            }
+            if keys {
+                format!("{} {} {}", r.name, &r.key[..12], m)
+            } else {
+                format!("{} {}", r.name, m)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -31,6 +31,7 @@ fn template() -> &'static (tempfile::TempDir, Vec<(String, serde_json::Value)>) 
             started_at: "2026-01-01T00:00:00Z".into(),
             duration_s: 0.1,
             device: "cpu".into(),
+            executor: None,
             outcome: "ok".into(),
             stages: o.records.clone(),
             report: None,
