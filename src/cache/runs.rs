@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::store::CacheError;
+use crate::spec::{PlotSpec, ReportSpec};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +63,13 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
     pub pipe_version: String,
+    /// The `report:` the pipeline declared, so that `pipe report` and `pipe show` can rebuild
+    /// the table (and export it) without the YAML, which may have changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_spec: Option<ReportSpec>,
+    /// The `plots:` the pipeline declared, for the same reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plots: Vec<PlotSpec>,
 }
 
 impl RunRecord {
@@ -77,6 +85,25 @@ impl RunRecord {
 
 fn runs_dir(cache: &Path) -> PathBuf {
     cache.join("runs")
+}
+
+/// Where files made from a run (plots, the HTML report) go by default: `runs/<id>/`, which
+/// `gc` removes with the record.
+pub fn outputs_dir(cache: &Path, id: &str) -> PathBuf {
+    runs_dir(cache).join(id)
+}
+
+/// The record as stored, untyped: fields added by later versions (e.g. claims) stay visible.
+pub fn raw(cache: &Path, id: &str) -> Result<Value, CacheError> {
+    let path = runs_dir(cache).join(format!("{id}.json"));
+    let text = fs::read_to_string(&path).map_err(|source| CacheError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| CacheError::Io {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
 }
 
 pub fn save(cache: &Path, rec: &RunRecord) -> Result<PathBuf, CacheError> {
@@ -131,7 +158,15 @@ pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
 
 pub fn remove(cache: &Path, id: &str) -> Result<(), CacheError> {
     let path = runs_dir(cache).join(format!("{id}.json"));
-    fs::remove_file(&path).map_err(|source| CacheError::Io { path, source })
+    fs::remove_file(&path).map_err(|source| CacheError::Io { path, source })?;
+    let outputs = outputs_dir(cache, id);
+    if outputs.is_dir() {
+        fs::remove_dir_all(&outputs).map_err(|source| CacheError::Io {
+            path: outputs,
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Finds a run by id, unique id prefix, `last`, or `-N` (N-th from last).

@@ -1,10 +1,14 @@
 //! What the scheduler reports while it runs, and the two ways of showing it: plain lines
 //! (deterministic, for CI, pipes and tests) and indicatif bars on a terminal.
+//!
+//! Both can follow the whole pipeline ([`Overview`]): stages done / running / to do, and on a
+//! terminal an ETA from how long similar stages (the same kind) took before — in earlier runs'
+//! records, then in this run as stages finish.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -49,11 +53,213 @@ pub trait EventSink: ProgressSink {
     fn finish(&self) {}
 }
 
+/// One stage of the plan as the progress view sees it.
+#[derive(Debug, Clone)]
+pub struct PlannedItem {
+    pub name: String,
+    pub key: String,
+    pub kind: String,
+    /// A cache hit at planning time: costs nothing.
+    pub cached: bool,
+}
+
+/// Mean seconds per stage kind: earlier runs' durations, then this run's as stages finish.
+#[derive(Debug, Clone, Default)]
+pub struct Estimates {
+    by_kind: HashMap<String, (f64, u32)>,
+}
+
+impl Estimates {
+    /// From (kind, seconds) of stages that ran before.
+    pub fn from_history(history: impl IntoIterator<Item = (String, f64)>) -> Self {
+        let mut e = Estimates::default();
+        for (k, s) in history {
+            e.record(&k, s);
+        }
+        e
+    }
+
+    pub fn record(&mut self, kind: &str, seconds: f64) {
+        if seconds.is_finite() && seconds >= 0.0 {
+            let slot = self.by_kind.entry(kind.to_string()).or_insert((0.0, 0));
+            slot.0 += seconds;
+            slot.1 += 1;
+        }
+    }
+
+    pub fn get(&self, kind: &str) -> Option<f64> {
+        self.by_kind
+            .get(kind)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| s / f64::from(*n))
+    }
+}
+
+/// Counts for the whole pipeline and the ETA. Stages that share a key are computed once, so
+/// only the first name of a key to be run counts as work.
+#[derive(Debug)]
+pub struct Overview {
+    items: HashMap<String, PlannedItem>,
+    total: usize,
+    jobs: usize,
+    finished: HashSet<String>,
+    running: HashMap<String, Instant>,
+    ran: usize,
+    hit: usize,
+    failed: usize,
+    /// Keys whose work is already counted for a to-do stage (so aliases cost nothing).
+    work_keys: HashMap<String, String>,
+    estimates: Estimates,
+}
+
+impl Overview {
+    pub fn new(plan: Vec<PlannedItem>, estimates: Estimates, jobs: usize) -> Self {
+        let total = plan.len();
+        let mut work_keys = HashMap::new();
+        for it in &plan {
+            if !it.cached {
+                work_keys
+                    .entry(it.key.clone())
+                    .or_insert_with(|| it.name.clone());
+            }
+        }
+        Overview {
+            items: plan.into_iter().map(|i| (i.name.clone(), i)).collect(),
+            total,
+            jobs: jobs.max(1),
+            finished: HashSet::new(),
+            running: HashMap::new(),
+            ran: 0,
+            hit: 0,
+            failed: 0,
+            work_keys,
+            estimates,
+        }
+    }
+
+    /// Follows one event; finished durations refine the estimate of their kind.
+    pub fn observe(&mut self, e: &Event, now: Instant) {
+        match e {
+            Event::Start { name, .. } => {
+                self.running.insert(name.to_string(), now);
+            }
+            Event::Done { name, seconds, .. } => {
+                if let Some(kind) = self.items.get(*name).map(|i| i.kind.clone()) {
+                    self.estimates.record(&kind, *seconds);
+                }
+                self.finish(name);
+                self.ran += 1;
+            }
+            Event::Hit { name, .. } => {
+                self.finish(name);
+                self.hit += 1;
+            }
+            Event::Failed { name, .. } | Event::Skipped { name, .. } => {
+                self.finish(name);
+                self.failed += 1;
+            }
+            Event::Waiting { .. } | Event::Corrupt { .. } => {}
+        }
+    }
+
+    fn finish(&mut self, name: &str) {
+        self.running.remove(name);
+        if self.finished.insert(name.to_string())
+            && let Some(it) = self.items.get(name)
+            && self.work_keys.get(&it.key).is_some_and(|n| n == name)
+        {
+            self.work_keys.remove(&it.key);
+        }
+    }
+
+    pub fn done(&self) -> usize {
+        self.finished.len()
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// `12/258 stages: 10 ran, 2 cached, 0 failed · 2 running · 244 to do`
+    pub fn counts(&self) -> String {
+        format!(
+            "{}/{} stages: {} ran, {} cached, {} failed · {} running · {} to do",
+            self.done(),
+            self.total,
+            self.ran,
+            self.hit,
+            self.failed,
+            self.running.len(),
+            self.total
+                .saturating_sub(self.done())
+                .saturating_sub(self.running.len())
+        )
+    }
+
+    /// Remaining work over the parallelism it can use. `None` until some stage kind that is
+    /// still to run has a duration to go by.
+    pub fn eta(&self, now: Instant) -> Option<Duration> {
+        let fallback = {
+            let known: Vec<f64> = self
+                .estimates
+                .by_kind
+                .values()
+                .map(|(s, n)| s / f64::from(*n))
+                .collect();
+            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+        };
+        let mut work = 0.0;
+        let mut stages = 0usize;
+        let mut known_any = false;
+        for name in self.work_keys.values() {
+            let Some(it) = self.items.get(name) else {
+                continue;
+            };
+            let est = match self.estimates.get(&it.kind) {
+                Some(e) => {
+                    known_any = true;
+                    e
+                }
+                None => fallback?,
+            };
+            let left = match self.running.get(name) {
+                Some(t0) => (est - now.duration_since(*t0).as_secs_f64()).max(0.0),
+                None => est,
+            };
+            work += left;
+            stages += 1;
+        }
+        if stages == 0 {
+            return Some(Duration::ZERO);
+        }
+        if !known_any {
+            return None;
+        }
+        let lanes = self.jobs.min(stages) as f64;
+        Some(Duration::from_secs_f64(work / lanes))
+    }
+}
+
+/// `1h 02m`, `4m 10s`, `35s`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// One line per event on stderr, nothing that varies between identical runs except what the
-/// stage reports. Progress lines are throttled to every 10% of a stage.
+/// stage reports. Progress lines are throttled to every 10% of a stage. With an
+/// [`Overview`], a line of whole-pipeline counts follows each tenth of the stages (no ETA:
+/// these lines stay free of timings).
 pub struct PlainSink {
     last: Mutex<HashMap<String, u64>>,
     quiet: bool,
+    overview: Option<Mutex<(Overview, usize)>>,
 }
 
 impl PlainSink {
@@ -61,6 +267,28 @@ impl PlainSink {
         PlainSink {
             last: Mutex::new(HashMap::new()),
             quiet,
+            overview: None,
+        }
+    }
+
+    pub fn with_overview(quiet: bool, overview: Overview) -> Self {
+        PlainSink {
+            overview: Some(Mutex::new((overview, 0))),
+            ..PlainSink::new(quiet)
+        }
+    }
+
+    fn follow(&self, e: &Event) {
+        let Some(ov) = &self.overview else { return };
+        let mut g = ov.lock().unwrap_or_else(|e| e.into_inner());
+        let (o, last_decile) = &mut *g;
+        o.observe(e, Instant::now());
+        let decile = o.done() * 10 / o.total().max(1);
+        if decile > *last_decile {
+            *last_decile = decile;
+            let line = format!("progress {}", o.counts());
+            drop(g);
+            self.line(&line);
         }
     }
 
@@ -90,6 +318,13 @@ impl ProgressSink for PlainSink {
 
 impl EventSink for PlainSink {
     fn event(&self, e: &Event) {
+        self.plain_line(e);
+        self.follow(e);
+    }
+}
+
+impl PlainSink {
+    fn plain_line(&self, e: &Event) {
         match e {
             Event::Hit { name, key } => self.line(&format!("hit     {name} ({})", &key[..12])),
             Event::Start { name, key } => self.line(&format!("run     {name} ({})", &key[..12])),
@@ -112,10 +347,12 @@ impl EventSink for PlainSink {
     }
 }
 
-/// A bar per running stage on a terminal.
+/// A bar per running stage on a terminal, under a line for the whole pipeline when given an
+/// [`Overview`].
 pub struct BarSink {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    overall: Option<(ProgressBar, Mutex<Overview>)>,
 }
 
 impl BarSink {
@@ -123,7 +360,43 @@ impl BarSink {
         BarSink {
             multi: MultiProgress::new(),
             bars: Mutex::new(HashMap::new()),
+            overall: None,
         }
+    }
+
+    pub fn with_overview(overview: Overview) -> Self {
+        let multi = MultiProgress::new();
+        let bar = multi.add(ProgressBar::new(overview.total() as u64));
+        bar.set_style(
+            ProgressStyle::with_template("pipeline [{bar:30.cyan/blue}] {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(overview.counts());
+        bar.enable_steady_tick(Duration::from_millis(500));
+        BarSink {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+            overall: Some((bar, Mutex::new(overview))),
+        }
+    }
+
+    /// Refreshes the pipeline line; `e` is the event that changed it, if any.
+    fn refresh(&self, e: Option<&Event>) {
+        let Some((bar, ov)) = &self.overall else {
+            return;
+        };
+        let mut o = ov.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(e) = e {
+            o.observe(e, now);
+        }
+        bar.set_position(o.done() as u64);
+        let eta = match o.eta(now) {
+            Some(d) => format!(" · ETA {}", human_duration(d)),
+            None => " · ETA after the first stage of each kind".into(),
+        };
+        bar.set_message(format!("{}{eta}", o.counts()));
     }
 }
 
@@ -135,19 +408,24 @@ impl Default for BarSink {
 
 impl ProgressSink for BarSink {
     fn progress(&self, stage: &str, done: u64, total: u64, message: &str) {
-        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = bars.get(stage) {
-            if b.length() != Some(total) {
-                b.set_length(total);
+        {
+            let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(b) = bars.get(stage) {
+                if b.length() != Some(total) {
+                    b.set_length(total);
+                }
+                b.set_position(done);
+                b.set_message(message.to_string());
             }
-            b.set_position(done);
-            b.set_message(message.to_string());
         }
+        // The ETA counts running stages down as they progress.
+        self.refresh(None);
     }
 }
 
 impl EventSink for BarSink {
     fn event(&self, e: &Event) {
+        self.refresh(Some(e));
         match e {
             Event::Start { name, .. } => {
                 let b = self.multi.add(ProgressBar::new(1));
@@ -211,6 +489,63 @@ impl EventSink for BarSink {
     }
 
     fn finish(&self) {
+        if let Some((bar, _)) = &self.overall {
+            bar.finish_and_clear();
+        }
         let _ = self.multi.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str, key: &str, kind: &str, cached: bool) -> PlannedItem {
+        PlannedItem {
+            name: name.into(),
+            key: key.into(),
+            kind: kind.into(),
+            cached,
+        }
+    }
+
+    #[test]
+    fn counts_and_eta_follow_events_with_shared_keys_counted_once() {
+        let plan = vec![
+            item("init", "k0", "init", true),
+            item("a", "k1", "train", false),
+            item("b", "k2", "train", false),
+            item("b_alias", "k2", "train", false),
+            item("e", "k3", "evaluate", false),
+        ];
+        let est = Estimates::from_history([("train".to_string(), 10.0), ("train".to_string(), 20.0)]);
+        let mut o = Overview::new(plan, est, 2);
+        let t0 = Instant::now();
+        // Two trainings of 15 s each and an evaluate (unknown kind: the mean of known kinds)
+        // on two lanes: (15 + 15 + 15) / 2.
+        assert_eq!(o.eta(t0), Some(Duration::from_secs_f64(22.5)));
+        o.observe(&Event::Hit { name: "init", key: "k0" }, t0);
+        o.observe(&Event::Start { name: "a", key: "k1" }, t0);
+        assert_eq!(o.counts(), "1/5 stages: 0 ran, 1 cached, 0 failed · 1 running · 3 to do");
+        // Five seconds into `a`: 10 + 15 + 15 left.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(o.eta(later), Some(Duration::from_secs(20)));
+        o.observe(&Event::Done { name: "a", seconds: 30.0, headline: "" }, later);
+        // train now averages (10 + 20 + 30) / 3 = 20.
+        assert_eq!(o.eta(later), Some(Duration::from_secs(20)));
+        o.observe(&Event::Start { name: "b", key: "k2" }, later);
+        o.observe(&Event::Done { name: "b", seconds: 20.0, headline: "" }, later);
+        o.observe(&Event::Hit { name: "b_alias", key: "k2" }, later);
+        o.observe(&Event::Failed { name: "e", error: "x" }, later);
+        assert_eq!(o.counts(), "5/5 stages: 2 ran, 2 cached, 1 failed · 0 running · 0 to do");
+        assert_eq!(o.eta(later), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn no_eta_without_any_duration_to_go_by() {
+        let o = Overview::new(vec![item("a", "k1", "train", false)], Estimates::default(), 1);
+        assert_eq!(o.eta(Instant::now()), None);
+        assert_eq!(human_duration(Duration::from_secs(3725)), "1h 02m");
+        assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
     }
 }

@@ -96,7 +96,7 @@ pub fn expand(
             Ok(r) => Some(r),
             Err(e) => {
                 errors.push(Diagnostic::at(&n.loc, format!("invalid `report`: {e}")).hint(
-                    "report takes `title`, `select` (list of name patterns), `rows` (a metric) and `values` (metrics)",
+                    "report takes `title`, `select` (list of name patterns), `rows` (a metric), `values` (metrics) and optionally `replicates` (sweep variables)",
                 ));
                 None
             }

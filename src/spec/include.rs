@@ -11,7 +11,7 @@ use super::diag::{Diagnostic, Diagnostics, Loc, SourceFile, choices_hint};
 use super::yaml::{self, Key, Node, NodeKind};
 
 pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "pipeline", "include", "defaults", "stages", "levels", "report",
+    "pipeline", "include", "defaults", "stages", "levels", "report", "plots",
 ];
 
 pub struct Merged {
@@ -28,6 +28,7 @@ struct Loader {
     stages: Vec<(Key, Node)>,
     levels: Vec<(Key, Node)>,
     report: Option<(Key, Node)>,
+    plots: Option<(Key, Node)>,
     errors: Vec<Diagnostic>,
 }
 
@@ -44,6 +45,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         stages: Vec::new(),
         levels: Vec::new(),
         report: None,
+        plots: None,
         errors: Vec::new(),
     };
     let mut name = None;
@@ -84,9 +86,8 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         (key("stages"), mk(l.stages)),
         (key("levels"), mk(l.levels)),
     ];
-    if let Some(r) = l.report {
-        top.push(r);
-    }
+    top.extend(l.report);
+    top.extend(l.plots);
     Ok(Merged {
         name,
         files: l.files,
@@ -254,11 +255,13 @@ impl Loader {
                 }
             }
         }
-        if let Some((k, v)) = root
-            .as_map()
-            .and_then(|m| m.iter().find(|(k, _)| k.name == "report"))
-        {
-            self.report = Some((k.clone(), v.clone()));
+        // Views (`report:`, `plots:`): the including file's replace its includes'.
+        for (k, v) in root.as_map().into_iter().flatten() {
+            match k.name.as_str() {
+                "report" => self.report = Some((k.clone(), v.clone())),
+                "plots" => self.plots = Some((k.clone(), v.clone())),
+                _ => {}
+            }
         }
         name
     }

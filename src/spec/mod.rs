@@ -7,6 +7,7 @@ pub mod diag;
 mod expand;
 mod include;
 mod overrides;
+pub mod plots;
 pub mod yaml;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ pub use diag::choices_hint;
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use expand::glob_match;
 pub use overrides::Override;
+pub use plots::{PlotSpec, SeriesBy, is_replicate};
 
 use crate::stages::Registry;
 
@@ -51,6 +53,10 @@ pub struct ReportSpec {
     pub rows: String,
     /// Metrics shown in each cell.
     pub values: Vec<String>,
+    /// Sweep variables whose members are replicates, shown as mean ± std (n) in one column.
+    /// Unset: variables named `seed` or ending in `.seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicates: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +67,8 @@ pub struct Pipeline {
     /// In a topological order (each stage after everything it consumes).
     pub instances: Vec<Instance>,
     pub report: Option<ReportSpec>,
+    /// Figures declared under `plots:` (views only: no part of any key).
+    pub plots: Vec<PlotSpec>,
 }
 
 impl Pipeline {
@@ -82,10 +90,12 @@ pub fn load(
         overrides::apply(&mut root, o)?;
     }
     let (instances, report) = expand::expand(&root, registry)?;
+    let plots = plots::parse(root.get("plots"), &instances).map_err(Diagnostics)?;
     Ok(Pipeline {
         name: merged.name,
         files: merged.files,
         instances,
         report,
+        plots,
     })
 }
