@@ -1,10 +1,13 @@
-//! Drawing a [`PlotData`] with plotters: SVG (text left to the viewer's `sans-serif`) and PNG
-//! (text drawn by ab_glyph from the font in assets/fonts, so it needs no system font).
+//! Drawing a [`PlotData`]: plotters makes the SVG (text left to the viewer's `sans-serif`,
+//! measured for layout with the font in assets/fonts); resvg rasterises that SVG to PNG with
+//! the same font, so a PNG needs no system font and shows what the SVG shows.
 //!
-//! plotters is the established Rust plotting crate: one drawing API over SVG and bitmap
-//! backends, log axes, error bars, pure Rust with its default features off.
+//! plotters is the established Rust plotting crate (log axes, error bars, pure Rust with its
+//! default features off). Its own bitmap backend draws text through ab_glyph with each glyph
+//! placed by its own bounds (a full stop sits mid-line, spacing is uneven), hence resvg, the
+//! reference SVG renderer in Rust.
 
-use std::sync::Once;
+use std::sync::{Arc, Once, OnceLock};
 
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
@@ -83,6 +86,38 @@ fn range(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     }
 }
 
+/// Ticks at 1, 2 and 5 per decade (every integer multiple when the range spans less than a
+/// decade and a half): plotters' log axis labels only powers of ten, so a narrow range had none.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let pick = |mult: &[f64]| -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut decade = 10f64.powf(lo.log10().floor());
+        while decade <= hi {
+            for m in mult {
+                let v = decade * m;
+                if v >= lo && v <= hi {
+                    out.push(v);
+                }
+            }
+            decade *= 10.0;
+        }
+        out
+    };
+    let few = pick(&[1.0, 2.0, 5.0]);
+    if few.len() >= 3 {
+        few
+    } else {
+        pick(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    }
+}
+
+fn log_axis(
+    lo: f64,
+    hi: f64,
+) -> plotters::coord::combinators::WithKeyPoints<plotters::coord::combinators::LogCoord<f64>> {
+    (lo..hi).log_scale().with_key_points(log_ticks(lo, hi))
+}
+
 pub fn render_svg(d: &PlotData) -> Result<String, ReportError> {
     register_font();
     let mut s = String::new();
@@ -94,21 +129,45 @@ pub fn render_svg(d: &PlotData) -> Result<String, ReportError> {
     Ok(s)
 }
 
+/// The fonts resvg may use: only the bundled one, standing in for `sans-serif`.
+fn fontdb() -> Arc<resvg::usvg::fontdb::Database> {
+    static DB: OnceLock<Arc<resvg::usvg::fontdb::Database>> = OnceLock::new();
+    DB.get_or_init(|| {
+        let mut db = resvg::usvg::fontdb::Database::new();
+        db.load_font_data(FONT.to_vec());
+        let family = db
+            .faces()
+            .next()
+            .and_then(|f| f.families.first().map(|(n, _)| n.clone()))
+            .unwrap_or_else(|| "DejaVu Sans".into());
+        db.set_sans_serif_family(family);
+        Arc::new(db)
+    })
+    .clone()
+}
+
+/// The SVG rasterised by resvg on white, so that the PNG is the SVG as a browser shows it.
 pub fn render_png(d: &PlotData) -> Result<Vec<u8>, ReportError> {
-    register_font();
-    let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, d)?;
-        root.present().map_err(draw_err)?;
-    }
+    use resvg::{tiny_skia, usvg};
+    let svg = render_svg(d)?;
+    let opt = usvg::Options {
+        fontdb: fontdb(),
+        font_family: "sans-serif".into(),
+        ..usvg::Options::default()
+    };
+    let tree = usvg::Tree::from_str(&svg, &opt).map_err(draw_err)?;
+    let mut pixmap = tiny_skia::Pixmap::new(WIDTH, HEIGHT)
+        .ok_or_else(|| ReportError::Draw("cannot allocate the PNG canvas".into()))?;
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(&tree, tiny_skia::Transform::identity(), &mut pixmap.as_mut());
+    // Every pixel is opaque (white background), so premultiplied RGBA is plain RGBA.
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, WIDTH, HEIGHT);
-        enc.set_color(png::ColorType::Rgb);
+        enc.set_color(png::ColorType::Rgba);
         enc.set_depth(png::BitDepth::Eight);
         let mut w = enc.write_header().map_err(draw_err)?;
-        w.write_image_data(&buf).map_err(draw_err)?;
+        w.write_image_data(pixmap.data()).map_err(draw_err)?;
     }
     Ok(out)
 }
@@ -133,9 +192,9 @@ where
     let (y0, y1) = range(ys, d.log_y);
     match (d.log_x, d.log_y) {
         (false, false) => chart(&chart_area, d, x0..x1, y0..y1)?,
-        (true, false) => chart(&chart_area, d, (x0..x1).log_scale(), y0..y1)?,
-        (false, true) => chart(&chart_area, d, x0..x1, (y0..y1).log_scale())?,
-        (true, true) => chart(&chart_area, d, (x0..x1).log_scale(), (y0..y1).log_scale())?,
+        (true, false) => chart(&chart_area, d, log_axis(x0, x1), y0..y1)?,
+        (false, true) => chart(&chart_area, d, x0..x1, log_axis(y0, y1))?,
+        (true, true) => chart(&chart_area, d, log_axis(x0, x1), log_axis(y0, y1))?,
     }
     legend(&legend_area, d)
 }
@@ -163,8 +222,8 @@ where
         .y_label_formatter(&|v| tick(*v))
         .label_style(("sans-serif", 13))
         .axis_desc_style(("sans-serif", 15))
-        .light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(210, 210, 210))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
         .draw()
         .map_err(draw_err)?;
     let (xlo, xhi) = {
@@ -293,7 +352,9 @@ mod tests {
         for log_x in [false, true] {
             let svg = render_svg(&data(log_x)).unwrap();
             assert!(svg.starts_with("<svg"), "{}", &svg[..60]);
-            assert_eq!(svg.matches("<circle").count(), 5);
+            // A marker per point (5), and plotters' error bar marks its mean with one more
+            // circle (4 points have n > 1 and a spread).
+            assert_eq!(svg.matches("<circle").count(), 9);
             for label in ["ticket", "random", "eval_dense", "Accuracy ± std", "remaining (%)"] {
                 assert!(svg.contains(label), "{label} missing");
             }
@@ -309,12 +370,18 @@ mod tests {
         let mut buf = vec![0; r.output_buffer_size().unwrap()];
         let info = r.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (WIDTH, HEIGHT));
-        let count = |c: (u8, u8, u8)| buf.chunks(3).filter(|p| (p[0], p[1], p[2]) == c).count();
+        let count = |c: (u8, u8, u8)| buf.chunks(4).filter(|p| (p[0], p[1], p[2]) == c).count();
         assert!(count(PALETTE[0]) > 200, "first series drawn");
         assert!(count(PALETTE[1]) > 50, "second series drawn");
         // Text: dark anti-aliased pixels in the caption band at the top.
-        let dark_top = buf[..(WIDTH * 40 * 3) as usize].chunks(3).filter(|p| p[0] < 100 && p[1] < 100 && p[2] < 100).count();
+        let dark_top = buf[..(WIDTH * 40 * 4) as usize].chunks(4).filter(|p| p[0] < 100 && p[1] < 100 && p[2] < 100).count();
         assert!(dark_top > 100, "caption text drawn ({dark_top} dark pixels)");
+    }
+
+    #[test]
+    fn log_axes_get_ticks_even_when_narrow() {
+        assert_eq!(log_ticks(3.0, 110.0), vec![5.0, 10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(log_ticks(21.9, 57.9), vec![30.0, 40.0, 50.0]);
     }
 
     #[test]

@@ -375,20 +375,21 @@ mod tests {
 
     #[test]
     fn typos_are_located_errors_with_hints() {
-        let n = node("plots:\n  acc:\n    select: [\"imp.*.eval_tiket*\"]\n    x: remaining_pct\n    y: accuracy\n    series: [lrr]\n");
+        let n = node("plots:\n  acc:\n    select: [\"imp.*.eval_*\"]\n    baseline: [eval_dens]\n    x: remaining_pct\n    y: accuracy\n    series: [lrr]\n");
         let errs = parse(n.get("plots"), &stages()).unwrap_err();
         let msgs: Vec<String> = errs.iter().map(|d| format!("{}:{} {} | {}", d.loc.as_ref().unwrap().line, d.loc.as_ref().unwrap().col, d.message, d.hint.clone().unwrap_or_default())).collect();
         assert_eq!(
             msgs,
             vec![
-                "3:14 plot `acc`: `imp.*.eval_tiket*` matches no stage | `pipe plan FILE` lists the stage names; `*` matches any run of characters".to_string(),
-                "6:14 plot `acc`: `lrr` is not a sweep variable of the selected stages | did you mean `lr`? valid: `lr`, `seed`, `stage`".to_string(),
+                "4:16 plot `acc`: baseline `eval_dens` matches no stage | did you mean `eval_dense`?".to_string(),
+                "7:14 plot `acc`: `lrr` is not a sweep variable of the selected stages | did you mean `lr`? valid: `lr`, `seed`, `stage`".to_string(),
             ]
         );
         let n = node("plots:\n  acc:\n    select: [eval_dense]\n    y: accuracy\n    colour: red\n");
         let errs = parse(n.get("plots"), &stages()).unwrap_err();
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].message.starts_with("plot `acc`: invalid field: unknown field `colour`"), "{}", errs[0].message);
+        assert!(errs[0].message.starts_with("plot `acc`: invalid field `colour`: unknown field `colour`"), "{}", errs[0].message);
+        assert_eq!(errs[0].loc.as_ref().unwrap().line, 5);
         let n = node("plots: [1]\n");
         assert!(parse(n.get("plots"), &stages()).unwrap_err()[0].message.starts_with("`plots` must be a map"));
     }
