@@ -3,10 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use super::NnError;
+use super::ops::TrainBackend;
 
 /// Where training runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +135,7 @@ fn cuda_probe(index: usize) -> Result<(), String> {
 /// (A trait rather than a closure because closures cannot be generic.)
 pub trait BackendTask {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output, NnError>;
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<Self::Output, NnError>;
 }
 
 /// Runs `task` on the backend for `dev`: `Autodiff<Flex>` for the CPU,
@@ -193,7 +193,7 @@ mod tests {
     struct Echo;
     impl BackendTask for Echo {
         type Output = String;
-        fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String, NnError> {
+        fn run<B: TrainBackend>(self, device: B::Device) -> Result<String, NnError> {
             Ok(format!("{device:?}"))
         }
     }

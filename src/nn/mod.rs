@@ -12,6 +12,7 @@ pub mod flops;
 pub mod host;
 pub mod init;
 pub mod model;
+pub mod ops;
 pub mod prune;
 pub mod schedule;
 pub mod step_timing;

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -15,7 +14,7 @@ use super::{
     BackendTask, DeviceSpec, InitScheme, LrSchedule, Mask, ModelSpec, NnError, OptimizerKind,
     TrainConfig, dispatch, init_weights,
 };
-use crate::data::Split;
+use crate::data::{BatchTargets, Inputs, Split, Targets, gather_range};
 
 /// How a step timing is taken.
 #[derive(Clone, Copy, Debug)]
@@ -43,17 +42,26 @@ pub fn time_lenet_adam_steps(device: &DeviceSpec, timing: StepTiming) -> Result<
     dispatch(device, timing)
 }
 
-/// `n` MNIST-shaped samples (784 standard normals, a random label of 10), seeded: benchmark
-/// input, where only the shapes matter for time.
+/// `n` MNIST-shaped samples (`[1, 28, 28]` standard normals, a random label of 10), seeded:
+/// benchmark input, where only the shapes matter for time.
 pub fn synthetic_split(n: usize, seed: u64) -> Split {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Split {
-        images: (0..n * 784)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect(),
-        labels: (0..n).map(|_| rng.random_range(0..10u8)).collect(),
-        n,
-    }
+    let images = (0..n * 784)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    let labels = (0..n).map(|_| rng.random_range(0..10u8)).collect();
+    Split::new(
+        Inputs::f32(images, [1, 28, 28]),
+        Targets::classes(labels, 10),
+    )
+    .expect("consistent synthetic split")
+}
+
+/// The whole of `split` as one batch: inputs and labels, as [`TrainSession::step`] takes them.
+pub fn whole_batch(split: &Split) -> (Vec<f32>, Vec<u8>) {
+    let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
+    gather_range(split, 0..split.n, &mut images, &mut targets);
+    (images, targets.labels().unwrap_or_default().to_vec())
 }
 
 /// The benchmarks' training settings: Adam at lr 1.2e-3 (the lottery-ticket setting), constant
@@ -78,25 +86,23 @@ pub fn bench_config(batch: usize, iterations: u64) -> TrainConfig {
 impl BackendTask for StepTiming {
     type Output = f64;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f64, NnError> {
+    fn run<B: crate::nn::ops::TrainBackend>(self, device: B::Device) -> Result<f64, NnError> {
         let spec = ModelSpec::lenet_300_100();
         let weights = init_weights(&spec, InitScheme::KaimingNormal, 0);
         let cfg = bench_config(self.batch, (self.warmup + self.steps) as u64);
         let lr = cfg.lr;
         let mut session =
             TrainSession::<B>::new(&spec, &weights, &Mask::dense(&spec), &cfg, device)?;
-        let data = synthetic_split(self.batch, 7);
+        let (images, labels) = whole_batch(&synthetic_split(self.batch, 7));
         for _ in 0..self.warmup {
-            session.step(data.images.clone(), &data.labels, lr);
+            session.step(images.clone(), &labels, lr);
         }
         // Drain the warm-up's queued work before the clock starts.
-        let _ = session
-            .step(data.images.clone(), &data.labels, lr)
-            .into_scalar();
+        let _ = session.step(images.clone(), &labels, lr).into_scalar();
         let read_every = self.read_every.max(1);
         let t0 = Instant::now();
         for i in 0..self.steps {
-            let loss = session.step(data.images.clone(), &data.labels, lr);
+            let loss = session.step(images.clone(), &labels, lr);
             if (i + 1) % read_every == 0 || i + 1 == self.steps {
                 let _ = loss.into_scalar();
             }

@@ -24,7 +24,9 @@ use super::device::{BackendTask, DeviceSpec, dispatch};
 use super::model::{Mlp, from_module, to_masked_module};
 use super::schedule::{LrSchedule, lr_at};
 use super::{Mask, ModelSpec, NnError, Weights};
-use crate::data::{BatchOrder, Split, gather_batch};
+use crate::data::{
+    Augment, AugmentStep, BatchOrder, BatchTargets, Split, gather_batch, gather_range,
+};
 
 /// Optimiser choice.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,11 +64,13 @@ pub struct TrainConfig {
     pub start_step: u64,
 }
 
-/// The splits a run uses. `val` may be empty (no validation, no early stop).
+/// The splits a run uses. `val` may be empty (no validation, no early stop). `augment`
+/// applies to the training batches, drawn by `(data_seed, iteration)`.
 pub struct TrainData<'a> {
     pub train: &'a Split,
     pub val: &'a Split,
     pub test: &'a Split,
+    pub augment: Option<&'a Augment>,
 }
 
 /// One point of the learning curve.
@@ -227,10 +231,12 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 fn eval_split<B: Backend>(model: &Mlp<B>, split: &Split, device: &B::Device) -> (f64, f64) {
     let d = split.dim();
     let (mut loss, mut correct) = (0f64, 0usize);
+    let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
     for start in (0..split.n).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(split.n);
+        gather_range(split, start..end, &mut images, &mut targets);
         let x = Tensor::<B, 2>::from_data(
-            TensorData::new(split.images[start * d..end * d].to_vec(), [end - start, d]),
+            TensorData::new(std::mem::take(&mut images), [end - start, d]),
             device,
         );
         let logits = model
@@ -239,7 +245,8 @@ fn eval_split<B: Backend>(model: &Mlp<B>, split: &Split, device: &B::Device) -> 
             .to_vec::<f32>()
             .expect("f32 logits");
         let classes = logits.len() / (end - start);
-        for (row, &label) in logits.chunks_exact(classes).zip(&split.labels[start..end]) {
+        let labels = targets.labels().unwrap_or_default();
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
             let lse = max
                 + row
@@ -263,21 +270,22 @@ fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnErro
     if split.n == 0 {
         return Ok(());
     }
-    if split.images.len() != split.n * spec.input_dim() || split.labels.len() != split.n {
+    split.check()?;
+    if split.dim() != spec.input_dim() {
         return Err(NnError::Shape(format!(
-            "{what} split holds {} values and {} labels for {} samples; the model expects {} \
+            "{what} split has samples of shape {:?} ({} values); the model expects {} \
              features per sample",
-            split.images.len(),
-            split.labels.len(),
-            split.n,
+            split.input_shape(),
+            split.dim(),
             spec.input_dim()
         )));
     }
-    if let Some(&l) = split
-        .labels
-        .iter()
-        .find(|&&l| l as usize >= spec.output_dim())
-    {
+    let Some(labels) = split.labels() else {
+        return Err(NnError::Shape(format!(
+            "{what} split has regression targets; this model is trained on class labels"
+        )));
+    };
+    if let Some(&l) = labels.iter().find(|&&l| l as usize >= spec.output_dim()) {
         return Err(NnError::Shape(format!(
             "{what} split has label {l} but the model has {} outputs",
             spec.output_dim()
@@ -370,7 +378,10 @@ struct TrainTask<'a, 'b> {
 impl BackendTask for TrainTask<'_, '_> {
     type Output = TrainOutput;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainOutput, NnError> {
+    fn run<B: crate::nn::ops::TrainBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<TrainOutput, NnError> {
         let TrainTask {
             spec,
             init,
@@ -389,7 +400,14 @@ impl BackendTask for TrainTask<'_, '_> {
             checkpoints.push((cfg.start_step, init.masked(mask)));
         }
 
-        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
+        let augment = |iteration| {
+            data.augment.map(|augment| AugmentStep {
+                augment,
+                seed: cfg.data_seed,
+                iteration,
+            })
+        };
         let point = |model: &Mlp<B>, iteration: u64, train_loss: f64| {
             let inner = model.valid();
             let (val_loss, val_acc) = if data.val.n > 0 {
@@ -412,7 +430,14 @@ impl BackendTask for TrainTask<'_, '_> {
         // Loss of the first batch at the input weights (forward only).
         let first_loss = {
             let mut peek = order.clone();
-            gather_batch(data.train, peek.next_batch(), &mut images, &mut labels);
+            gather_batch(
+                data.train,
+                peek.next_batch(),
+                augment(cfg.start_step),
+                &mut images,
+                &mut targets,
+            );
+            let labels = targets.labels().unwrap_or_default();
             let inner = session.model().valid();
             let x = Tensor::from_data(
                 TensorData::new(
@@ -421,7 +446,7 @@ impl BackendTask for TrainTask<'_, '_> {
                 ),
                 &device,
             );
-            let y = Tensor::from_data(one_hot(&labels, spec.output_dim()), &device);
+            let y = Tensor::from_data(one_hot(labels, spec.output_dim()), &device);
             scalar(cross_entropy(inner.forward(x), y))
         };
         let mut curve = vec![point(session.model(), cfg.start_step, first_loss)];
@@ -436,9 +461,16 @@ impl BackendTask for TrainTask<'_, '_> {
             .filter(|&s| s > cfg.start_step)
             .peekable();
         for it in cfg.start_step..total {
-            gather_batch(data.train, order.next_batch(), &mut images, &mut labels);
+            gather_batch(
+                data.train,
+                order.next_batch(),
+                augment(it),
+                &mut images,
+                &mut targets,
+            );
             let lr = lr_at(cfg.lr, &cfg.schedule, cfg.warmup, it, total);
-            let loss = session.step(std::mem::take(&mut images), &labels, lr);
+            let labels = targets.labels().unwrap_or_default();
+            let loss = session.step(std::mem::take(&mut images), labels, lr);
             let done = it + 1;
             since_point += 1;
             if done % LOSS_READ_EVERY == 0 {
@@ -516,7 +548,10 @@ pub fn evaluate(
     }
     impl BackendTask for EvalTask<'_> {
         type Output = (f64, f64);
-        fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(f64, f64), NnError> {
+        fn run<B: crate::nn::ops::TrainBackend>(
+            self,
+            device: B::Device,
+        ) -> Result<(f64, f64), NnError> {
             let model =
                 to_masked_module::<B::InnerBackend>(self.spec, self.weights, self.mask, &device)?;
             Ok(eval_split(&model, self.split, &device))
@@ -536,6 +571,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::{Inputs, Targets};
     use crate::nn::{InitScheme, Layer, init_weights};
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
@@ -545,6 +581,15 @@ mod tests {
 
     /// `n` samples of `d` features with labels from a fixed linear teacher.
     fn toy_split(n: usize, d: usize, classes: usize, seed: u64) -> Split {
+        let (images, labels) = toy_data(n, d, classes, seed);
+        Split::new(
+            Inputs::f32(images, [d, 1, 1]),
+            Targets::classes(labels, classes),
+        )
+        .unwrap()
+    }
+
+    fn toy_data(n: usize, d: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let teacher: Vec<f32> = (0..d * classes)
             .map(|i| ((i * 7919) % 13) as f32 - 6.0)
@@ -557,7 +602,7 @@ mod tests {
                 (0..classes).fold(0, |b, c| if score(c) > score(b) { c } else { b }) as u8
             })
             .collect();
-        Split { images, labels, n }
+        (images, labels)
     }
 
     fn cfg(optimizer: OptimizerKind, iterations: u64) -> TrainConfig {
@@ -603,6 +648,7 @@ mod tests {
             train: &f.train,
             val: &f.val,
             test: &f.test,
+            augment: None,
         };
         train(
             &f.spec,
@@ -737,11 +783,10 @@ mod tests {
         let f = fixture();
         let mask = half_mask(&f.spec);
         let model = to_masked_module::<Ad>(&f.spec, &f.init, &mask, &FlexDevice).unwrap();
-        let x = Tensor::<Ad, 2>::from_data(
-            TensorData::new(f.train.images[..8 * 20].to_vec(), [20, 8]),
-            &FlexDevice,
-        );
-        let y = Tensor::<Ad, 2>::from_data(one_hot(&f.train.labels[..20], 4), &FlexDevice);
+        let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
+        gather_range(&f.train, 0..20, &mut images, &mut targets);
+        let x = Tensor::<Ad, 2>::from_data(TensorData::new(images, [20, 8]), &FlexDevice);
+        let y = Tensor::<Ad, 2>::from_data(one_hot(targets.labels().unwrap(), 4), &FlexDevice);
         let grads = cross_entropy(model.forward(x), y).backward();
         for (layer, m) in model.layers.iter().zip(&mask.layers) {
             let g = layer
@@ -788,12 +833,47 @@ mod tests {
     }
 
     #[test]
+    fn augmented_training_resumes_with_the_same_draws() {
+        let f = fixture();
+        let mask = Mask::dense(&f.spec);
+        // On these [8, 1, 1] samples a crop with padding 1 keeps or zeroes each sample.
+        let aug = Augment {
+            crop_padding: 1,
+            flip: false,
+        };
+        let run_aug = |f: &Fixture, c: &TrainConfig, augment| {
+            let data = TrainData {
+                train: &f.train,
+                val: &f.val,
+                test: &f.test,
+                augment,
+            };
+            let mut go = |_: &Progress| ControlFlow::Continue(());
+            train(&f.spec, &f.init, &mask, &data, c, &DeviceSpec::Cpu, &mut go).unwrap()
+        };
+        let mut c = cfg(OptimizerKind::Sgd, 20);
+        c.lr = 0.05;
+        c.save_at = vec![13];
+        let full = run_aug(&f, &c, Some(&aug));
+        assert_ne!(bits(&full.weights), bits(&run_aug(&f, &c, None).weights));
+        let mid = Fixture {
+            init: full.checkpoints[0].1.clone(),
+            ..fixture()
+        };
+        c.save_at = vec![];
+        c.start_step = 13;
+        let rest = run_aug(&mid, &c, Some(&aug));
+        assert_eq!(bits(&rest.weights), bits(&full.weights));
+    }
+
+    #[test]
     fn progress_and_cancel() {
         let f = fixture();
         let data = TrainData {
             train: &f.train,
             val: &f.val,
             test: &f.test,
+            augment: None,
         };
         let mut seen = Vec::new();
         let r = train(
@@ -838,7 +918,9 @@ mod tests {
         c.lr = f64::NAN;
         assert!(run(&f, &mask, &c).is_err());
         let mut bad = fixture();
-        bad.test.labels[0] = 4;
+        let (images, mut labels) = toy_data(100, 8, 4, 3);
+        labels[0] = 4;
+        bad.test = Split::new(Inputs::f32(images, [8, 1, 1]), Targets::classes(labels, 5)).unwrap();
         assert!(
             run(&bad, &mask, &cfg(OptimizerKind::Sgd, 1))
                 .unwrap_err()
@@ -853,7 +935,8 @@ mod tests {
                 &TrainData {
                     train: &f.train,
                     val: &f.val,
-                    test: &f.test
+                    test: &f.test,
+                    augment: None,
                 },
                 &cfg(OptimizerKind::Sgd, 1),
                 &DeviceSpec::Cuda(0),
@@ -876,11 +959,11 @@ mod tests {
                 bias: vec![0.0, 0.0],
             }],
         };
-        let split = Split {
-            images: vec![1.0, 0.0, 0.0, 2.0, 3.0, 0.0],
-            labels: vec![0, 1, 1],
-            n: 3,
-        };
+        let split = Split::new(
+            Inputs::f32(vec![1.0, 0.0, 0.0, 2.0, 3.0, 0.0], [2, 1, 1]),
+            Targets::classes(vec![0, 1, 1], 2),
+        )
+        .unwrap();
         let (loss, acc) =
             evaluate(&spec, &w, &Mask::dense(&spec), &split, &DeviceSpec::Cpu).unwrap();
         let ce = |a: f64, b: f64, y: usize| -> f64 { (a.exp() + b.exp()).ln() - [a, b][y] };
@@ -933,6 +1016,7 @@ mod mnist_smoke {
             train: &train_set,
             val: &val,
             test: &m.test,
+            augment: None,
         };
         let t = std::time::Instant::now();
         let out = train(
