@@ -112,7 +112,9 @@ pub enum Command {
     Runs,
     /// Parameters and metrics that differ between two runs (ids, id prefixes, `last`, `-2`).
     Diff {
+        #[arg(allow_negative_numbers = true)]
         a: String,
+        #[arg(allow_negative_numbers = true)]
         b: String,
         #[arg(long, conflicts_with = "md")]
         json: bool,
@@ -126,6 +128,8 @@ pub enum Command {
     },
     /// One run's stages and report, or one stage's metrics (from the latest run that has it).
     Show {
+        /// A run (id, id prefix, `last`, `-N`) or a stage name.
+        #[arg(allow_negative_numbers = true)]
         target: String,
         /// JSON: the whole run record, or with --table that table as an array of objects.
         #[arg(long, conflicts_with_all = ["csv", "md"])]
@@ -146,7 +150,7 @@ pub enum Command {
     /// Write a run's self-contained HTML report, its Markdown, plots and tables (CSV, JSON).
     Report {
         /// A run id, id prefix, `last` or `-N`.
-        #[arg(default_value = "last")]
+        #[arg(default_value = "last", allow_negative_numbers = true)]
         run: String,
         /// The folder to write into [default: CACHE/runs/RUN/report].
         #[arg(short, long)]
@@ -280,15 +284,15 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
             let format = report_cmds::Format::from_flags(*json, *csv, *md);
             if plots.plots {
                 report_cmds::show_plots(g, target, plots)
-            } else if table.is_some() || matches!(format, report_cmds::Format::Csv | report_cmds::Format::Md) {
+            } else if table.is_some()
+                || matches!(format, report_cmds::Format::Csv | report_cmds::Format::Md)
+            {
                 report_cmds::show_table(g, target, table.as_deref(), format)
             } else {
                 cmd_show(g, target, *json)
             }
         }
-        Command::Report { run, out, curves } => {
-            report_cmds::report(g, run, out.as_deref(), curves)
-        }
+        Command::Report { run, out, curves } => report_cmds::report(g, run, out.as_deref(), curves),
         Command::Gc { keep_last, dry_run } => cmd_gc(g, *keep_last, *dry_run),
         Command::Kinds { kind } => cmd_kinds(registry, kind.as_deref()),
     }
@@ -471,8 +475,8 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
     })
 }
 
-/// The whole-pipeline progress view: every planned stage, and how long stages of each kind
-/// took in earlier runs (for the ETA).
+/// The whole-pipeline progress view: every planned stage, and how long each stage and each
+/// kind took in earlier runs (for the ETA).
 fn progress_overview(plan: &exec::Plan, store: &Store, jobs: usize) -> Overview {
     let items = plan
         .stages
@@ -489,7 +493,7 @@ fn progress_overview(plan: &exec::Plan, store: &Store, jobs: usize) -> Overview 
         .into_iter()
         .flat_map(|r| r.stages)
         .filter(|s| s.status == StageStatus::Ran)
-        .map(|s| (s.kind, s.duration_s));
+        .map(|s| (s.name, s.kind, s.duration_s));
     Overview::new(items, Estimates::from_history(history), jobs)
 }
 

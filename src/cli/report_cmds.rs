@@ -146,7 +146,10 @@ pub fn show_plots(g: &Global, target: &str, args: &PlotArgs) -> Result<u8, Failu
         }
     }
     list_written(
-        &format!("plots of run {} (SVG; PNG and CSV data beside each)", run.id),
+        &format!(
+            "plots of run {} (SVG; PNG and CSV data beside each)",
+            run.id
+        ),
         &paths,
     );
     Ok(0)
@@ -180,14 +183,12 @@ pub fn diff_plots(g: &Global, a: &str, b: &str, args: &PlotArgs) -> Result<u8, F
     let ra = runs::resolve(&rs, a).map_err(Failure::invalid)?;
     let rb = runs::resolve(&rs, b).map_err(Failure::invalid)?;
     let store = Store::open(&g.cache_dir)?;
-    let dir = args.out.clone().unwrap_or_else(|| {
-        runs::outputs_dir(&g.cache_dir, &rb.id).join(format!("diff-{}", ra.id))
-    });
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| runs::outputs_dir(&g.cache_dir, &rb.id).join(format!("diff-{}", ra.id)));
     let paths = output::diff_plots(ra, rb, &store, &dir, &args.curves)?;
-    list_written(
-        &format!("{} solid, {} dashed", ra.id, rb.id),
-        &paths,
-    );
+    list_written(&format!("{} solid, {} dashed", ra.id, rb.id), &paths);
     Ok(0)
 }
 
@@ -201,7 +202,11 @@ pub fn plots_after_run(record: &RunRecord, store: &Store) -> Option<String> {
     let plots = output::plot_data(record, store, &[]);
     let notes: Vec<String> = plots
         .iter()
-        .flat_map(|d| d.notes.iter().map(move |n| format!("note: plot `{}`: {n}", d.name)))
+        .flat_map(|d| {
+            d.notes
+                .iter()
+                .map(move |n| format!("note: plot `{}`: {n}", d.name))
+        })
         .collect();
     Some(match output::write_plots(&dir, &plots) {
         Ok(paths) => {
@@ -224,4 +229,3 @@ pub fn plots_after_run(record: &RunRecord, store: &Store) -> Option<String> {
         Err(e) => format!("warning: plots were not written: {e}"),
     })
 }
-

@@ -2,8 +2,8 @@
 //! (deterministic, for CI, pipes and tests) and indicatif bars on a terminal.
 //!
 //! Both can follow the whole pipeline ([`Overview`]): stages done / running / to do, and on a
-//! terminal an ETA from how long similar stages (the same kind) took before — in earlier runs'
-//! records, then in this run as stages finish.
+//! terminal an ETA from how long similar stages took before: the same stage in earlier runs'
+//! records, else stages of the same kind, in earlier runs and in this run as they finish.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -63,35 +63,50 @@ pub struct PlannedItem {
     pub cached: bool,
 }
 
-/// Mean seconds per stage kind: earlier runs' durations, then this run's as stages finish.
+/// How long a stage is expected to take. The closest match wins: the same stage (by name) in
+/// earlier runs — a re-run after an upstream change recomputes stages of the same shape — then
+/// the mean of its kind, from earlier runs and from this run as stages finish.
 #[derive(Debug, Clone, Default)]
 pub struct Estimates {
+    by_name: HashMap<String, (f64, u32)>,
     by_kind: HashMap<String, (f64, u32)>,
 }
 
+fn add(map: &mut HashMap<String, (f64, u32)>, k: &str, seconds: f64) {
+    let slot = map.entry(k.to_string()).or_insert((0.0, 0));
+    slot.0 += seconds;
+    slot.1 += 1;
+}
+
+fn mean(map: &HashMap<String, (f64, u32)>, k: &str) -> Option<f64> {
+    map.get(k)
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| s / f64::from(*n))
+}
+
 impl Estimates {
-    /// From (kind, seconds) of stages that ran before.
-    pub fn from_history(history: impl IntoIterator<Item = (String, f64)>) -> Self {
+    /// From (stage name, kind, seconds) of stages that ran before.
+    pub fn from_history(history: impl IntoIterator<Item = (String, String, f64)>) -> Self {
         let mut e = Estimates::default();
-        for (k, s) in history {
-            e.record(&k, s);
+        for (name, kind, s) in history {
+            if s.is_finite() && s >= 0.0 {
+                add(&mut e.by_name, &name, s);
+                add(&mut e.by_kind, &kind, s);
+            }
         }
         e
     }
 
+    /// A stage of this run finished: it refines its kind's mean (its name is done).
     pub fn record(&mut self, kind: &str, seconds: f64) {
         if seconds.is_finite() && seconds >= 0.0 {
-            let slot = self.by_kind.entry(kind.to_string()).or_insert((0.0, 0));
-            slot.0 += seconds;
-            slot.1 += 1;
+            add(&mut self.by_kind, kind, seconds);
         }
     }
 
-    pub fn get(&self, kind: &str) -> Option<f64> {
-        self.by_kind
-            .get(kind)
-            .filter(|(_, n)| *n > 0)
-            .map(|(s, n)| s / f64::from(*n))
+    /// The expected seconds of stage `name` of kind `kind`, if anything is known.
+    pub fn get(&self, name: &str, kind: &str) -> Option<f64> {
+        mean(&self.by_name, name).or_else(|| mean(&self.by_kind, kind))
     }
 }
 
@@ -109,6 +124,8 @@ pub struct Overview {
     failed: usize,
     /// Keys whose work is already counted for a to-do stage (so aliases cost nothing).
     work_keys: HashMap<String, String>,
+    /// Every stage name of each key: one computation finishes them all.
+    by_key: HashMap<String, Vec<String>>,
     estimates: Estimates,
 }
 
@@ -116,7 +133,12 @@ impl Overview {
     pub fn new(plan: Vec<PlannedItem>, estimates: Estimates, jobs: usize) -> Self {
         let total = plan.len();
         let mut work_keys = HashMap::new();
+        let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
         for it in &plan {
+            by_key
+                .entry(it.key.clone())
+                .or_default()
+                .push(it.name.clone());
             if !it.cached {
                 work_keys
                     .entry(it.key.clone())
@@ -133,6 +155,7 @@ impl Overview {
             hit: 0,
             failed: 0,
             work_keys,
+            by_key,
             estimates,
         }
     }
@@ -147,29 +170,34 @@ impl Overview {
                 if let Some(kind) = self.items.get(*name).map(|i| i.kind.clone()) {
                     self.estimates.record(&kind, *seconds);
                 }
-                self.finish(name);
-                self.ran += 1;
+                self.ran += self.finish(name);
             }
             Event::Hit { name, .. } => {
-                self.finish(name);
-                self.hit += 1;
+                self.hit += self.finish(name);
             }
             Event::Failed { name, .. } | Event::Skipped { name, .. } => {
-                self.finish(name);
-                self.failed += 1;
+                self.failed += self.finish(name);
             }
             Event::Waiting { .. } | Event::Corrupt { .. } => {}
         }
     }
 
-    fn finish(&mut self, name: &str) {
+    /// Marks `name` and every stage sharing its key finished (the scheduler computes a shared
+    /// key once and reports it under one name); returns how many were newly finished.
+    fn finish(&mut self, name: &str) -> usize {
         self.running.remove(name);
-        if self.finished.insert(name.to_string())
-            && let Some(it) = self.items.get(name)
-            && self.work_keys.get(&it.key).is_some_and(|n| n == name)
-        {
-            self.work_keys.remove(&it.key);
+        let Some(key) = self.items.get(name).map(|it| it.key.clone()) else {
+            return usize::from(self.finished.insert(name.to_string()));
+        };
+        self.work_keys.remove(&key);
+        let mut names = vec![name.to_string()];
+        if let Some(aliases) = self.by_key.get(&key) {
+            names.extend(aliases.iter().filter(|n| *n != name).cloned());
         }
+        names
+            .into_iter()
+            .filter(|n| self.finished.insert(n.clone()))
+            .count()
     }
 
     pub fn done(&self) -> usize {
@@ -215,7 +243,7 @@ impl Overview {
             let Some(it) = self.items.get(name) else {
                 continue;
             };
-            let est = match self.estimates.get(&it.kind) {
+            let est = match self.estimates.get(&it.name, &it.kind) {
                 Some(e) => {
                     known_any = true;
                     e
@@ -518,32 +546,115 @@ mod tests {
             item("b_alias", "k2", "train", false),
             item("e", "k3", "evaluate", false),
         ];
-        let est = Estimates::from_history([("train".to_string(), 10.0), ("train".to_string(), 20.0)]);
+        let est = Estimates::from_history([
+            ("old1".to_string(), "train".to_string(), 10.0),
+            ("old2".to_string(), "train".to_string(), 20.0),
+        ]);
         let mut o = Overview::new(plan, est, 2);
         let t0 = Instant::now();
         // Two trainings of 15 s each and an evaluate (unknown kind: the mean of known kinds)
         // on two lanes: (15 + 15 + 15) / 2.
         assert_eq!(o.eta(t0), Some(Duration::from_secs_f64(22.5)));
-        o.observe(&Event::Hit { name: "init", key: "k0" }, t0);
-        o.observe(&Event::Start { name: "a", key: "k1" }, t0);
-        assert_eq!(o.counts(), "1/5 stages: 0 ran, 1 cached, 0 failed · 1 running · 3 to do");
+        o.observe(
+            &Event::Hit {
+                name: "init",
+                key: "k0",
+            },
+            t0,
+        );
+        o.observe(
+            &Event::Start {
+                name: "a",
+                key: "k1",
+            },
+            t0,
+        );
+        assert_eq!(
+            o.counts(),
+            "1/5 stages: 0 ran, 1 cached, 0 failed · 1 running · 3 to do"
+        );
         // Five seconds into `a`: 10 + 15 + 15 left.
         let later = t0 + Duration::from_secs(5);
         assert_eq!(o.eta(later), Some(Duration::from_secs(20)));
-        o.observe(&Event::Done { name: "a", seconds: 30.0, headline: "" }, later);
+        o.observe(
+            &Event::Done {
+                name: "a",
+                seconds: 30.0,
+                headline: "",
+            },
+            later,
+        );
         // train now averages (10 + 20 + 30) / 3 = 20.
         assert_eq!(o.eta(later), Some(Duration::from_secs(20)));
-        o.observe(&Event::Start { name: "b", key: "k2" }, later);
-        o.observe(&Event::Done { name: "b", seconds: 20.0, headline: "" }, later);
-        o.observe(&Event::Hit { name: "b_alias", key: "k2" }, later);
-        o.observe(&Event::Failed { name: "e", error: "x" }, later);
-        assert_eq!(o.counts(), "5/5 stages: 2 ran, 2 cached, 1 failed · 0 running · 0 to do");
+        o.observe(
+            &Event::Start {
+                name: "b",
+                key: "k2",
+            },
+            later,
+        );
+        o.observe(
+            &Event::Done {
+                name: "b",
+                seconds: 20.0,
+                headline: "",
+            },
+            later,
+        );
+        // `b_alias` shares b's key: the scheduler reports it under `b` only, and it is done too.
+        assert_eq!(
+            o.counts(),
+            "4/5 stages: 3 ran, 1 cached, 0 failed · 0 running · 1 to do"
+        );
+        // Were it reported as well, it would not count twice.
+        o.observe(
+            &Event::Hit {
+                name: "b_alias",
+                key: "k2",
+            },
+            later,
+        );
+        o.observe(
+            &Event::Failed {
+                name: "e",
+                error: "x",
+            },
+            later,
+        );
+        assert_eq!(
+            o.counts(),
+            "5/5 stages: 3 ran, 1 cached, 1 failed · 0 running · 0 to do"
+        );
         assert_eq!(o.eta(later), Some(Duration::ZERO));
     }
 
     #[test]
+    fn the_same_stage_in_earlier_runs_is_the_closest_estimate() {
+        // `dense` took 100 s before, two other trainings 10 s each (kind mean 40 s). `x` is
+        // estimated by its own name too: the remaining work over two lanes, (100 + 10) / 2.
+        let est = Estimates::from_history([
+            ("dense".to_string(), "train".to_string(), 100.0),
+            ("x".to_string(), "train".to_string(), 10.0),
+            ("y".to_string(), "train".to_string(), 10.0),
+        ]);
+        assert_eq!(est.get("dense", "train"), Some(100.0));
+        assert_eq!(est.get("new", "train"), Some(40.0));
+        assert_eq!(est.get("new", "prune"), None);
+        let plan = vec![
+            item("dense", "k1", "train", false),
+            item("x", "k2", "train", false),
+        ];
+        let o = Overview::new(plan, est, 2);
+        assert_eq!(o.eta(Instant::now()), Some(Duration::from_secs(55)));
+    }
+
+    #[test]
     fn no_eta_without_any_duration_to_go_by() {
-        let o = Overview::new(vec![item("a", "k1", "train", false)], Estimates::default(), 1);
+        let o = Overview::new(
+            vec![item("a", "k1", "train", false)],
+            Estimates::default(),
+            1,
+        );
         assert_eq!(o.eta(Instant::now()), None);
         assert_eq!(human_duration(Duration::from_secs(3725)), "1h 02m");
         assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");

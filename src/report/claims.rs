@@ -99,8 +99,17 @@ mod tests {
         ]});
         let c = from_record(&raw);
         assert_eq!(c.len(), 3);
-        assert_eq!((c[0].name.as_str(), c[0].held, c[0].outcome.as_str()), ("ticket beats random", Some(true), "held"));
-        assert_eq!(c[0].details, vec![("lhs".to_string(), "0.97".to_string()), ("rhs".to_string(), "0.95".to_string())]);
+        assert_eq!(
+            (c[0].name.as_str(), c[0].held, c[0].outcome.as_str()),
+            ("ticket beats random", Some(true), "held")
+        );
+        assert_eq!(
+            c[0].details,
+            vec![
+                ("lhs".to_string(), "0.97".to_string()),
+                ("rhs".to_string(), "0.95".to_string())
+            ]
+        );
         assert_eq!((c[1].held, c[1].outcome.as_str()), (Some(false), "failed"));
         assert_eq!((c[2].held, c[2].outcome.as_str()), (None, "—"));
         let m = from_record(&json!({"claims": {"a": {"passed": false}}}));

@@ -145,7 +145,9 @@ pub fn tidy_metrics(run: &RunRecord) -> Records {
         let mut head: Vec<Value> = vec![
             run.id.clone().into(),
             s.name.clone().into(),
-            n.level.as_ref().map_or(Value::Null, |(g, _)| g.clone().into()),
+            n.level
+                .as_ref()
+                .map_or(Value::Null, |(g, _)| g.clone().into()),
             n.level.as_ref().map_or(Value::Null, |(_, l)| (*l).into()),
             n.base.clone().into(),
             s.kind.clone().into(),
@@ -243,7 +245,15 @@ pub fn plot(d: &PlotData) -> Records {
         rows: d
             .rows()
             .into_iter()
-            .map(|(s, x, a)| vec![s.into(), number(x), number(a.mean), number(a.std), a.n.into()])
+            .map(|(s, x, a)| {
+                vec![
+                    s.into(),
+                    number(x),
+                    number(a.mean),
+                    number(a.std),
+                    a.n.into(),
+                ]
+            })
             .collect(),
     }
 }
@@ -293,8 +303,18 @@ mod tests {
             device: "cpu".into(),
             outcome: "ok".into(),
             stages: vec![
-                st("dense", "train", json!({"lr": 0.1, "data": {"dir": "d, with comma"}}), json!({"test_acc": 0.9})),
-                st("imp.2.eval[lr=6e-3,seed=1]", "evaluate", json!({"split": "test"}), json!({"accuracy": 0.5, "note": "a \"quoted\" text"})),
+                st(
+                    "dense",
+                    "train",
+                    json!({"lr": 0.1, "data": {"dir": "d, with comma"}}),
+                    json!({"test_acc": 0.9}),
+                ),
+                st(
+                    "imp.2.eval[lr=6e-3,seed=1]",
+                    "evaluate",
+                    json!({"split": "test"}),
+                    json!({"accuracy": 0.5, "note": "a \"quoted\" text"}),
+                ),
             ],
             report: None,
             pipe_version: "t".into(),
@@ -308,19 +328,46 @@ mod tests {
         let r = tidy_metrics(&run());
         assert_eq!(
             r.columns,
-            vec!["run", "stage", "group", "level", "template", "kind", "key", "status", "lr", "seed", "param.data.dir", "param.lr", "param.split", "metric", "value"]
+            vec![
+                "run",
+                "stage",
+                "group",
+                "level",
+                "template",
+                "kind",
+                "key",
+                "status",
+                "lr",
+                "seed",
+                "param.data.dir",
+                "param.lr",
+                "param.split",
+                "metric",
+                "value"
+            ]
         );
         assert_eq!(r.rows.len(), 3);
         let row = &r.rows[1];
         assert_eq!(row[1], json!("imp.2.eval[lr=6e-3,seed=1]"));
-        assert_eq!((&row[2], &row[3], &row[4]), (&json!("imp"), &json!(2), &json!("eval")));
+        assert_eq!(
+            (&row[2], &row[3], &row[4]),
+            (&json!("imp"), &json!(2), &json!("eval"))
+        );
         assert_eq!((&row[8], &row[9]), (&json!(0.006), &json!(1.0)));
         assert_eq!((&row[13], &row[14]), (&json!("accuracy"), &json!(0.5)));
         let csv = r.to_csv().unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines[1].contains(",\"d, with comma\",0.1,,test_acc,0.9"), "{}", lines[1]);
-        assert!(lines[3].ends_with(",note,\"a \"\"quoted\"\" text\""), "{}", lines[3]);
+        assert!(
+            lines[1].contains(",\"d, with comma\",0.1,,test_acc,0.9"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[3].ends_with(",note,\"a \"\"quoted\"\" text\""),
+            "{}",
+            lines[3]
+        );
         let js = r.to_json();
         assert_eq!(js[0]["param.lr"], json!(0.1));
         assert_eq!(js[0]["lr"], Value::Null);
@@ -329,8 +376,16 @@ mod tests {
     #[test]
     fn unknown_and_missing_tables_are_explained() {
         let e = table(&run(), "metric").unwrap_err().to_string();
-        assert_eq!(e, "unknown table `metric`; tables: summary, report, metrics");
-        assert!(table(&run(), "report").unwrap_err().to_string().contains("no report table"));
+        assert_eq!(
+            e,
+            "unknown table `metric`; tables: summary, report, metrics"
+        );
+        assert!(
+            table(&run(), "report")
+                .unwrap_err()
+                .to_string()
+                .contains("no report table")
+        );
         let s = table(&run(), "summary").unwrap();
         assert_eq!(s.rows[0][4], json!(1.25));
     }

@@ -236,10 +236,7 @@ pub fn html(doc: &ReportDoc) -> String {
             o.push_str(&format!("<br><span class=\"notes\">{}</span>", esc(n)));
         }
         o.push_str("</figcaption>\n<details><summary>data</summary>");
-        o.push_str(&table_html(
-            &super::export::plot(d).to_table(),
-            "plot-data",
-        ));
+        o.push_str(&table_html(&super::export::plot(d).to_table(), "plot-data"));
         o.push_str("</details></figure>\n");
     }
     o.push_str("</section>\n");

@@ -20,7 +20,9 @@ pub struct StageName {
 impl StageName {
     pub fn parse(name: &str) -> StageName {
         let (template, assignment) = match name.find('[') {
-            Some(i) if name.ends_with(']') => (&name[..i], split_assignment(&name[i + 1..name.len() - 1])),
+            Some(i) if name.ends_with(']') => {
+                (&name[..i], split_assignment(&name[i + 1..name.len() - 1]))
+            }
             _ => (name, Vec::new()),
         };
         let parts: Vec<&str> = template.split('.').collect();
@@ -101,7 +103,10 @@ mod tests {
         assert_eq!(n.without(|v| v == "seed"), "imp.3.eval_ticket[lr=6e-3]");
         assert_eq!(n.without(|_| true), "imp.3.eval_ticket");
         let d = StageName::parse("dense");
-        assert_eq!((d.base.as_str(), d.level.clone(), d.assignment.len()), ("dense", None, 0));
+        assert_eq!(
+            (d.base.as_str(), d.level.clone(), d.assignment.len()),
+            ("dense", None, 0)
+        );
         let l = StageName::parse("s[model.widths=[784,300,10],lr=0.1]");
         assert_eq!(
             l.assignment,

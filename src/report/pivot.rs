@@ -209,7 +209,7 @@ mod tests {
             duration_s: 1.0,
             params: json!({}),
             metrics,
-        error: None,
+            error: None,
         }
     }
 
@@ -226,20 +226,42 @@ mod tests {
     #[test]
     fn seeds_share_a_column_as_mean_std_n() {
         let records = vec![
-            rec("eval_dense", json!({"remaining_pct": 100.0, "accuracy": 0.98, "early_stop_iteration": 2500})),
-            rec("imp.1.eval_ticket[lr=0.1,seed=0]", json!({"remaining_pct": 80.0, "accuracy": 0.97, "early_stop_iteration": 2000})),
-            rec("imp.1.eval_ticket[lr=0.1,seed=1]", json!({"remaining_pct": 80.0, "accuracy": 0.95, "early_stop_iteration": 3000})),
-            rec("imp.1.eval_random[lr=0.1,seed=0]", json!({"remaining_pct": 80.0, "accuracy": 0.9, "early_stop_iteration": "n/a"})),
+            rec(
+                "eval_dense",
+                json!({"remaining_pct": 100.0, "accuracy": 0.98, "early_stop_iteration": 2500}),
+            ),
+            rec(
+                "imp.1.eval_ticket[lr=0.1,seed=0]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.97, "early_stop_iteration": 2000}),
+            ),
+            rec(
+                "imp.1.eval_ticket[lr=0.1,seed=1]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.95, "early_stop_iteration": 3000}),
+            ),
+            rec(
+                "imp.1.eval_random[lr=0.1,seed=0]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.9, "early_stop_iteration": "n/a"}),
+            ),
         ];
         let t = build(&spec(None), &records);
         assert_eq!(
             t.headers,
-            vec!["remaining_pct", "eval_dense", "eval_ticket[lr=0.1]", "eval_random[lr=0.1]"]
+            vec![
+                "remaining_pct",
+                "eval_dense",
+                "eval_ticket[lr=0.1]",
+                "eval_random[lr=0.1]"
+            ]
         );
         assert_eq!(
             t.rows,
             vec![
-                vec!["100.0".to_string(), "98.00 / 2500".into(), String::new(), String::new()],
+                vec![
+                    "100.0".to_string(),
+                    "98.00 / 2500".into(),
+                    String::new(),
+                    String::new()
+                ],
                 vec![
                     "80.0".to_string(),
                     String::new(),

@@ -70,18 +70,30 @@ fn tick(v: f64) -> String {
 
 /// The data's range, padded; a log axis keeps to positive values.
 fn range(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
-    let vs: Vec<f64> = values.filter(|v| v.is_finite() && (!log || *v > 0.0)).collect();
+    let vs: Vec<f64> = values
+        .filter(|v| v.is_finite() && (!log || *v > 0.0))
+        .collect();
     let (lo, hi) = vs
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
     if !lo.is_finite() {
         return if log { (1.0, 10.0) } else { (0.0, 1.0) };
     }
     if log {
-        let (lo, hi) = if lo == hi { (lo / 2.0, hi * 2.0) } else { (lo, hi) };
+        let (lo, hi) = if lo == hi {
+            (lo / 2.0, hi * 2.0)
+        } else {
+            (lo, hi)
+        };
         (lo / 1.15, hi * 1.15)
     } else {
-        let pad = if hi > lo { (hi - lo) * 0.06 } else { lo.abs().max(1.0) * 0.1 };
+        let pad = if hi > lo {
+            (hi - lo) * 0.06
+        } else {
+            lo.abs().max(1.0) * 0.1
+        };
         (lo - pad, hi + pad)
     }
 }
@@ -159,7 +171,11 @@ pub fn render_png(d: &PlotData) -> Result<Vec<u8>, ReportError> {
     let mut pixmap = tiny_skia::Pixmap::new(WIDTH, HEIGHT)
         .ok_or_else(|| ReportError::Draw("cannot allocate the PNG canvas".into()))?;
     pixmap.fill(tiny_skia::Color::WHITE);
-    resvg::render(&tree, tiny_skia::Transform::identity(), &mut pixmap.as_mut());
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::identity(),
+        &mut pixmap.as_mut(),
+    );
     // Every pixel is opaque (white background), so premultiplied RGBA is plain RGBA.
     let mut out = Vec::new();
     {
@@ -172,7 +188,10 @@ pub fn render_png(d: &PlotData) -> Result<Vec<u8>, ReportError> {
     Ok(out)
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, d: &PlotData) -> Result<(), ReportError>
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    d: &PlotData,
+) -> Result<(), ReportError>
 where
     DB::ErrorType: 'static,
 {
@@ -199,7 +218,12 @@ where
     legend(&legend_area, d)
 }
 
-fn chart<DB, X, Y>(area: &DrawingArea<DB, plotters::coord::Shift>, d: &PlotData, x: X, y: Y) -> Result<(), ReportError>
+fn chart<DB, X, Y>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    d: &PlotData,
+    x: X,
+    y: Y,
+) -> Result<(), ReportError>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -252,9 +276,21 @@ where
                 .map_err(draw_err)?;
         }
         if d.error_bars {
-            c.draw_series(s.points.iter().filter(|p| p.y.n > 1 && p.y.std > 0.0).map(|p| {
-                ErrorBar::new_vertical(p.x, p.y.mean - p.y.std, p.y.mean, p.y.mean + p.y.std, col.stroke_width(1), 8)
-            }))
+            c.draw_series(
+                s.points
+                    .iter()
+                    .filter(|p| p.y.n > 1 && p.y.std > 0.0)
+                    .map(|p| {
+                        ErrorBar::new_vertical(
+                            p.x,
+                            p.y.mean - p.y.std,
+                            p.y.mean,
+                            p.y.mean + p.y.std,
+                            col.stroke_width(1),
+                            8,
+                        )
+                    }),
+            )
             .map_err(draw_err)?;
         }
         c.draw_series(pts.iter().map(|&p| {
@@ -277,7 +313,10 @@ where
     Ok(())
 }
 
-fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, d: &PlotData) -> Result<(), ReportError>
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    d: &PlotData,
+) -> Result<(), ReportError>
 where
     DB::ErrorType: 'static,
 {
@@ -296,22 +335,34 @@ where
         if s.dashed {
             for k in 0..3 {
                 let x = 8 + k * 10;
-                area.draw(&PathElement::new(vec![(x, y), (x + 6, y)], col.stroke_width(2)))
-                    .map_err(draw_err)?;
+                area.draw(&PathElement::new(
+                    vec![(x, y), (x + 6, y)],
+                    col.stroke_width(2),
+                ))
+                .map_err(draw_err)?;
             }
         } else {
-            area.draw(&PathElement::new(vec![(8, y), (34, y)], col.stroke_width(2)))
-                .map_err(draw_err)?;
+            area.draw(&PathElement::new(
+                vec![(8, y), (34, y)],
+                col.stroke_width(2),
+            ))
+            .map_err(draw_err)?;
         }
         area.draw(&Text::new(short(&s.label), (42, y - 7), font.clone()))
             .map_err(draw_err)?;
         y += 20;
     }
     for b in &d.baselines {
-        area.draw(&PathElement::new(vec![(8, y), (14, y)], RGBColor(90, 90, 90).stroke_width(1)))
-            .map_err(draw_err)?;
-        area.draw(&PathElement::new(vec![(20, y), (26, y)], RGBColor(90, 90, 90).stroke_width(1)))
-            .map_err(draw_err)?;
+        area.draw(&PathElement::new(
+            vec![(8, y), (14, y)],
+            RGBColor(90, 90, 90).stroke_width(1),
+        ))
+        .map_err(draw_err)?;
+        area.draw(&PathElement::new(
+            vec![(20, y), (26, y)],
+            RGBColor(90, 90, 90).stroke_width(1),
+        ))
+        .map_err(draw_err)?;
         area.draw(&Text::new(short(&b.label), (42, y - 7), font.clone()))
             .map_err(draw_err)?;
         y += 20;
@@ -339,10 +390,31 @@ mod tests {
             log_y: false,
             error_bars: true,
             series: vec![
-                Series { label: "ticket".into(), points: vec![pt(100.0, 97.0, 0.0, 1), pt(51.2, 97.5, 0.3, 3), pt(3.6, 95.0, 0.5, 3)], dashed: false, colour: 0 },
-                Series { label: "random".into(), points: vec![pt(51.2, 96.5, 0.2, 3), pt(3.6, 90.0, 1.0, 3)], dashed: true, colour: 1 },
+                Series {
+                    label: "ticket".into(),
+                    points: vec![
+                        pt(100.0, 97.0, 0.0, 1),
+                        pt(51.2, 97.5, 0.3, 3),
+                        pt(3.6, 95.0, 0.5, 3),
+                    ],
+                    dashed: false,
+                    colour: 0,
+                },
+                Series {
+                    label: "random".into(),
+                    points: vec![pt(51.2, 96.5, 0.2, 3), pt(3.6, 90.0, 1.0, 3)],
+                    dashed: true,
+                    colour: 1,
+                },
             ],
-            baselines: vec![Baseline { label: "eval_dense".into(), y: Agg { mean: 97.2, std: 0.0, n: 1 } }],
+            baselines: vec![Baseline {
+                label: "eval_dense".into(),
+                y: Agg {
+                    mean: 97.2,
+                    std: 0.0,
+                    n: 1,
+                },
+            }],
             notes: vec![],
         }
     }
@@ -355,7 +427,13 @@ mod tests {
             // A marker per point (5), and plotters' error bar marks its mean with one more
             // circle (4 points have n > 1 and a spread).
             assert_eq!(svg.matches("<circle").count(), 9);
-            for label in ["ticket", "random", "eval_dense", "Accuracy ± std", "remaining (%)"] {
+            for label in [
+                "ticket",
+                "random",
+                "eval_dense",
+                "Accuracy ± std",
+                "remaining (%)",
+            ] {
                 assert!(svg.contains(label), "{label} missing");
             }
             assert!(!svg.contains("NaN"));
@@ -374,8 +452,14 @@ mod tests {
         assert!(count(PALETTE[0]) > 200, "first series drawn");
         assert!(count(PALETTE[1]) > 50, "second series drawn");
         // Text: dark anti-aliased pixels in the caption band at the top.
-        let dark_top = buf[..(WIDTH * 40 * 4) as usize].chunks(4).filter(|p| p[0] < 100 && p[1] < 100 && p[2] < 100).count();
-        assert!(dark_top > 100, "caption text drawn ({dark_top} dark pixels)");
+        let dark_top = buf[..(WIDTH * 40 * 4) as usize]
+            .chunks(4)
+            .filter(|p| p[0] < 100 && p[1] < 100 && p[2] < 100)
+            .count();
+        assert!(
+            dark_top > 100,
+            "caption text drawn ({dark_top} dark pixels)"
+        );
     }
 
     #[test]

@@ -157,8 +157,7 @@ pub fn build(spec: &PlotSpec, records: &[StageRecord], curves: &CurveReader) -> 
     let mut notes = Vec::new();
     let multi_y = spec.y.0.len() > 1;
     let mut missing: Vec<(&str, usize)> = Vec::new();
-    let mut note_missing = |what: &'static str| match missing.iter_mut().find(|(w, _)| *w == what)
-    {
+    let mut note_missing = |what: &'static str| match missing.iter_mut().find(|(w, _)| *w == what) {
         Some((_, n)) => *n += 1,
         None => missing.push((what, 1)),
     };
@@ -201,9 +200,14 @@ pub fn build(spec: &PlotSpec, records: &[StageRecord], curves: &CurveReader) -> 
     }
     for (what, n) in missing {
         notes.push(match what {
-            "curve" => format!("{n} selected stage(s) have no curve.json (only train stages write one)"),
+            "curve" => {
+                format!("{n} selected stage(s) have no curve.json (only train stages write one)")
+            }
             "x" => format!("{n} selected stage(s) have no numeric metric `{}`", spec.x),
-            _ => format!("{n} selected stage(s) lack a numeric metric among `{}`", spec.y.0.join("`, `")),
+            _ => format!(
+                "{n} selected stage(s) lack a numeric metric among `{}`",
+                spec.y.0.join("`, `")
+            ),
         });
     }
     if selected.is_empty() {
@@ -263,8 +267,16 @@ pub fn implicit_curves(pattern: &str) -> Vec<PlotSpec> {
         y_label: None,
     };
     vec![
-        make("curves_loss", "Learning curves (loss)", &["train_loss", "val_loss"]),
-        make("curves_accuracy", "Learning curves (accuracy)", &["val_acc", "test_acc"]),
+        make(
+            "curves_loss",
+            "Learning curves (loss)",
+            &["train_loss", "val_loss"],
+        ),
+        make(
+            "curves_accuracy",
+            "Learning curves (accuracy)",
+            &["val_acc", "test_acc"],
+        ),
     ]
 }
 
@@ -352,23 +364,44 @@ mod tests {
     #[test]
     fn series_by_template_and_variable_with_seeds_folded() {
         let records = vec![
-            rec("eval_dense", json!({"remaining_pct": 100.0, "accuracy": 0.98})),
-            rec("imp.1.eval_ticket[lr=0.1,seed=0]", json!({"remaining_pct": 80.0, "accuracy": 0.97})),
-            rec("imp.1.eval_ticket[lr=0.1,seed=1]", json!({"remaining_pct": 80.0, "accuracy": 0.95})),
-            rec("imp.2.eval_ticket[lr=0.1,seed=0]", json!({"remaining_pct": 64.0, "accuracy": 0.96})),
-            rec("imp.1.eval_random[lr=0.1,seed=0]", json!({"remaining_pct": 80.0})),
+            rec(
+                "eval_dense",
+                json!({"remaining_pct": 100.0, "accuracy": 0.98}),
+            ),
+            rec(
+                "imp.1.eval_ticket[lr=0.1,seed=0]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.97}),
+            ),
+            rec(
+                "imp.1.eval_ticket[lr=0.1,seed=1]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.95}),
+            ),
+            rec(
+                "imp.2.eval_ticket[lr=0.1,seed=0]",
+                json!({"remaining_pct": 64.0, "accuracy": 0.96}),
+            ),
+            rec(
+                "imp.1.eval_random[lr=0.1,seed=0]",
+                json!({"remaining_pct": 80.0}),
+            ),
         ];
         let d = build(&spec(), &records, &|_| None);
         assert_eq!(d.title, "acc");
         assert_eq!(d.series.len(), 1, "eval_random has no accuracy: no series");
         let s = &d.series[0];
         assert_eq!(s.label, "eval_ticket lr=0.1");
-        assert_eq!(s.points.iter().map(|p| (p.x, p.y.n)).collect::<Vec<_>>(), vec![(64.0, 1), (80.0, 2)]);
+        assert_eq!(
+            s.points.iter().map(|p| (p.x, p.y.n)).collect::<Vec<_>>(),
+            vec![(64.0, 1), (80.0, 2)]
+        );
         assert!((s.points[1].y.mean - 96.0).abs() < 1e-9);
         assert!((s.points[1].y.std - 2f64.sqrt()).abs() < 1e-9);
         assert_eq!(d.baselines.len(), 1);
         assert!((d.baselines[0].y.mean - 98.0).abs() < 1e-9);
-        assert_eq!(d.notes, vec!["1 selected stage(s) lack a numeric metric among `accuracy`".to_string()]);
+        assert_eq!(
+            d.notes,
+            vec!["1 selected stage(s) lack a numeric metric among `accuracy`".to_string()]
+        );
     }
 
     #[test]
@@ -388,8 +421,21 @@ mod tests {
         let d = build(&s, &records, &reader);
         assert_eq!(d.series.len(), 1);
         assert_eq!(d.series[0].label, "dense");
-        assert_eq!(d.series[0].points.iter().map(|p| (p.x, p.y.mean)).collect::<Vec<_>>(), vec![(0.0, 2.3), (10.0, 1.1)]);
+        assert_eq!(
+            d.series[0]
+                .points
+                .iter()
+                .map(|p| (p.x, p.y.mean))
+                .collect::<Vec<_>>(),
+            vec![(0.0, 2.3), (10.0, 1.1)]
+        );
         let o = overlay(&d, &d, "A", "B");
-        assert_eq!(o.series.iter().map(|s| (s.label.as_str(), s.dashed, s.colour)).collect::<Vec<_>>(), vec![("A: dense", false, 0), ("B: dense", true, 0)]);
+        assert_eq!(
+            o.series
+                .iter()
+                .map(|s| (s.label.as_str(), s.dashed, s.colour))
+                .collect::<Vec<_>>(),
+            vec![("A: dense", false, 0), ("B: dense", true, 0)]
+        );
     }
 }

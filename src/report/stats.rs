@@ -48,7 +48,10 @@ mod tests {
         assert_eq!(a.n, 4);
         assert_eq!(a.display(|x| format!("{x:.2}")), "2.50 ± 1.29 (4)");
         let one = Agg::of(&[0.5]).unwrap();
-        assert_eq!((one.std, one.display(|x| format!("{x}"))), (0.0, "0.5".to_string()));
+        assert_eq!(
+            (one.std, one.display(|x| format!("{x}"))),
+            (0.0, "0.5".to_string())
+        );
         assert_eq!(Agg::of(&[]), None);
     }
 }

@@ -144,7 +144,10 @@ fn valid_plot_name(s: &str) -> bool {
 }
 
 /// Reads and checks `plots:` against the expanded stages.
-pub fn parse(node: Option<&Node>, instances: &[Instance]) -> Result<Vec<PlotSpec>, Vec<Diagnostic>> {
+pub fn parse(
+    node: Option<&Node>,
+    instances: &[Instance],
+) -> Result<Vec<PlotSpec>, Vec<Diagnostic>> {
     let Some(node) = node else {
         return Ok(Vec::new());
     };
@@ -195,7 +198,11 @@ pub fn parse(node: Option<&Node>, instances: &[Instance]) -> Result<Vec<PlotSpec
         check(&spec, v, instances, &names, &mut errors);
         out.push(spec);
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 fn check(
@@ -209,7 +216,9 @@ fn check(
         let f = node.get(field);
         match (f, i) {
             (Some(n), Some(i)) => match &n.kind {
-                super::yaml::NodeKind::Seq(items) => items.get(i).map(|x| x.loc.clone()).unwrap_or(n.loc.clone()),
+                super::yaml::NodeKind::Seq(items) => {
+                    items.get(i).map(|x| x.loc.clone()).unwrap_or(n.loc.clone())
+                }
                 _ => n.loc.clone(),
             },
             (Some(n), None) => n.loc.clone(),
@@ -221,30 +230,45 @@ fn check(
     }
     if spec.select.is_empty() {
         errors.push(
-            Diagnostic::at(&loc_of("select", None), format!("plot `{}` selects no stages", spec.name))
-                .hint("list stage names or patterns, e.g. `select: [\"imp.*.eval_*\"]`"),
+            Diagnostic::at(
+                &loc_of("select", None),
+                format!("plot `{}` selects no stages", spec.name),
+            )
+            .hint("list stage names or patterns, e.g. `select: [\"imp.*.eval_*\"]`"),
         );
     }
     for (i, p) in spec.select.iter().enumerate() {
         if matching(instances, p).next().is_none() {
             errors.push(
-                Diagnostic::at(&loc_of("select", Some(i)), format!("plot `{}`: `{p}` matches no stage", spec.name))
-                    .hint(pattern_hint(p, names)),
+                Diagnostic::at(
+                    &loc_of("select", Some(i)),
+                    format!("plot `{}`: `{p}` matches no stage", spec.name),
+                )
+                .hint(pattern_hint(p, names)),
             );
         }
     }
     for (i, p) in spec.baseline.iter().enumerate() {
         if matching(instances, p).next().is_none() {
             errors.push(
-                Diagnostic::at(&loc_of("baseline", Some(i)), format!("plot `{}`: baseline `{p}` matches no stage", spec.name))
-                    .hint(pattern_hint(p, names)),
+                Diagnostic::at(
+                    &loc_of("baseline", Some(i)),
+                    format!("plot `{}`: baseline `{p}` matches no stage", spec.name),
+                )
+                .hint(pattern_hint(p, names)),
             );
         }
     }
     if spec.x.is_empty() || spec.y.0.is_empty() || spec.y.0.iter().any(String::is_empty) {
         errors.push(
-            Diagnostic::at(&node.loc, format!("plot `{}` needs a metric for `x` and at least one for `y`", spec.name))
-                .hint("e.g. `x: remaining_pct`, `y: accuracy`"),
+            Diagnostic::at(
+                &node.loc,
+                format!(
+                    "plot `{}` needs a metric for `x` and at least one for `y`",
+                    spec.name
+                ),
+            )
+            .hint("e.g. `x: remaining_pct`, `y: accuracy`"),
         );
     }
     if !(spec.y_scale.is_finite() && spec.y_scale != 0.0) {
@@ -269,7 +293,10 @@ fn check(
             SeriesBy::Key(k) if k != "stage" && !vars.contains(&k.as_str()) => errors.push(
                 Diagnostic::at(
                     &loc_of("series", Some(i)),
-                    format!("plot `{}`: `{k}` is not a sweep variable of the selected stages", spec.name),
+                    format!(
+                        "plot `{}`: `{k}` is not a sweep variable of the selected stages",
+                        spec.name
+                    ),
                 )
                 .hint(choices_hint(k, &choices)),
             ),
@@ -278,8 +305,14 @@ fn check(
                     for p in &pats.0 {
                         if matching(instances, p).next().is_none() {
                             errors.push(
-                                Diagnostic::at(&loc_of("series", Some(i)), format!("plot `{}`: series pattern `{p}` matches no stage", spec.name))
-                                    .hint(pattern_hint(p, names)),
+                                Diagnostic::at(
+                                    &loc_of("series", Some(i)),
+                                    format!(
+                                        "plot `{}`: series pattern `{p}` matches no stage",
+                                        spec.name
+                                    ),
+                                )
+                                .hint(pattern_hint(p, names)),
                             );
                         }
                     }
@@ -344,14 +377,22 @@ mod tests {
     fn stages() -> Vec<Instance> {
         vec![
             inst("eval_dense", &[]),
-            inst("imp.1.eval_ticket[lr=0.1,seed=0]", &[("lr", "0.1"), ("seed", "0")]),
-            inst("imp.1.eval_ticket[lr=0.1,seed=1]", &[("lr", "0.1"), ("seed", "1")]),
+            inst(
+                "imp.1.eval_ticket[lr=0.1,seed=0]",
+                &[("lr", "0.1"), ("seed", "0")],
+            ),
+            inst(
+                "imp.1.eval_ticket[lr=0.1,seed=1]",
+                &[("lr", "0.1"), ("seed", "1")],
+            ),
         ]
     }
 
     #[test]
     fn reads_a_plot_with_defaults() {
-        let n = node("plots:\n  acc:\n    select: [\"imp.*.eval_*\"]\n    x: remaining_pct\n    y: accuracy\n    series: [stage, lr, {tickets: \"imp.*.eval_ticket*\"}]\n    log_x: true\n");
+        let n = node(
+            "plots:\n  acc:\n    select: [\"imp.*.eval_*\"]\n    x: remaining_pct\n    y: accuracy\n    series: [stage, lr, {tickets: \"imp.*.eval_ticket*\"}]\n    log_x: true\n",
+        );
         let plots = parse(n.get("plots"), &stages()).unwrap();
         assert_eq!(plots.len(), 1);
         let p = &plots[0];
@@ -375,9 +416,22 @@ mod tests {
 
     #[test]
     fn typos_are_located_errors_with_hints() {
-        let n = node("plots:\n  acc:\n    select: [\"imp.*.eval_*\"]\n    baseline: [eval_dens]\n    x: remaining_pct\n    y: accuracy\n    series: [lrr]\n");
+        let n = node(
+            "plots:\n  acc:\n    select: [\"imp.*.eval_*\"]\n    baseline: [eval_dens]\n    x: remaining_pct\n    y: accuracy\n    series: [lrr]\n",
+        );
         let errs = parse(n.get("plots"), &stages()).unwrap_err();
-        let msgs: Vec<String> = errs.iter().map(|d| format!("{}:{} {} | {}", d.loc.as_ref().unwrap().line, d.loc.as_ref().unwrap().col, d.message, d.hint.clone().unwrap_or_default())).collect();
+        let msgs: Vec<String> = errs
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}:{} {} | {}",
+                    d.loc.as_ref().unwrap().line,
+                    d.loc.as_ref().unwrap().col,
+                    d.message,
+                    d.hint.clone().unwrap_or_default()
+                )
+            })
+            .collect();
         assert_eq!(
             msgs,
             vec![
@@ -385,12 +439,23 @@ mod tests {
                 "7:14 plot `acc`: `lrr` is not a sweep variable of the selected stages | did you mean `lr`? valid: `lr`, `seed`, `stage`".to_string(),
             ]
         );
-        let n = node("plots:\n  acc:\n    select: [eval_dense]\n    y: accuracy\n    colour: red\n");
+        let n =
+            node("plots:\n  acc:\n    select: [eval_dense]\n    y: accuracy\n    colour: red\n");
         let errs = parse(n.get("plots"), &stages()).unwrap_err();
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].message.starts_with("plot `acc`: invalid field `colour`: unknown field `colour`"), "{}", errs[0].message);
+        assert!(
+            errs[0]
+                .message
+                .starts_with("plot `acc`: invalid field `colour`: unknown field `colour`"),
+            "{}",
+            errs[0].message
+        );
         assert_eq!(errs[0].loc.as_ref().unwrap().line, 5);
         let n = node("plots: [1]\n");
-        assert!(parse(n.get("plots"), &stages()).unwrap_err()[0].message.starts_with("`plots` must be a map"));
+        assert!(
+            parse(n.get("plots"), &stages()).unwrap_err()[0]
+                .message
+                .starts_with("`plots` must be a map")
+        );
     }
 }
