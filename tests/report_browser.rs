@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,35 +53,40 @@ fn browse(bin: &Path, page: &Path, extra: &[&str]) -> (String, String) {
         .arg(format!("file://{}", page.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .expect("start chromium");
-    let out = {
-        let mut stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let t_out = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stdout, &mut s).ok();
-            s
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stderr, &mut s).ok();
-            s
-        });
-        let t0 = Instant::now();
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(90) {
-                let _ = child.kill();
-                panic!("chromium did not finish within 90 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).ok();
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).ok();
+        s
+    });
+    let t0 = Instant::now();
+    let finished = loop {
+        if child.try_wait().unwrap().is_some() {
+            break true;
         }
-        (t_out.join().unwrap(), t_err.join().unwrap())
+        if t0.elapsed() > Duration::from_secs(90) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     };
-    out
+    // Chromium's helper processes (zygote, renderer) share its process group and may still
+    // hold the pipes: end the whole group, or the readers below would wait for them.
+    // SAFETY: kill(2) on the group this test started; no memory is involved.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+    assert!(finished, "chromium did not finish within 90 s");
+    (t_out.join().unwrap(), t_err.join().unwrap())
 }
 
 /// Console messages Chromium logged (`...:CONSOLE...] "message", source: ...`).

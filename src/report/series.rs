@@ -97,11 +97,13 @@ fn num(v: Option<&Value>) -> Option<f64> {
     v.and_then(Value::as_f64).filter(|f| f.is_finite())
 }
 
+/// One point's values: (series label, point id), then its xs and ys (replicates).
+type Slot = ((String, String), Vec<f64>, Vec<f64>);
+
 /// Values of (series label, point identity, x) → ys, kept in first-seen order.
 #[derive(Default)]
 struct Groups {
-    /// (series label, point id) → (xs, ys)
-    slots: Vec<((String, String), Vec<f64>, Vec<f64>)>,
+    slots: Vec<Slot>,
     order: Vec<String>,
 }
 
