@@ -117,7 +117,7 @@ pub fn show_plots(g: &Global, target: &str, args: &PlotArgs) -> Result<u8, Failu
         Target::Run(r) => (
             r,
             output::plot_data(r, &store, &args.curves),
-            runs::outputs_dir(&g.cache_dir, &r.id).join("plots"),
+            runs::run_folder(&g.cache_dir, &r.id).join("plots"),
         ),
         Target::Stage(r, s) => {
             // A stage's own learning curve: exactly that stage, plus any --curves patterns.
@@ -128,7 +128,7 @@ pub fn show_plots(g: &Global, target: &str, args: &PlotArgs) -> Result<u8, Failu
             (
                 r,
                 output::plot_data(&one, &store, &patterns),
-                runs::outputs_dir(&g.cache_dir, &r.id).join("curves"),
+                runs::run_folder(&g.cache_dir, &r.id).join("curves"),
             )
         }
     };
@@ -163,7 +163,7 @@ pub fn report(g: &Global, run: &str, out: Option<&Path>, curves: &[String]) -> R
     let store = Store::open(&g.cache_dir)?;
     let dir = out
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| runs::outputs_dir(&g.cache_dir, &r.id).join("report"));
+        .unwrap_or_else(|| runs::run_folder(&g.cache_dir, &r.id).join("report"));
     let files = output::write_report(r, &raw, &store, &dir, curves)?;
     out!("report of run {} ({} stages):", r.id, r.stages.len());
     out!("  {}", files.html.display());
@@ -186,7 +186,7 @@ pub fn diff_plots(g: &Global, a: &str, b: &str, args: &PlotArgs) -> Result<u8, F
     let dir = args
         .out
         .clone()
-        .unwrap_or_else(|| runs::outputs_dir(&g.cache_dir, &rb.id).join(format!("diff-{}", ra.id)));
+        .unwrap_or_else(|| runs::run_folder(&g.cache_dir, &rb.id).join(format!("diff-{}", ra.id)));
     let paths = output::diff_plots(ra, rb, &store, &dir, &args.curves)?;
     list_written(&format!("{} solid, {} dashed", ra.id, rb.id), &paths);
     Ok(0)
@@ -198,7 +198,7 @@ pub fn plots_after_run(record: &RunRecord, store: &Store) -> Option<String> {
     if record.plots.is_empty() {
         return None;
     }
-    let dir = runs::outputs_dir(store.root(), &record.id).join("plots");
+    let dir = runs::run_folder(store.root(), &record.id).join("plots");
     let plots = output::plot_data(record, store, &[]);
     let notes: Vec<String> = plots
         .iter()

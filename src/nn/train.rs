@@ -21,7 +21,8 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::device::{BackendTask, DeviceSpec, dispatch};
-use super::model::{Mlp, from_module, to_masked_module};
+use super::net::{BN_MOMENTUM, BnMode, Net, Plan, buffers_to_device, from_net, to_net};
+use super::ops::NnBackend;
 use super::schedule::{LrSchedule, lr_at};
 use super::{Mask, ModelSpec, NnError, Weights};
 use crate::data::{
@@ -117,21 +118,24 @@ pub struct TrainOutput {
 }
 
 enum Opt<B: AutodiffBackend> {
-    Adam(OptimizerAdaptor<Adam, Mlp<B>, B>),
-    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Mlp<B>, B>),
+    Adam(OptimizerAdaptor<Adam, Net<B>, B>),
+    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Net<B>, B>),
 }
 
 /// A model and its optimiser on one backend: the low-level training API
 /// ([`train`] drives it; benchmarks use it directly).
 pub struct TrainSession<B: AutodiffBackend> {
-    model: Option<Mlp<B>>,
+    model: Option<Net<B>>,
+    plan: Plan,
+    /// Batch-norm running statistics `[mean₀, var₀, …]`, updated after every step.
+    running: Vec<Tensor<B::InnerBackend, 1>>,
     optim: Opt<B>,
     device: B::Device,
     spec: ModelSpec,
     classes: usize,
 }
 
-impl<B: AutodiffBackend> TrainSession<B> {
+impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
     /// Builds the masked model and the optimiser of `cfg` on `device`.
     pub fn new(
         spec: &ModelSpec,
@@ -140,14 +144,16 @@ impl<B: AutodiffBackend> TrainSession<B> {
         cfg: &TrainConfig,
         device: B::Device,
     ) -> Result<Self, NnError> {
-        let model = to_masked_module::<B>(spec, weights, mask, &device)?;
+        let model = to_net::<B>(spec, weights, mask, &device)?;
+        let plan = Plan::new(&spec.program().map_err(NnError::Invalid)?);
+        let running = buffers_to_device::<B::InnerBackend>(weights, &device);
         let wd = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
         let optim = match cfg.optimizer {
             OptimizerKind::Adam => Opt::Adam(
                 AdamConfig::new()
                     .with_epsilon(1e-8)
                     .with_weight_decay(wd)
-                    .init::<B, Mlp<B>>(),
+                    .init::<B, Net<B>>(),
             ),
             OptimizerKind::Sgd => {
                 let momentum = (cfg.momentum > 0.0).then(|| {
@@ -160,12 +166,14 @@ impl<B: AutodiffBackend> TrainSession<B> {
                     SgdConfig::new()
                         .with_weight_decay(wd)
                         .with_momentum(momentum)
-                        .init::<B, Mlp<B>>(),
+                        .init::<B, Net<B>>(),
                 )
             }
         };
         Ok(TrainSession {
             model: Some(model),
+            plan,
+            running,
             optim,
             device,
             spec: spec.clone(),
@@ -174,13 +182,13 @@ impl<B: AutodiffBackend> TrainSession<B> {
     }
 
     /// The current model.
-    pub fn model(&self) -> &Mlp<B> {
+    pub fn model(&self) -> &Net<B> {
         self.model.as_ref().expect("model present between steps")
     }
 
     /// The current weights, on the host.
     pub fn weights(&self) -> Weights {
-        from_module(self.model(), &self.spec)
+        from_net(&self.model().valid(), &self.running, &self.spec)
     }
 
     /// One optimiser step on a batch (`images` row-major `[labels.len(), in]`)
@@ -189,12 +197,20 @@ impl<B: AutodiffBackend> TrainSession<B> {
     pub fn step(&mut self, images: Vec<f32>, labels: &[u8], lr: f64) -> Tensor<B::InnerBackend, 1> {
         let model = self.model.take().expect("model present between steps");
         let n = labels.len();
-        let x = Tensor::<B, 2>::from_data(
-            TensorData::new(images, [n, self.spec.input_dim()]),
-            &self.device,
-        );
+        let [c, h, w] = self.plan.input();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(images, [n, c, h, w]), &self.device);
         let y = Tensor::<B, 2>::from_data(one_hot(labels, self.classes), &self.device);
-        let loss = cross_entropy(model.forward(x), y);
+        let (logits, stats) = model.forward(&self.plan, x, &BnMode::Batch);
+        let loss = cross_entropy(logits, y);
+        // Running statistics as PyTorch keeps them: the unbiased batch variance, momentum 0.1.
+        for (k, st) in stats.into_iter().enumerate() {
+            let unbias = st.count as f64 / (st.count.max(2) - 1) as f64;
+            let m = BN_MOMENTUM;
+            let mean = self.running[2 * k].clone() * (1.0 - m) + st.mean.inner() * m;
+            let var = self.running[2 * k + 1].clone() * (1.0 - m) + st.var.inner() * (m * unbias);
+            self.running[2 * k] = mean;
+            self.running[2 * k + 1] = var;
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = match &mut self.optim {
             Opt::Adam(o) => o.step(lr, model, grads),
@@ -228,19 +244,26 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// Mean cross-entropy and accuracy of `model` on `split`, in batches of
 /// [`EVAL_BATCH`]. Logits come back to the host and the loss is computed
 /// there in f64 (numerically stable log-sum-exp).
-fn eval_split<B: Backend>(model: &Mlp<B>, split: &Split, device: &B::Device) -> (f64, f64) {
-    let d = split.dim();
+fn eval_split<B: NnBackend>(
+    model: &Net<B>,
+    plan: &Plan,
+    running: &[Tensor<B, 1>],
+    split: &Split,
+    device: &B::Device,
+) -> (f64, f64) {
+    let [c, h, w] = plan.input();
     let (mut loss, mut correct) = (0f64, 0usize);
     let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
     for start in (0..split.n).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(split.n);
         gather_range(split, start..end, &mut images, &mut targets);
-        let x = Tensor::<B, 2>::from_data(
-            TensorData::new(std::mem::take(&mut images), [end - start, d]),
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(std::mem::take(&mut images), [end - start, c, h, w]),
             device,
         );
         let logits = model
-            .forward(x)
+            .forward(plan, x, &BnMode::Running(running))
+            .0
             .into_data()
             .to_vec::<f32>()
             .expect("f32 logits");
@@ -271,6 +294,18 @@ fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnErro
         return Ok(());
     }
     split.check()?;
+    let flattens = matches!(
+        spec.program().ok().and_then(|p| p.ops.first().cloned()),
+        Some(crate::nn::program::Op::Flatten)
+    );
+    if !flattens && split.input_shape() != spec.input_shape() {
+        return Err(NnError::Shape(format!(
+            "{what} split has samples of shape {:?}; the model expects {:?} (set the model's \
+             `input`, or the dataset's `pad_to`)",
+            split.input_shape(),
+            spec.input_shape()
+        )));
+    }
     if split.dim() != spec.input_dim() {
         return Err(NnError::Shape(format!(
             "{what} split has samples of shape {:?} ({} values); the model expects {} \
@@ -408,15 +443,16 @@ impl BackendTask for TrainTask<'_, '_> {
                 iteration,
             })
         };
-        let point = |model: &Mlp<B>, iteration: u64, train_loss: f64| {
-            let inner = model.valid();
+        let point = |session: &TrainSession<B>, iteration: u64, train_loss: f64| {
+            let inner = session.model().valid();
+            let (plan, running) = (&session.plan, &session.running);
             let (val_loss, val_acc) = if data.val.n > 0 {
-                let (l, a) = eval_split(&inner, data.val, &device);
+                let (l, a) = eval_split(&inner, plan, running, data.val, &device);
                 (Some(l), Some(a))
             } else {
                 (None, None)
             };
-            let (test_loss, test_acc) = eval_split(&inner, data.test, &device);
+            let (test_loss, test_acc) = eval_split(&inner, plan, running, data.test, &device);
             EvalPoint {
                 iteration,
                 train_loss,
@@ -439,17 +475,17 @@ impl BackendTask for TrainTask<'_, '_> {
             );
             let labels = targets.labels().unwrap_or_default();
             let inner = session.model().valid();
+            let [c, h, w] = session.plan.input();
             let x = Tensor::from_data(
-                TensorData::new(
-                    std::mem::take(&mut images),
-                    [labels.len(), spec.input_dim()],
-                ),
+                TensorData::new(std::mem::take(&mut images), [labels.len(), c, h, w]),
                 &device,
             );
             let y = Tensor::from_data(one_hot(labels, spec.output_dim()), &device);
-            scalar(cross_entropy(inner.forward(x), y))
+            // Batch statistics, as the training step sees them (not recorded).
+            let (logits, _) = inner.forward(&session.plan, x, &BnMode::Batch);
+            scalar(cross_entropy(logits, y))
         };
-        let mut curve = vec![point(session.model(), cfg.start_step, first_loss)];
+        let mut curve = vec![point(&session, cfg.start_step, first_loss)];
 
         let total = cfg.iterations;
         let mut last_loss = first_loss;
@@ -493,7 +529,7 @@ impl BackendTask for TrainTask<'_, '_> {
                     )));
                 }
                 last_loss = mean;
-                curve.push(point(session.model(), done, mean));
+                curve.push(point(&session, done, mean));
             }
             let progress = Progress {
                 iteration: done,
@@ -552,9 +588,10 @@ pub fn evaluate(
             self,
             device: B::Device,
         ) -> Result<(f64, f64), NnError> {
-            let model =
-                to_masked_module::<B::InnerBackend>(self.spec, self.weights, self.mask, &device)?;
-            Ok(eval_split(&model, self.split, &device))
+            let model = to_net::<B::InnerBackend>(self.spec, self.weights, self.mask, &device)?;
+            let plan = Plan::new(&self.spec.program().map_err(NnError::Invalid)?);
+            let running = buffers_to_device::<B::InnerBackend>(self.weights, &device);
+            Ok(eval_split(&model, &plan, &running, self.split, &device))
         }
     }
     dispatch(
@@ -572,7 +609,9 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::data::{Inputs, Targets};
-    use crate::nn::{InitScheme, Layer, init_weights};
+    use crate::nn::program::ParamRole;
+    use crate::nn::weights::Param as HostParam;
+    use crate::nn::{InitScheme, init_weights};
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
     use rand::{Rng, SeedableRng};
@@ -631,9 +670,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let spec = ModelSpec::Mlp {
-            widths: vec![8, 16, 4],
-        };
+        let spec = ModelSpec::mlp(vec![8, 16, 4]);
         Fixture {
             init: init_weights(&spec, InitScheme::KaimingNormal, 3),
             spec,
@@ -662,9 +699,9 @@ mod tests {
     }
 
     fn bits(w: &Weights) -> Vec<u32> {
-        w.layers
+        w.params
             .iter()
-            .flat_map(|l| l.weight.iter().chain(&l.bias))
+            .flat_map(|p| p.data.iter())
             .map(|x| x.to_bits())
             .collect()
     }
@@ -762,8 +799,8 @@ mod tests {
             let out = run(&f, &mask, &c).unwrap();
             let all = std::iter::once(&out.weights).chain(out.checkpoints.iter().map(|c| &c.1));
             for w in all {
-                for (l, m) in w.layers.iter().zip(&mask.layers) {
-                    for (x, &keep) in l.weight.iter().zip(m) {
+                for (l, m) in w.prunable().zip(&mask.layers) {
+                    for (x, &keep) in l.data.iter().zip(m) {
                         if !keep {
                             assert_eq!(x.to_bits() & 0x7fff_ffff, 0, "masked weight {x}");
                         }
@@ -772,8 +809,8 @@ mod tests {
             }
             // Kept weights did move.
             assert_ne!(
-                out.weights.layers[0].weight,
-                f.init.masked(&mask).layers[0].weight
+                out.weights.params[0].data,
+                f.init.masked(&mask).params[0].data
             );
         }
     }
@@ -782,15 +819,16 @@ mod tests {
     fn masked_gradients_are_exactly_zero() {
         let f = fixture();
         let mask = half_mask(&f.spec);
-        let model = to_masked_module::<Ad>(&f.spec, &f.init, &mask, &FlexDevice).unwrap();
+        let model = to_net::<Ad>(&f.spec, &f.init, &mask, &FlexDevice).unwrap();
+        let plan = Plan::new(&f.spec.program().unwrap());
         let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
         gather_range(&f.train, 0..20, &mut images, &mut targets);
-        let x = Tensor::<Ad, 2>::from_data(TensorData::new(images, [20, 8]), &FlexDevice);
+        let x = Tensor::<Ad, 4>::from_data(TensorData::new(images, [20, 1, 1, 8]), &FlexDevice);
         let y = Tensor::<Ad, 2>::from_data(one_hot(targets.labels().unwrap(), 4), &FlexDevice);
-        let grads = cross_entropy(model.forward(x), y).backward();
-        for (layer, m) in model.layers.iter().zip(&mask.layers) {
-            let g = layer
-                .weight
+        let grads = cross_entropy(model.forward(&plan, x, &BnMode::Batch).0, y).backward();
+        let prunable = [0, 2];
+        for (&i, m) in prunable.iter().zip(&mask.layers) {
+            let g = model.params[i]
                 .val()
                 .grad(&grads)
                 .unwrap()
@@ -949,15 +987,23 @@ mod tests {
     #[test]
     fn evaluate_exact_values() {
         // One layer, identity weights: logits = x.
-        let spec = ModelSpec::Mlp { widths: vec![2, 2] };
+        let spec = ModelSpec::mlp(vec![2, 2]);
         let w = Weights {
-            layers: vec![Layer {
-                name: "fc1".into(),
-                in_dim: 2,
-                out_dim: 2,
-                weight: vec![1.0, 0.0, 0.0, 1.0],
-                bias: vec![0.0, 0.0],
-            }],
+            params: vec![
+                HostParam {
+                    name: "fc1.weight".into(),
+                    shape: vec![2, 2],
+                    role: ParamRole::LinearWeight,
+                    data: vec![1.0, 0.0, 0.0, 1.0],
+                },
+                HostParam {
+                    name: "fc1.bias".into(),
+                    shape: vec![2],
+                    role: ParamRole::Bias,
+                    data: vec![0.0, 0.0],
+                },
+            ],
+            buffers: vec![],
         };
         let split = Split::new(
             Inputs::f32(vec![1.0, 0.0, 0.0, 2.0, 3.0, 0.0], [2, 1, 1]),

@@ -292,6 +292,7 @@ mod tests {
             params,
             metrics,
             error: None,
+            job: None,
         };
         RunRecord {
             id: "20260101-000000-abcd".into(),
@@ -301,6 +302,7 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
             duration_s: 2.5,
             device: "cpu".into(),
+            executor: None,
             outcome: "ok".into(),
             stages: vec![
                 st(

@@ -210,6 +210,7 @@ mod tests {
             params: json!({}),
             metrics,
             error: None,
+            job: None,
         }
     }
 

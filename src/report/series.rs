@@ -346,6 +346,7 @@ mod tests {
             params: json!({}),
             metrics,
             error: None,
+            job: None,
         }
     }
 

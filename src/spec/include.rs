@@ -11,7 +11,14 @@ use super::diag::{Diagnostic, Diagnostics, Loc, SourceFile, choices_hint};
 use super::yaml::{self, Key, Node, NodeKind};
 
 pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "pipeline", "include", "defaults", "stages", "levels", "report", "plots",
+    "pipeline",
+    "include",
+    "defaults",
+    "stages",
+    "levels",
+    "report",
+    "plots",
+    "resources",
 ];
 
 pub struct Merged {
@@ -29,6 +36,8 @@ struct Loader {
     levels: Vec<(Key, Node)>,
     report: Option<(Key, Node)>,
     plots: Option<(Key, Node)>,
+    /// Merged like `defaults`: the including file's requests win, field by field.
+    resources: Vec<(Key, Node)>,
     errors: Vec<Diagnostic>,
 }
 
@@ -46,6 +55,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         levels: Vec::new(),
         report: None,
         plots: None,
+        resources: Vec::new(),
         errors: Vec::new(),
     };
     let mut name = None;
@@ -88,6 +98,9 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
     ];
     top.extend(l.report);
     top.extend(l.plots);
+    if !l.resources.is_empty() {
+        top.push((key("resources"), mk(l.resources)));
+    }
     Ok(Merged {
         name,
         files: l.files,
@@ -223,6 +236,16 @@ impl Loader {
                     }
                 }
                 None => self.errors.push(expected_map("defaults", d)),
+            }
+        }
+        if let Some(r) = root.get("resources") {
+            match r.as_map() {
+                Some(m) => {
+                    for (k, v) in m {
+                        merge_into(&mut self.resources, k, v);
+                    }
+                }
+                None => self.errors.push(expected_map("resources", r)),
             }
         }
         for section in ["stages", "levels"] {

@@ -8,6 +8,7 @@ mod expand;
 mod include;
 mod overrides;
 pub mod plots;
+pub mod resources;
 pub mod yaml;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use expand::glob_match;
 pub use overrides::Override;
 pub use plots::{PlotSpec, SeriesBy, is_replicate};
+pub use resources::{ResourceRequest, Resources};
 
 use crate::stages::Registry;
 
@@ -69,6 +71,8 @@ pub struct Pipeline {
     pub report: Option<ReportSpec>,
     /// Figures declared under `plots:` (views only: no part of any key).
     pub plots: Vec<PlotSpec>,
+    /// What stages ask of a cluster scheduler; never part of a key.
+    pub resources: Resources,
 }
 
 impl Pipeline {
@@ -91,11 +95,14 @@ pub fn load(
     }
     let (instances, report) = expand::expand(&root, registry)?;
     let plots = plots::parse(root.get("plots"), &instances).map_err(Diagnostics)?;
+    let resources = resources::parse(root.get("resources"), &instances, &registry.names())
+        .map_err(Diagnostics)?;
     Ok(Pipeline {
         name: merged.name,
         files: merged.files,
         instances,
         report,
         plots,
+        resources,
     })
 }
