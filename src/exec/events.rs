@@ -74,13 +74,20 @@ pub struct PlannedItem {
     pub cached: bool,
 }
 
-/// How long a stage is expected to take. The closest match wins: the same stage (by name) in
-/// earlier runs — a re-run after an upstream change recomputes stages of the same shape — then
-/// the mean of its kind, from earlier runs and from this run as stages finish.
+/// How long a stage is expected to take. The closest match in earlier runs gives the base: the
+/// same stage (by name) — a re-run after an upstream change recomputes stages of the same
+/// shape — else the mean of its kind. Stages of this run correct it as they finish: the ratio of
+/// their actual to their expected durations, per kind, scales the base (a changed iteration
+/// count makes every training of the run longer by about the same factor). A kind with no
+/// history goes by this run's mean for it.
 #[derive(Debug, Clone, Default)]
 pub struct Estimates {
     by_name: HashMap<String, (f64, u32)>,
     by_kind: HashMap<String, (f64, u32)>,
+    /// This run, per kind: (actual seconds, expected seconds) of finished stages that had a base.
+    drift: HashMap<String, (f64, f64)>,
+    /// This run's finished durations per kind.
+    this_run: HashMap<String, (f64, u32)>,
 }
 
 fn add(map: &mut HashMap<String, (f64, u32)>, k: &str, seconds: f64) {
@@ -108,16 +115,41 @@ impl Estimates {
         e
     }
 
-    /// A stage of this run finished: it refines its kind's mean (its name is done).
-    pub fn record(&mut self, kind: &str, seconds: f64) {
-        if seconds.is_finite() && seconds >= 0.0 {
-            add(&mut self.by_kind, kind, seconds);
+    /// The uncorrected expectation from earlier runs.
+    fn base(&self, name: &str, kind: &str) -> Option<f64> {
+        mean(&self.by_name, name).or_else(|| mean(&self.by_kind, kind))
+    }
+
+    /// Stage `name` of this run finished in `seconds`.
+    pub fn record(&mut self, name: &str, kind: &str, seconds: f64) {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return;
         }
+        if let Some(expected) = self.base(name, kind) {
+            let d = self.drift.entry(kind.to_string()).or_insert((0.0, 0.0));
+            d.0 += seconds;
+            d.1 += expected;
+        }
+        add(&mut self.this_run, kind, seconds);
     }
 
     /// The expected seconds of stage `name` of kind `kind`, if anything is known.
     pub fn get(&self, name: &str, kind: &str) -> Option<f64> {
-        mean(&self.by_name, name).or_else(|| mean(&self.by_kind, kind))
+        match self.base(name, kind) {
+            Some(b) => Some(match self.drift.get(kind) {
+                Some((actual, expected)) if *expected > 0.0 => b * actual / expected,
+                _ => b,
+            }),
+            None => mean(&self.this_run, kind),
+        }
+    }
+
+    /// The expectation for a stage of a kind nothing is known about: the mean over known kinds.
+    fn fallback(&self) -> Option<f64> {
+        let kinds: HashSet<&String> = self.by_kind.keys().chain(self.this_run.keys()).collect();
+        // No stage is named "": this is the kind's (corrected) estimate.
+        let known: Vec<f64> = kinds.iter().filter_map(|k| self.get("", k)).collect();
+        (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
     }
 }
 
@@ -179,7 +211,7 @@ impl Overview {
             }
             Event::Done { name, seconds, .. } => {
                 if let Some(kind) = self.items.get(*name).map(|i| i.kind.clone()) {
-                    self.estimates.record(&kind, *seconds);
+                    self.estimates.record(name, &kind, *seconds);
                 }
                 self.ran += self.finish(name);
             }
@@ -239,15 +271,7 @@ impl Overview {
     /// Remaining work over the parallelism it can use. `None` until some stage kind that is
     /// still to run has a duration to go by.
     pub fn eta(&self, now: Instant) -> Option<Duration> {
-        let fallback = {
-            let known: Vec<f64> = self
-                .estimates
-                .by_kind
-                .values()
-                .map(|(s, n)| s / f64::from(*n))
-                .collect();
-            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
-        };
+        let fallback = self.estimates.fallback();
         let mut work = 0.0;
         let mut stages = 0usize;
         let mut known_any = false;
@@ -645,8 +669,9 @@ mod tests {
             },
             later,
         );
-        // train now averages (10 + 20 + 30) / 3 = 20.
-        assert_eq!(o.eta(later), Some(Duration::from_secs(20)));
+        // `a` took twice its expected 15 s: trainings of this run are expected to take 30 s,
+        // and the unknown kind the mean of known kinds, 30 s too: (30 + 30) / 2.
+        assert_eq!(o.eta(later), Some(Duration::from_secs(30)));
         o.observe(
             &Event::Start {
                 name: "b",
@@ -706,8 +731,30 @@ mod tests {
             item("dense", "k1", "train", false),
             item("x", "k2", "train", false),
         ];
-        let o = Overview::new(plan, est, 2);
-        assert_eq!(o.eta(Instant::now()), Some(Duration::from_secs(55)));
+        let mut o = Overview::new(plan, est, 2);
+        let t0 = Instant::now();
+        assert_eq!(o.eta(t0), Some(Duration::from_secs(55)));
+        // This run's trainings are slower (say, more iterations): `dense` takes 300 s, three
+        // times its history, so `x` is now expected to take 30 s; one stage left, one lane.
+        o.observe(
+            &Event::Done {
+                name: "dense",
+                seconds: 300.0,
+                headline: "",
+            },
+            t0,
+        );
+        assert_eq!(o.eta(t0), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_kind_without_history_goes_by_this_run() {
+        let mut est = Estimates::default();
+        assert_eq!(est.get("a", "train"), None);
+        est.record("a", "train", 4.0);
+        est.record("b", "train", 8.0);
+        assert_eq!(est.get("c", "train"), Some(6.0));
+        assert_eq!(est.get("c", "prune"), None);
     }
 
     #[test]
