@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::train::{require_models, round4};
 use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use crate::nn::filter_prune::prune_filters;
 use crate::nn::{Checkpoint, PruneMethod, PruneScope, prune};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -107,8 +108,7 @@ impl Stage for Prune {
     const KIND: &'static str = "prune";
     const VERSION: u32 = 1;
     const ROLES: &'static [Role] = &[Role::one("model")];
-    const ABOUT: &'static str =
-        "removes a fraction of the surviving weights {method, scope, fraction, layers}";
+    const ABOUT: &'static str = "removes a fraction of the surviving weights, or whole filters {method, scope, fraction, layers}";
 
     fn check(&self, p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
         if !(0.0..=1.0).contains(&p.fraction) {
@@ -122,6 +122,13 @@ impl Stage for Prune {
                 return Err(format!("`layers.{name}` must be between 0 and 1, got {f}"));
             }
         }
+        if p.method == PruneMethod::Filter && p.scope == PruneScope::Global {
+            return Err(
+                "`method: filter` ranks filters within each conv (L1 norms of different layers \
+                 are not comparable); use `scope: layerwise`"
+                    .into(),
+            );
+        }
         require_models(inputs)
     }
 
@@ -131,14 +138,22 @@ impl Stage for Prune {
         let output = input.spec.output_layer();
         let rates =
             layer_rates(&p.layers, p.fraction, &names, &output).map_err(StageError::Other)?;
-        let mask = prune(
-            &input.weights,
-            &input.mask,
-            p.method,
-            p.scope,
-            &rates,
-            p.seed,
-        )?;
+        let mask = if p.method == PruneMethod::Filter {
+            let (mask, filters) = prune_filters(&input.spec, &input.weights, &input.mask, &rates)?;
+            for f in filters {
+                ctx.set_metric(&format!("filters_{}", f.conv), f.after as u64);
+            }
+            mask
+        } else {
+            prune(
+                &input.weights,
+                &input.mask,
+                p.method,
+                p.scope,
+                &rates,
+                p.seed,
+            )?
+        };
         let weights = input.weights.masked(&mask);
         let density = mask.density();
         for (n, d) in names.iter().zip(&density) {

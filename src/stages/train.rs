@@ -35,9 +35,16 @@ pub struct TrainParams {
     pub schedule: LrSchedule,
     #[serde(default)]
     pub warmup: u64,
-    /// Iterations at which to keep a checkpoint (0 = the weights training started from).
+    /// Iterations at which to keep a checkpoint (the input's step = the weights training
+    /// started from).
     #[serde(default)]
     pub save_at: Vec<u64>,
+    /// Count iterations from 0 whatever step the input model is at (fine-tuning a pruned
+    /// network for `iterations` more steps). By default a model saved at step k (a late
+    /// rewind) continues at k: it trains iterations k..`iterations` with the batches and
+    /// learning rates of those iterations, as open_lth does.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restart: bool,
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
     /// Seed of the data order.
@@ -45,6 +52,10 @@ pub struct TrainParams {
     pub seed: u64,
     #[serde(default)]
     pub data: DataParams,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn adam() -> OptimizerKind {
@@ -86,7 +97,9 @@ pub(crate) fn require_models(inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(
 impl Stage for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    /// 2: a model saved at step k continues at k (late rewinding trains k..T) instead of
+    /// restarting the count at 0; every train key changed with it, on purpose.
+    const VERSION: u32 = 2;
     const ROLES: &'static [Role] = &[Role::one("model")];
     const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data}";
 
@@ -132,10 +145,19 @@ impl Stage for Train {
         if let Some(scale) = input.metrics.get("budget_scale").and_then(|v| v.as_f64()) {
             iterations = (iterations as f64 * scale).round() as u64;
         }
+        let start_step = if p.restart { 0 } else { start.step };
+        if start_step > iterations {
+            return Err(StageError::Other(format!(
+                "the input model `{}` is at step {start_step}, past the end of this training \
+                 ({iterations} iterations); raise `iterations`, or set `restart: true` to train \
+                 it for {iterations} more steps",
+                input.name
+            )));
+        }
         for &k in &p.save_at {
-            if k > iterations {
+            if k > iterations || k < start_step {
                 return Err(StageError::Other(format!(
-                    "save_at {k} is past the end of training ({iterations} iterations)"
+                    "save_at {k} is outside this training's iterations {start_step}..={iterations}"
                 )));
             }
         }
@@ -151,7 +173,7 @@ impl Stage for Train {
             save_at: p.save_at.clone(),
             eval_every: p.eval_every,
             data_seed: p.seed,
-            start_step: 0,
+            start_step,
         };
         let data = TrainData {
             train: &splits.train,
