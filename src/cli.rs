@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::cache::key::diff_values;
 use crate::cache::{RunRecord, StageStatus, Store, gc, runs};
 use crate::clock;
+use crate::exec::events::{Estimates, Overview, PlannedItem};
 use crate::exec::remote::{WorkerResult, result_path};
 use crate::exec::slurm::{self, SlurmConfig, SlurmExecutor};
 use crate::exec::ssh;
@@ -48,6 +49,10 @@ macro_rules! out {
         out_raw!("{}\n", format_args!($($arg)*))
     };
 }
+
+// Command bodies of `report`, `show --plots|--table|--csv` and `diff --plots`; declared after
+// the output macros so that it can use them.
+mod report_cmds;
 
 pub const EXIT_STAGE_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
@@ -127,14 +132,41 @@ pub enum Command {
         /// Show unchanged rows too.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        plots: PlotArgs,
     },
     /// One run's stages and report, or one stage's metrics (from the latest run that has it).
     Show {
         /// A run (id, id prefix, `last`, `-N`) or a stage name.
         #[arg(allow_negative_numbers = true)]
         target: String,
-        #[arg(long)]
+        /// JSON: the whole run record, or with --table that table as an array of objects.
+        #[arg(long, conflicts_with_all = ["csv", "md"])]
         json: bool,
+        /// The table as CSV (default table: summary).
+        #[arg(long, conflicts_with = "md")]
+        csv: bool,
+        /// The table as Markdown.
+        #[arg(long)]
+        md: bool,
+        /// Which of a run's tables: summary, report (long form: mean, std, n), metrics (tidy:
+        /// one row per stage and metric, with sweep variables and parameters as columns).
+        #[arg(long, value_name = "NAME")]
+        table: Option<String>,
+        #[command(flatten)]
+        plots: PlotArgs,
+    },
+    /// Write a run's self-contained HTML report, its Markdown, plots and tables (CSV, JSON).
+    Report {
+        /// A run id, id prefix, `last` or `-N`.
+        #[arg(default_value = "last", allow_negative_numbers = true)]
+        run: String,
+        /// The folder to write into [default: CACHE/runs/RUN/report].
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Also plot the learning curves of the train stages matching this pattern (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        curves: Vec<String>,
     },
     /// Remove cache entries that no kept run reaches.
     Gc {
@@ -187,20 +219,34 @@ pub enum ExecutorKind {
     Slurm,
 }
 
+/// Flags that turn a command's output into plot files.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PlotArgs {
+    /// Write the run's plots (SVG, PNG, CSV data) and print where.
+    #[arg(long)]
+    pub plots: bool,
+    /// With --plots: learning curves of the train stages matching this pattern (repeatable).
+    #[arg(long, value_name = "PATTERN", requires = "plots")]
+    pub curves: Vec<String>,
+    /// With --plots: the folder to write into [default: under CACHE/runs/RUN/].
+    #[arg(long, value_name = "DIR", requires = "plots")]
+    pub out: Option<PathBuf>,
+}
+
 /// A failure at the edge, with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn invalid(m: impl std::fmt::Display) -> Self {
+    pub(crate) fn invalid(m: impl std::fmt::Display) -> Self {
         Failure {
             code: EXIT_INVALID,
             message: m.to_string(),
         }
     }
-    fn cache(m: impl std::fmt::Display) -> Self {
+    pub(crate) fn cache(m: impl std::fmt::Display) -> Self {
         Failure {
             code: EXIT_CACHE,
             message: m.to_string(),
@@ -276,8 +322,34 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
             json,
             md,
             all,
-        } => cmd_diff(g, a, b, *json, *md, *all),
-        Command::Show { target, json } => cmd_show(g, target, *json),
+            plots,
+        } => {
+            if plots.plots {
+                report_cmds::diff_plots(g, a, b, plots)
+            } else {
+                cmd_diff(g, a, b, *json, *md, *all)
+            }
+        }
+        Command::Show {
+            target,
+            json,
+            csv,
+            md,
+            table,
+            plots,
+        } => {
+            let format = report_cmds::Format::from_flags(*json, *csv, *md);
+            if plots.plots {
+                report_cmds::show_plots(g, target, plots)
+            } else if table.is_some()
+                || matches!(format, report_cmds::Format::Csv | report_cmds::Format::Md)
+            {
+                report_cmds::show_table(g, target, table.as_deref(), format)
+            } else {
+                cmd_show(g, target, *json)
+            }
+        }
+        Command::Report { run, out, curves } => report_cmds::report(g, run, out.as_deref(), curves),
         Command::Gc { keep_last, dry_run } => cmd_gc(g, *keep_last, *dry_run),
         Command::Kinds { kind } => cmd_kinds(registry, kind.as_deref()),
         Command::Worker { job } => cmd_worker(g, registry, job),
@@ -414,11 +486,6 @@ fn cmd_run(
     } else {
         "interrupted: stopping running stages; finished results are kept (Ctrl-C again to exit now)"
     });
-    let sink: Box<dyn EventSink> = if std::io::stderr().is_terminal() && !g.quiet {
-        Box::new(BarSink::new())
-    } else {
-        Box::new(PlainSink::new(g.quiet))
-    };
     let run_id = clock::run_id();
     let started = clock::now_secs();
     let t0 = Instant::now();
@@ -426,6 +493,12 @@ fn cmd_run(
     let jobs = match ex.executor {
         ExecutorKind::Ssh => g.jobs.unwrap_or(ex.hosts.len()),
         _ => g.jobs.unwrap_or(cores),
+    };
+    let overview = progress_overview(&plan, &store, jobs);
+    let sink: Box<dyn EventSink> = if std::io::stderr().is_terminal() && !g.quiet {
+        Box::new(BarSink::with_overview(overview))
+    } else {
+        Box::new(PlainSink::with_overview(g.quiet, overview))
     };
     let threads = match g.threads {
         Some(t) => Some(usize::from(t)),
@@ -551,7 +624,7 @@ fn cmd_run(
             for w in pivot::missing_metrics(r, &outcome.records) {
                 tracing::warn!("{w}");
             }
-            pivot::render(r, &pivot::build(r, &plan.pipeline, &outcome.records))
+            pivot::render(r, &pivot::build(r, &outcome.records))
         });
     let record = RunRecord {
         id: run_id,
@@ -580,9 +653,18 @@ fn cmd_run(
         stages: outcome.records.clone(),
         report: report_text.clone(),
         pipe_version: env!("CARGO_PKG_VERSION").into(),
+        report_spec: plan.pipeline.report.clone(),
+        plots: plan.pipeline.plots.clone(),
     };
     // A full disk may refuse the record too; the summary is still printed before saying so.
     let saved = runs::save(store.root(), &record);
+    // Stages still queued on Slurm have no metrics yet: their plots come with `pipe show
+    // RUN --plots` or `pipe report` once they have ended.
+    let plots_written = if queued == 0 && saved.is_ok() {
+        report_cmds::plots_after_run(&record, &store)
+    } else {
+        None
+    };
     out!("{}", summary_table(&record).render_text());
     if let Some(r) = &report_text {
         out!("{r}");
@@ -604,6 +686,9 @@ fn cmd_run(
             record.duration_s
         );
     }
+    if let Some(msg) = plots_written {
+        out!("{msg}");
+    }
     if let Err(e) = saved {
         return Err(Failure::cache(format!(
             "error: the run record could not be written: {e}"
@@ -624,6 +709,28 @@ fn cmd_run(
     } else {
         EXIT_STAGE_FAILED
     })
+}
+
+/// The whole-pipeline progress view: every planned stage, and how long each stage and each
+/// kind took in earlier runs (for the ETA).
+fn progress_overview(plan: &exec::Plan, store: &Store, jobs: usize) -> Overview {
+    let items = plan
+        .stages
+        .iter()
+        .map(|s| PlannedItem {
+            name: s.instance.name.clone(),
+            key: s.key.clone(),
+            kind: s.instance.kind.clone(),
+            cached: s.cached(),
+        })
+        .collect();
+    let history = runs::list(store.root())
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.stages)
+        .filter(|s| s.status == StageStatus::Ran)
+        .map(|s| (s.name, s.kind, s.duration_s));
+    Overview::new(items, Estimates::from_history(history), jobs)
 }
 
 /// `pipe worker JOB.json`: computes one job against the cache (a hit if its entry exists or
@@ -799,7 +906,7 @@ fn cmd_explain(
 
 /// Every run record; `--detach`ed Slurm runs are brought up to date first (and saved once
 /// all their jobs have ended).
-fn all_runs(g: &Global) -> Result<Vec<RunRecord>, Failure> {
+pub(crate) fn all_runs(g: &Global) -> Result<Vec<RunRecord>, Failure> {
     let mut rs = runs::list(&g.cache_dir)?;
     let detached =
         |r: &RunRecord| r.outcome == "detached" && r.executor.as_deref() == Some("slurm");

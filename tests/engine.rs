@@ -267,6 +267,8 @@ fn gc_keeps_what_kept_runs_reach_and_dry_run_removes_nothing() {
             stages: o.records.clone(),
             report: None,
             pipe_version: "test".into(),
+            report_spec: None,
+            plots: vec![],
         };
         pipe::cache::runs::save(cache.path(), &rec).unwrap();
     };

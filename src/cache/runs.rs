@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::store::{CacheError, is_key};
+use crate::spec::{PlotSpec, ReportSpec};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +75,13 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
     pub pipe_version: String,
+    /// The `report:` the pipeline declared, so that `pipe report` and `pipe show` can rebuild
+    /// the table (and export it) without the YAML, which may have changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_spec: Option<ReportSpec>,
+    /// The `plots:` the pipeline declared, for the same reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plots: Vec<PlotSpec>,
 }
 
 impl RunRecord {
@@ -89,6 +97,19 @@ impl RunRecord {
 
 fn runs_dir(cache: &Path) -> PathBuf {
     cache.join("runs")
+}
+
+/// The record as stored, untyped: fields added by later versions (e.g. claims) stay visible.
+pub fn raw(cache: &Path, id: &str) -> Result<Value, CacheError> {
+    let path = runs_dir(cache).join(format!("{id}.json"));
+    let text = fs::read_to_string(&path).map_err(|source| CacheError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| CacheError::Io {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
 }
 
 /// The temporary name a record is written under before it is renamed into place.
@@ -191,7 +212,8 @@ pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
     Ok(out)
 }
 
-/// The folder of a run's job files and logs (runs on Slurm or as `pipe worker` processes).
+/// The folder of a run's job files and logs (runs on Slurm or as `pipe worker` processes), and
+/// of the files made from it (plots, the HTML report); `gc` removes it with the record.
 pub fn run_folder(cache: &Path, id: &str) -> PathBuf {
     runs_dir(cache).join(id)
 }
@@ -302,6 +324,8 @@ mod tests {
             }],
             report: None,
             pipe_version: "0".into(),
+            report_spec: None,
+            plots: vec![],
         }
     }
 

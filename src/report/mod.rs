@@ -1,11 +1,36 @@
-//! Tables for people: run summaries, DVC-style diffs, and the pivot table a pipeline's
-//! `report:` asks for.
+//! What people look at: run summaries, DVC-style diffs, the pivot table a pipeline's `report:`
+//! asks for, the plots its `plots:` declare, exports (CSV, JSON, a tidy metrics table) and the
+//! self-contained HTML / Markdown report of a run.
 
+pub mod claims;
 pub mod diff;
+pub mod export;
+pub mod html;
+pub mod names;
+pub mod output;
 pub mod pivot;
+pub mod plot;
+pub mod series;
+pub mod stats;
 pub mod table;
 
 pub use table::Table;
+
+/// Why a report, plot or export could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("drawing a plot failed: {0}")]
+    Draw(String),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("{0}")]
+    Invalid(String),
+}
 
 use serde_json::Value;
 

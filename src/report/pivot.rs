@@ -1,79 +1,188 @@
 //! The table a pipeline's `report:` asks for: one row per value of a metric (weights remaining,
 //! say), one column per stage template and sweep member, cells holding the chosen metrics.
+//! Members that differ only in a replicate variable (a seed) share a column, and their cell
+//! shows mean ± std (n) instead of one column per seed.
+//!
+//! It is built from run records alone (names carry the template and the sweep assignment), so
+//! a run can be re-rendered and exported later without its YAML.
 
 use std::collections::BTreeSet;
 
-use super::{Table, fmt_value};
-use crate::cache::{StageRecord, StageStatus};
-use crate::spec::{Pipeline, ReportSpec, did_you_mean, glob_match as glob};
+use serde::Serialize;
 
-/// The column a stage falls in: its name within its level group plus its sweep members.
-fn column_of(template: &str, assignment: &[(String, String)]) -> String {
-    let base = template.rsplit('.').next().unwrap_or(template);
-    if assignment.is_empty() {
-        base.to_string()
+use super::names::StageName;
+use super::stats::Agg;
+use super::{Table, fmt_float, fmt_value};
+use crate::cache::{StageRecord, StageStatus};
+use crate::spec::{ReportSpec, did_you_mean, glob_match as glob, is_replicate};
+
+/// The column a stage falls in: its name within its level group plus its sweep members,
+/// replicate variables left out.
+fn column_of(name: &StageName, replicate: impl Fn(&str) -> bool) -> String {
+    let parts: Vec<String> = name
+        .assignment
+        .iter()
+        .filter(|(k, _)| !replicate(k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if parts.is_empty() {
+        name.base.clone()
     } else {
-        let parts: Vec<String> = assignment.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{base}[{}]", parts.join(","))
+        format!("{}[{}]", name.base, parts.join(","))
     }
 }
 
-fn cell(rec: &StageRecord, values: &[String]) -> String {
-    values
-        .iter()
-        .map(|v| match rec.metrics.get(v) {
-            Some(x) if v.contains("acc") => x
-                .as_f64()
-                .map_or_else(|| fmt_value(x), |f| format!("{:.2}", f * 100.0)),
-            Some(x) => fmt_value(x),
-            None => "—".into(),
-        })
-        .collect::<Vec<_>>()
-        .join(" / ")
+/// One cell value of the report, in long form (what `--csv` exports).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PivotCell {
+    /// The row metric's value (e.g. remaining_pct).
+    pub row: f64,
+    pub column: String,
+    pub metric: String,
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
 }
 
-pub fn build(spec: &ReportSpec, pipeline: &Pipeline, records: &[StageRecord]) -> Table {
+/// The report's data: rows (row value, label) high to low, columns in first-seen order, and
+/// every cell's aggregate. Non-numeric metric values are kept as text for display.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Pivot {
+    pub row_metric: String,
+    pub rows: Vec<(f64, String)>,
+    pub columns: Vec<String>,
+    pub cells: Vec<PivotCell>,
+    /// (row label, column, metric) → text, for values that are not numbers.
+    pub texts: Vec<(String, String, String, String)>,
+}
+
+fn row_label(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+pub fn build_data(spec: &ReportSpec, records: &[StageRecord]) -> Pivot {
+    let replicate = |v: &str| is_replicate(spec.replicates.as_deref(), v);
     let mut columns: Vec<String> = Vec::new();
-    // (row value, row label, cells as (column, text))
-    type Row = (f64, String, Vec<(String, String)>);
-    let mut rows: Vec<Row> = Vec::new();
+    // (row label, column, metric) → values over replicates, in record order.
+    type Slot = ((String, String, String), Vec<f64>);
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut rows: Vec<(f64, String)> = Vec::new();
+    let mut texts = Vec::new();
     for rec in records {
         if !spec.select.iter().any(|p| glob(p, &rec.name)) {
             continue;
         }
-        let Some(inst) = pipeline.get(&rec.name) else {
-            continue;
-        };
-        let col = column_of(&inst.template, &inst.assignment);
+        let name = StageName::parse(&rec.name);
+        let col = column_of(&name, replicate);
         if !columns.contains(&col) {
             columns.push(col.clone());
         }
         let Some(rv) = rec.metrics.get(&spec.rows).and_then(|v| v.as_f64()) else {
             continue;
         };
-        let label = format!("{rv:.1}");
-        let c = cell(rec, &spec.values);
-        match rows.iter_mut().find(|(_, l, _)| *l == label) {
-            Some((_, _, cells)) => cells.push((col, c)),
-            None => rows.push((rv, label, vec![(col, c)])),
+        let label = row_label(rv);
+        if !rows.iter().any(|(_, l)| *l == label) {
+            rows.push((rv, label.clone()));
+        }
+        for m in &spec.values {
+            let key = (label.clone(), col.clone(), m.clone());
+            match rec.metrics.get(m) {
+                Some(x) if x.as_f64().is_some() => {
+                    let f = x.as_f64().expect("checked");
+                    match slots.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, vs)) => vs.push(f),
+                        None => slots.push((key, vec![f])),
+                    }
+                }
+                Some(x) => texts.push((key.0, key.1, key.2, fmt_value(x))),
+                None => {}
+            }
         }
     }
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut t = Table::new(std::iter::once(spec.rows.clone()).chain(columns.iter().cloned()));
-    for (_, label, cells) in rows {
-        let mut row = vec![label];
-        for c in &columns {
-            row.push(
-                cells
-                    .iter()
-                    .find(|(k, _)| k == c)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default(),
-            );
+    let cells = slots
+        .into_iter()
+        .filter_map(|((label, column, metric), vs)| {
+            let a = Agg::of(&vs)?;
+            let row = rows.iter().find(|(_, l)| *l == label)?.0;
+            Some(PivotCell {
+                row,
+                column,
+                metric,
+                mean: a.mean,
+                std: a.std,
+                n: a.n,
+            })
+        })
+        .collect();
+    Pivot {
+        row_metric: spec.rows.clone(),
+        rows,
+        columns,
+        cells,
+        texts,
+    }
+}
+
+/// Accuracies (fractions) read better as percentages with two decimals.
+fn fmt_metric(metric: &str, v: f64) -> String {
+    if metric.contains("acc") {
+        format!("{:.2}", v * 100.0)
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        fmt_float(v)
+    }
+}
+
+/// The displayed table: one text per cell, metrics joined by ` / `.
+pub fn table(spec: &ReportSpec, p: &Pivot) -> Table {
+    let mut t = Table::new(std::iter::once(spec.rows.clone()).chain(p.columns.iter().cloned()));
+    for (rv, label) in &p.rows {
+        let mut row = vec![label.clone()];
+        for c in &p.columns {
+            let parts: Vec<String> = spec
+                .values
+                .iter()
+                .map(|m| {
+                    if let Some(cell) = p
+                        .cells
+                        .iter()
+                        .find(|x| x.row == *rv && &x.column == c && &x.metric == m)
+                    {
+                        Agg {
+                            mean: cell.mean,
+                            std: cell.std,
+                            n: cell.n,
+                        }
+                        .display(|v| fmt_metric(m, v))
+                    } else if let Some(t) = p
+                        .texts
+                        .iter()
+                        .find(|x| x.0 == *label && &x.1 == c && &x.2 == m)
+                    {
+                        t.3.clone()
+                    } else {
+                        "—".into()
+                    }
+                })
+                .collect();
+            // A column with no stage at this row stays empty rather than a row of dashes.
+            if parts.iter().all(|s| s == "—")
+                && !p.cells.iter().any(|x| x.row == *rv && &x.column == c)
+            {
+                row.push(String::new());
+            } else {
+                row.push(parts.join(" / "));
+            }
         }
         t.push(row);
     }
     t
+}
+
+pub fn build(spec: &ReportSpec, records: &[StageRecord]) -> Table {
+    table(spec, &build_data(spec, records))
 }
 
 /// One warning per metric the report names (as `rows` or in `values`) that no finished
@@ -126,4 +235,96 @@ pub fn render(spec: &ReportSpec, table: &Table) -> String {
     out.push_str(&format!("cells: {}\n\n", spec.values.join(" / ")));
     out.push_str(&table.render_md());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::StageStatus;
+    use serde_json::json;
+
+    pub(crate) fn rec(name: &str, metrics: serde_json::Value) -> StageRecord {
+        StageRecord {
+            name: name.into(),
+            kind: "evaluate".into(),
+            key: format!("{:0>64}", name.len()),
+            status: StageStatus::Ran,
+            duration_s: 1.0,
+            params: json!({}),
+            metrics,
+            error: None,
+            job: None,
+        }
+    }
+
+    fn spec(replicates: Option<Vec<String>>) -> ReportSpec {
+        ReportSpec {
+            title: "t".into(),
+            select: vec!["eval_dense".into(), "imp.*.eval_*".into()],
+            rows: "remaining_pct".into(),
+            values: vec!["accuracy".into(), "early_stop_iteration".into()],
+            replicates,
+        }
+    }
+
+    #[test]
+    fn seeds_share_a_column_as_mean_std_n() {
+        let records = vec![
+            rec(
+                "eval_dense",
+                json!({"remaining_pct": 100.0, "accuracy": 0.98, "early_stop_iteration": 2500}),
+            ),
+            rec(
+                "imp.1.eval_ticket[lr=0.1,seed=0]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.97, "early_stop_iteration": 2000}),
+            ),
+            rec(
+                "imp.1.eval_ticket[lr=0.1,seed=1]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.95, "early_stop_iteration": 3000}),
+            ),
+            rec(
+                "imp.1.eval_random[lr=0.1,seed=0]",
+                json!({"remaining_pct": 80.0, "accuracy": 0.9, "early_stop_iteration": "n/a"}),
+            ),
+        ];
+        let t = build(&spec(None), &records);
+        assert_eq!(
+            t.headers,
+            vec![
+                "remaining_pct",
+                "eval_dense",
+                "eval_ticket[lr=0.1]",
+                "eval_random[lr=0.1]"
+            ]
+        );
+        assert_eq!(
+            t.rows,
+            vec![
+                vec![
+                    "100.0".to_string(),
+                    "98.00 / 2500".into(),
+                    String::new(),
+                    String::new()
+                ],
+                vec![
+                    "80.0".to_string(),
+                    String::new(),
+                    "96.00 ± 1.41 (2) / 2500 ± 707.1068 (2)".into(),
+                    "90.00 / n/a".into()
+                ],
+            ]
+        );
+        // With no replicate variables, each seed keeps its own column.
+        let t = build(&spec(Some(vec![])), &records);
+        assert_eq!(t.headers.len(), 5);
+        assert_eq!(t.headers[2], "eval_ticket[lr=0.1,seed=0]");
+        let p = build_data(&spec(None), &records);
+        let c = p
+            .cells
+            .iter()
+            .find(|c| c.column == "eval_ticket[lr=0.1]" && c.metric == "accuracy")
+            .unwrap();
+        assert_eq!((c.row, c.n), (80.0, 2));
+        assert!((c.mean - 0.96).abs() < 1e-12);
+    }
 }

@@ -17,6 +17,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "stages",
     "levels",
     "report",
+    "plots",
     "resources",
 ];
 
@@ -34,6 +35,7 @@ struct Loader {
     stages: Vec<(Key, Node)>,
     levels: Vec<(Key, Node)>,
     report: Option<(Key, Node)>,
+    plots: Option<(Key, Node)>,
     /// Merged like `defaults`: the including file's requests win, field by field.
     resources: Vec<(Key, Node)>,
     errors: Vec<Diagnostic>,
@@ -52,6 +54,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         stages: Vec::new(),
         levels: Vec::new(),
         report: None,
+        plots: None,
         resources: Vec::new(),
         errors: Vec::new(),
     };
@@ -93,9 +96,8 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         (key("stages"), mk(l.stages)),
         (key("levels"), mk(l.levels)),
     ];
-    if let Some(r) = l.report {
-        top.push(r);
-    }
+    top.extend(l.report);
+    top.extend(l.plots);
     if !l.resources.is_empty() {
         top.push((key("resources"), mk(l.resources)));
     }
@@ -285,11 +287,13 @@ impl Loader {
                 }
             }
         }
-        if let Some((k, v)) = root
-            .as_map()
-            .and_then(|m| m.iter().find(|(k, _)| k.name == "report"))
-        {
-            self.report = Some((k.clone(), v.clone()));
+        // Views (`report:`, `plots:`): the including file's replace its includes'.
+        for (k, v) in root.as_map().into_iter().flatten() {
+            match k.name.as_str() {
+                "report" => self.report = Some((k.clone(), v.clone())),
+                "plots" => self.plots = Some((k.clone(), v.clone())),
+                _ => {}
+            }
         }
         name
     }

@@ -7,6 +7,7 @@ pub mod diag;
 mod expand;
 mod include;
 mod overrides;
+pub mod plots;
 pub mod resources;
 pub mod yaml;
 
@@ -18,6 +19,7 @@ pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use diag::{choices_hint, did_you_mean};
 pub use expand::{glob_match, stage_list};
 pub use overrides::Override;
+pub use plots::{PlotSpec, SeriesBy, is_replicate};
 pub use resources::{ResourceRequest, Resources};
 
 use crate::stages::Registry;
@@ -53,6 +55,10 @@ pub struct ReportSpec {
     pub rows: String,
     /// Metrics shown in each cell.
     pub values: Vec<String>,
+    /// Sweep variables whose members are replicates, shown as mean ± std (n) in one column.
+    /// Unset: variables named `seed` or ending in `.seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicates: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +69,8 @@ pub struct Pipeline {
     /// In a topological order (each stage after everything it consumes).
     pub instances: Vec<Instance>,
     pub report: Option<ReportSpec>,
+    /// Figures declared under `plots:` (views only: no part of any key).
+    pub plots: Vec<PlotSpec>,
     /// What stages ask of a cluster scheduler; never part of a key.
     pub resources: Resources,
 }
@@ -86,6 +94,7 @@ pub fn load(
         overrides::apply(&mut root, o)?;
     }
     let (instances, report) = expand::expand(&root, registry)?;
+    let plots = plots::parse(root.get("plots"), &instances).map_err(Diagnostics)?;
     let resources = resources::parse(root.get("resources"), &instances, &registry.names())
         .map_err(Diagnostics)?;
     Ok(Pipeline {
@@ -93,6 +102,7 @@ pub fn load(
         files: merged.files,
         instances,
         report,
+        plots,
         resources,
     })
 }

@@ -36,6 +36,8 @@ fn template() -> &'static (tempfile::TempDir, Vec<(String, serde_json::Value)>) 
             stages: o.records.clone(),
             report: None,
             pipe_version: "0".into(),
+            report_spec: None,
+            plots: vec![],
         };
         runs::save(dir.path(), &rec).unwrap();
         let metrics = o
