@@ -1,0 +1,1 @@
+//! Tests of the CPU kernels against burn reference operations.
