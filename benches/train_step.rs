@@ -16,7 +16,7 @@ use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pipe::data::Split;
-use pipe::nn::step_timing::{bench_config, synthetic_split};
+use pipe::nn::step_timing::{bench_config, synthetic_split, whole_batch};
 use pipe::nn::train::TrainSession;
 use pipe::nn::{DeviceSpec, InitScheme, Mask, ModelSpec, TrainData, init_weights, train};
 
@@ -28,7 +28,7 @@ fn steps(c: &mut Criterion) {
     let mask = Mask::dense(&spec);
     let mut group = c.benchmark_group("train_step");
     for batch in [60usize, 1024] {
-        let data = synthetic_split(batch, 7);
+        let (images, labels) = whole_batch(&synthetic_split(batch, 7));
         let mut session = TrainSession::<Autodiff<Flex>>::new(
             &spec,
             &init,
@@ -38,7 +38,7 @@ fn steps(c: &mut Criterion) {
         )
         .unwrap();
         group.bench_function(format!("adam_b{batch}"), |b| {
-            b.iter(|| black_box(session.step(data.images.clone(), &data.labels, 1.2e-3)))
+            b.iter(|| black_box(session.step(images.clone(), &labels, 1.2e-3)))
         });
     }
     group.finish();
@@ -62,6 +62,7 @@ fn epoch(c: &mut Criterion) {
                 train: &train_set,
                 val: &val,
                 test: &test,
+                augment: None,
             };
             let out = train(
                 &spec,

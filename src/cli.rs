@@ -1,26 +1,33 @@
-//! The command line: `run`, `plan`, `explain`, `runs`, `diff`, `show`, `gc`, `kinds`.
+//! The command line: `run`, `plan`, `explain`, `runs`, `diff`, `show`, `gc`, `kinds`, and
+//! the hidden `worker` that executors outside this process run.
 //!
 //! Exit codes: 0 success; 1 a stage failed; 2 invalid pipeline, override or command line;
 //! 3 cache or I/O error; 130 interrupted (Ctrl-C).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::cache::key::diff_values;
 use crate::cache::{RunRecord, StageStatus, Store, gc, runs};
 use crate::clock;
-use crate::exec::{self, BarSink, EventSink, PlainSink, RunOptions, Why};
+use crate::exec::remote::{WorkerResult, result_path};
+use crate::exec::slurm::{self, SlurmConfig, SlurmExecutor};
+use crate::exec::ssh;
+use crate::exec::subprocess::{Launch, SubprocessConfig, SubprocessExecutor};
+use crate::exec::{
+    self, BarSink, Event, EventSink, Finished, JobSpec, PlainSink, RunOptions, Scheduling, Why,
+    Worker,
+};
 use crate::nn::{DeviceSpec, host};
 use crate::report::{self, Table, diff, pivot};
 use crate::spec::{self, Diagnostic, Override, choices_hint};
-use crate::stages::Registry;
-use crate::stages::dataset::DataCache;
+use crate::stages::{Registry, Runtime};
 
 /// `print!` that treats a closed stdout (`pipe plan … | head`) as the end of the output
 /// rather than a panic.
@@ -95,6 +102,8 @@ pub enum Command {
     Run {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// Show what `run` would do: every stage, hit or run, and why it would run.
     Plan {
@@ -134,6 +143,44 @@ pub enum Command {
     },
     /// List stage kinds, or one kind's parameters with their defaults.
     Kinds { kind: Option<String> },
+    /// Run one job description against the cache (what `--executor slurm` submits).
+    #[command(hide = true)]
+    Worker { job: PathBuf },
+}
+
+/// Where `run` computes.
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// Where jobs run: `local` (threads of this process), `subprocess` (`pipe worker` child
+    /// processes), `ssh` (`pipe worker` on `--hosts` over ssh), `slurm` (one `sbatch` per job).
+    /// With `ssh` and `slurm` the cache, the data and this binary must be on a file system the
+    /// nodes share, at the same paths.
+    #[arg(long, value_enum, env = "PIPE_EXECUTOR", default_value = "local")]
+    pub executor: ExecutorKind,
+    /// With `--executor ssh`: the hosts that run jobs (ssh destinations), comma-separated.
+    /// `-j` jobs run at once in all [default: one per host], each on the least busy host.
+    #[arg(
+        long,
+        env = "PIPE_SSH_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST,..."
+    )]
+    pub hosts: Vec<String>,
+    /// With `--executor slurm`: return once every job is queued. `pipe runs` and `pipe show
+    /// RUN` report the jobs' states; running the file again follows them.
+    #[arg(long)]
+    pub detach: bool,
+    /// With `--executor slurm`: seconds between `squeue` polls.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub poll: f64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    Local,
+    Subprocess,
+    Ssh,
+    Slurm,
 }
 
 /// A failure at the edge, with the exit code it maps to.
@@ -205,7 +252,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
 fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
     let g = &cli.global;
     match &cli.command {
-        Command::Run { files } => cmd_run(g, registry, files),
+        Command::Run { files, exec } => cmd_run(g, registry, files, exec),
         Command::Plan { files } => cmd_plan(g, registry, files),
         Command::Explain { file, stage } => cmd_explain(g, registry, file, stage),
         Command::Runs => cmd_runs(g),
@@ -219,6 +266,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
         Command::Show { target, json } => cmd_show(g, target, *json),
         Command::Gc { keep_last, dry_run } => cmd_gc(g, *keep_last, *dry_run),
         Command::Kinds { kind } => cmd_kinds(registry, kind.as_deref()),
+        Command::Worker { job } => cmd_worker(g, registry, job),
     }
 }
 
@@ -300,66 +348,210 @@ fn cmd_plan(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fa
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
-fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Failure> {
-    let device = device(g)?;
+/// First Ctrl-C (or SIGTERM): stop cleanly, running stages abandon their temporary folders.
+/// Second: exit now.
+fn on_interrupt(message: &'static str) {
+    let _ = ctrlc::set_handler(move || {
+        if CANCEL.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!("{message}");
+    });
+}
+
+fn cmd_run(
+    g: &Global,
+    registry: &Registry,
+    files: &[PathBuf],
+    ex: &ExecArgs,
+) -> Result<u8, Failure> {
+    if ex.detach && ex.executor != ExecutorKind::Slurm {
+        return Err(Failure::invalid(
+            "error: --detach needs --executor slurm (other executors' jobs end with `pipe run`)",
+        ));
+    }
+    if ex.executor == ExecutorKind::Ssh {
+        ssh::check_hosts(&ex.hosts).map_err(|e| Failure::invalid(format!("error: {e}")))?;
+    } else if !ex.hosts.is_empty() {
+        return Err(Failure::invalid(
+            "error: --hosts is for --executor ssh; add `--executor ssh` or drop --hosts",
+        ));
+    }
+    if !(ex.poll.is_finite() && ex.poll > 0.0) {
+        return Err(Failure::invalid(format!(
+            "error: --poll {}: give a positive number of seconds",
+            ex.poll
+        )));
+    }
+    // Jobs that run elsewhere check the device where they run (a login node has no GPU).
+    let device = if ex.executor == ExecutorKind::Local {
+        device(g)?
+    } else {
+        g.device
+            .parse()
+            .map_err(|e| Failure::invalid(format!("error: --device: {e}")))?
+    };
     let (plan, store) = load_plan(g, registry, files)?;
     if !g.quiet {
         eprintln!("{}", plan_counts(&plan));
     }
-    // First Ctrl-C: stop cleanly (running stages abandon their temporary folders). Second: exit.
-    let _ = ctrlc::set_handler(|| {
-        if CANCEL.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
-        }
-        eprintln!(
-            "interrupted: stopping running stages; finished results are kept (Ctrl-C again to exit now)"
-        );
+    on_interrupt(if ex.executor == ExecutorKind::Slurm && !ex.detach {
+        "interrupted: cancelling the run's Slurm jobs; finished results are kept (Ctrl-C again to exit now)"
+    } else {
+        "interrupted: stopping running stages; finished results are kept (Ctrl-C again to exit now)"
     });
     let sink: Box<dyn EventSink> = if std::io::stderr().is_terminal() && !g.quiet {
         Box::new(BarSink::new())
     } else {
         Box::new(PlainSink::new(g.quiet))
     };
+    let run_id = clock::run_id();
     let started = clock::now_secs();
     let t0 = Instant::now();
-    let data = DataCache::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = g.jobs.unwrap_or(cores);
-    match g.threads {
-        Some(t) => host::set_cpu_threads(usize::from(t)),
+    let jobs = match ex.executor {
+        ExecutorKind::Ssh => g.jobs.unwrap_or(ex.hosts.len()),
+        _ => g.jobs.unwrap_or(cores),
+    };
+    let threads = match g.threads {
+        Some(t) => Some(usize::from(t)),
         // rayon reads RAYON_NUM_THREADS itself; a user who set it meant it.
-        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => {}
-        None => host::set_cpu_threads(host::cpu_threads(jobs, cores)),
-    }
+        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => None,
+        None => Some(host::cpu_threads(jobs, cores)),
+    };
     let opts = RunOptions {
         jobs,
         keep_going: g.keep_going,
-        device: device.clone(),
+        device: device.to_string(),
+        detach: ex.detach,
     };
-    let env = exec::Engine {
-        registry,
+    let scheduling = Scheduling {
         store: &store,
         opts: &opts,
         sink: sink.as_ref(),
         cancel: &CANCEL,
-        data: &data,
     };
-    let outcome = exec::execute(&plan, env);
+    let remote =
+        |worker_threads: Option<usize>| -> Result<(PathBuf, PathBuf, Vec<String>), Failure> {
+            let exe = std::env::current_exe().map_err(|e| {
+                Failure::invalid(format!("error: cannot find this pipe binary: {e}"))
+            })?;
+            let cache = std::fs::canonicalize(store.root()).map_err(|e| {
+                Failure::cache(format!(
+                    "error: cache folder {}: {e}",
+                    store.root().display()
+                ))
+            })?;
+            let mut args = Vec::new();
+            if let Some(t) = worker_threads {
+                args.push(format!("--threads={t}"));
+            }
+            if g.verbose > 0 {
+                args.push(format!("-{}", "v".repeat(usize::from(g.verbose))));
+            }
+            Ok((exe, cache, args))
+        };
+    let run_dir = runs::run_folder(store.root(), &run_id);
+    let workdir = || {
+        std::env::current_dir()
+            .map_err(|e| Failure::cache(format!("error: the current directory: {e}")))
+    };
+    let outcome = match ex.executor {
+        ExecutorKind::Local => {
+            if let Some(t) = threads {
+                host::set_cpu_threads(t);
+            }
+            let runtime = Runtime::new(device.clone());
+            let env = exec::Engine {
+                registry,
+                store: &store,
+                opts: &opts,
+                sink: sink.as_ref(),
+                cancel: &CANCEL,
+                runtime: &runtime,
+            };
+            exec::execute(&plan, env)
+        }
+        ExecutorKind::Subprocess => {
+            let (exe, cache, worker_args) = remote(threads)?;
+            let sub = SubprocessExecutor::new(
+                SubprocessConfig {
+                    name: "subprocess",
+                    launch: vec![Launch::Here],
+                    exe,
+                    cache,
+                    run_dir,
+                    workdir: workdir()?,
+                    worker_args,
+                    slots: jobs,
+                },
+                store.clone(),
+            );
+            exec::schedule(&plan, scheduling, &sub)
+        }
+        ExecutorKind::Ssh => {
+            // Hosts have their own cores: workers size their threads there unless --threads.
+            let (exe, cache, worker_args) = remote(g.threads.map(usize::from))?;
+            let sub = SubprocessExecutor::new(
+                SubprocessConfig {
+                    name: "ssh",
+                    launch: ssh::launches(&ex.hosts),
+                    exe,
+                    cache,
+                    run_dir,
+                    workdir: workdir()?,
+                    worker_args,
+                    slots: jobs,
+                },
+                store.clone(),
+            );
+            exec::schedule(&plan, scheduling, &sub)
+        }
+        ExecutorKind::Slurm => {
+            // Each job's threads follow its `cpus` request (SLURM_CPUS_PER_TASK) unless given.
+            let (exe, cache, worker_args) = remote(g.threads.map(usize::from))?;
+            let slurm = SlurmExecutor::new(
+                SlurmConfig {
+                    exe,
+                    cache,
+                    run_id: run_id.clone(),
+                    run_dir,
+                    workdir: workdir()?,
+                    worker_args,
+                    resources: plan.pipeline.resources.clone(),
+                    poll: std::time::Duration::from_secs_f64(ex.poll),
+                },
+                store.clone(),
+            )
+            .map_err(|e| Failure::invalid(format!("error: --executor slurm: {e}")))?;
+            exec::schedule(&plan, scheduling, &slurm)
+        }
+    };
+    let queued = outcome.queued();
     let report_text = plan
         .pipeline
         .report
         .as_ref()
+        .filter(|_| queued == 0)
         .map(|r| pivot::render(r, &pivot::build(r, &plan.pipeline, &outcome.records)));
     let record = RunRecord {
-        id: clock::run_id(),
+        id: run_id,
         pipeline: plan.pipeline.name.clone(),
         files: plan.pipeline.files.clone(),
         overrides: g.set.clone(),
         started_at: clock::rfc3339(started),
         duration_s: t0.elapsed().as_secs_f64(),
         device: device.to_string(),
+        executor: match ex.executor {
+            ExecutorKind::Local => None,
+            ExecutorKind::Subprocess => Some("subprocess".into()),
+            ExecutorKind::Ssh => Some("ssh".into()),
+            ExecutorKind::Slurm => Some("slurm".into()),
+        },
         outcome: if outcome.interrupted {
             "interrupted"
+        } else if queued > 0 {
+            "detached"
         } else if outcome.ok() {
             "ok"
         } else {
@@ -375,21 +567,117 @@ fn cmd_run(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fai
     if let Some(r) = &report_text {
         out!("{r}");
     }
-    out!(
-        "run {}: {} ran, {} cached, {} failed, {:.1}s",
-        record.id,
-        record.count(StageStatus::Ran),
-        record.count(StageStatus::Hit),
-        record.count(StageStatus::Failed),
-        record.duration_s
-    );
+    if queued > 0 {
+        out!(
+            "run {}: {queued} stage(s) queued on Slurm, {} cached; `pipe show {}` reports their states, and running the same file again follows them",
+            record.id,
+            record.count(StageStatus::Hit),
+            record.id
+        );
+    } else {
+        out!(
+            "run {}: {} ran, {} cached, {} failed, {:.1}s",
+            record.id,
+            record.count(StageStatus::Ran),
+            record.count(StageStatus::Hit),
+            record.count(StageStatus::Failed),
+            record.duration_s
+        );
+    }
     Ok(if outcome.interrupted {
         EXIT_INTERRUPTED
-    } else if outcome.ok() {
+    } else if outcome.ok() || (queued > 0 && record.count(StageStatus::Failed) == 0) {
         0
     } else {
         EXIT_STAGE_FAILED
     })
+}
+
+/// `pipe worker JOB.json`: computes one job against the cache (a hit if its entry exists or
+/// appears while waiting for the key's lock), writes `JOB.result.json`, and exits 0 when the
+/// entry exists, so that Slurm's `afterok` releases the jobs that consume it.
+fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failure> {
+    let job = JobSpec::read(path).map_err(Failure::invalid)?;
+    let result = result_path(path);
+    let finish = |end: Finished| -> Result<u8, Failure> {
+        WorkerResult::of(&end)
+            .write(&result)
+            .map_err(|e| Failure::cache(format!("{}: {e}", result.display())))?;
+        Ok(match end {
+            Finished::Done { .. } => 0,
+            Finished::Failed { .. } => EXIT_STAGE_FAILED,
+            Finished::Cancelled => EXIT_INTERRUPTED,
+        })
+    };
+    let sink = PlainSink::new(g.quiet);
+    let device = match job
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(|e| e.to_string())
+        .and_then(|d| d.available().map(|()| d).map_err(|e| e.to_string()))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            let error = format!("device `{}` on {}: {e}", job.device, clock::hostname());
+            sink.event(&Event::Failed {
+                name: &job.stage,
+                error: &error,
+                detail: None,
+            });
+            return finish(Finished::failed(error));
+        }
+    };
+    let store = Store::open(&g.cache_dir)?;
+    let threads = g.threads.map(usize::from).or_else(|| {
+        // Slurm gives a job the CPUs it asked for (one unless `cpus` says more).
+        let slurm_cpus = std::env::var("SLURM_CPUS_PER_TASK").ok()?;
+        slurm_cpus.parse().ok()
+    });
+    match threads {
+        Some(t) => host::set_cpu_threads(t),
+        None if std::env::var_os("SLURM_JOB_ID").is_some() => host::set_cpu_threads(1),
+        None => {}
+    }
+    on_interrupt("interrupted: stopping the stage; its unfinished folder is removed");
+    eprintln!(
+        "pipe worker: stage `{}` (key {}) on {}, device {}",
+        job.stage,
+        &job.key[..12],
+        clock::hostname(),
+        job.device
+    );
+    let runtime = Runtime::new(device);
+    let worker = Worker {
+        registry,
+        store: &store,
+        runtime: &runtime,
+        sink: &sink,
+        cancel: &CANCEL,
+    };
+    let end = worker.run(&job);
+    match &end {
+        Finished::Done {
+            status: StageStatus::Hit,
+            ..
+        } => sink.event(&Event::Hit {
+            name: &job.stage,
+            key: &job.key,
+        }),
+        Finished::Done {
+            manifest, seconds, ..
+        } => sink.event(&Event::Done {
+            name: &job.stage,
+            seconds: *seconds,
+            headline: &exec::headline(&manifest.metrics),
+        }),
+        Finished::Failed { error, detail } => sink.event(&Event::Failed {
+            name: &job.stage,
+            error,
+            detail: detail.as_deref(),
+        }),
+        Finished::Cancelled => eprintln!("interrupted {}", job.stage),
+    }
+    finish(end)
 }
 
 pub fn summary_table(rec: &RunRecord) -> Table {
@@ -404,9 +692,10 @@ pub fn summary_table(rec: &RunRecord) -> Table {
             } else {
                 String::new()
             },
-            match &s.error {
-                Some(e) => e.clone(),
-                None => exec::headline(&s.metrics),
+            match (&s.error, &s.job) {
+                (Some(e), _) => e.clone(),
+                (None, Some(job)) if s.status == StageStatus::Queued => format!("job {job}"),
+                (None, _) => exec::headline(&s.metrics),
             },
         ]);
     }
@@ -471,8 +760,23 @@ fn cmd_explain(
     Ok(0)
 }
 
+/// Every run record; `--detach`ed Slurm runs are brought up to date first (and saved once
+/// all their jobs have ended).
 fn all_runs(g: &Global) -> Result<Vec<RunRecord>, Failure> {
-    Ok(runs::list(&g.cache_dir)?)
+    let mut rs = runs::list(&g.cache_dir)?;
+    let detached =
+        |r: &RunRecord| r.outcome == "detached" && r.executor.as_deref() == Some("slurm");
+    if rs.iter().any(detached) {
+        let store = Store::open(&g.cache_dir)?;
+        for r in rs.iter_mut().filter(|r| detached(r)) {
+            if slurm::refresh(&store, r)
+                && let Err(e) = runs::save(store.root(), r)
+            {
+                tracing::warn!("could not update run record {}: {e}", r.id);
+            }
+        }
+    }
+    Ok(rs)
 }
 
 fn cmd_runs(g: &Global) -> Result<u8, Failure> {

@@ -6,25 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn toy_pipe() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
-    let example = bin.parent().unwrap().join("examples").join("custom_stage");
-    if !example.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "custom_stage"])
-            .current_dir(root())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    example
-}
 
 fn pipe(cache: &Path, args: &[&str]) -> Output {
     Command::new(toy_pipe())

@@ -262,6 +262,7 @@ fn gc_keeps_what_kept_runs_reach_and_dry_run_removes_nothing() {
             started_at: "2026-01-01T00:00:00Z".into(),
             duration_s: 0.0,
             device: "cpu".into(),
+            executor: None,
             outcome: "ok".into(),
             stages: o.records.clone(),
             report: None,

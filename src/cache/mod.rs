@@ -8,6 +8,8 @@
 //! locks/<key>.lock        per-key lock files (advisory locks; no repository-wide lock)
 //! names/<hash>.json       the last key each stage name had, for "why does this re-run?"
 //! runs/<run-id>.json      run records
+//! runs/<run-id>/          a run's job descriptions, scripts, logs and worker results
+//! slurm/<key>.json        the Slurm job last submitted for a key
 //! ```
 
 pub mod gc;

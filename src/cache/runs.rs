@@ -20,6 +20,9 @@ pub enum StageStatus {
     Skipped,
     /// Not run because the run stopped (first failure without --keep-going, or Ctrl-C).
     NotRun,
+    /// Handed to an executor that runs it on its own (`pipe run --detach`); not finished
+    /// when the record was written.
+    Queued,
 }
 
 impl StageStatus {
@@ -30,6 +33,7 @@ impl StageStatus {
             StageStatus::Failed => "failed",
             StageStatus::Skipped => "skipped",
             StageStatus::NotRun => "not run",
+            StageStatus::Queued => "queued",
         }
     }
 }
@@ -45,6 +49,9 @@ pub struct StageRecord {
     pub metrics: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The executor's id for the job that computed (or will compute) it: a Slurm job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,7 +63,10 @@ pub struct RunRecord {
     pub started_at: String,
     pub duration_s: f64,
     pub device: String,
-    /// ok, failed or interrupted.
+    /// Where jobs ran when not in this process (`slurm`, `ssh`, `subprocess`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+    /// ok, failed, interrupted, or detached (jobs still queued when `pipe run` returned).
     pub outcome: String,
     pub stages: Vec<StageRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,9 +139,23 @@ pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
     Ok(out)
 }
 
+/// The folder of a run's job files and logs (runs on Slurm or as `pipe worker` processes).
+pub fn run_folder(cache: &Path, id: &str) -> PathBuf {
+    runs_dir(cache).join(id)
+}
+
+/// Removes a run record and its folder, if it has one.
 pub fn remove(cache: &Path, id: &str) -> Result<(), CacheError> {
     let path = runs_dir(cache).join(format!("{id}.json"));
-    fs::remove_file(&path).map_err(|source| CacheError::Io { path, source })
+    fs::remove_file(&path).map_err(|source| CacheError::Io { path, source })?;
+    let folder = run_folder(cache, id);
+    if folder.is_dir() {
+        fs::remove_dir_all(&folder).map_err(|source| CacheError::Io {
+            path: folder,
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Finds a run by id, unique id prefix, `last`, or `-N` (N-th from last).

@@ -3,8 +3,11 @@
 //! An entry is written into `tmp/`, given its manifest and its `COMPLETE` marker last, then
 //! renamed into `entries/` (same file system, so the rename is atomic): an interrupted stage
 //! leaves at most a folder in `tmp/`, never anything that looks finished. Locks are advisory
-//! file locks per key (`std::fs::File::lock`), released by the OS when a process dies, so a
-//! `kill -9` never leaves a stale lock behind.
+//! file locks per key (`std::fs::File::lock`, which is `flock(2)` on Linux), released by the OS
+//! when a process dies, so a `kill -9` never leaves a stale lock behind. On a cache shared
+//! between nodes, a complete entry is never replaced (the first published wins), so nodes whose
+//! locks do not exclude each other waste work but never corrupt an entry (README: "A cache
+//! shared between machines").
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -191,7 +194,12 @@ impl Store {
     }
 
     /// Digests the outputs, writes the manifest and the completion marker, and renames the
-    /// folder into place. Returns the manifest as written.
+    /// folder into place. Returns the manifest of the entry now in place.
+    ///
+    /// A complete entry of the same key is never replaced: another process (on another node of
+    /// a shared cache, or one whose lock did not exclude us) published it first, so it is kept
+    /// and this copy is dropped. The rename cannot overwrite it either: renaming a folder onto
+    /// a non-empty one fails.
     pub fn publish(&self, tmp: TmpEntry, mut manifest: Manifest) -> Result<Manifest, CacheError> {
         manifest.outputs = digest_tree(&tmp.dir)?;
         let mpath = tmp.dir.join(MANIFEST);
@@ -201,16 +209,38 @@ impl Store {
         let dest = self.entry_dir(&tmp.key);
         let parent = dest.parent().expect("entry dirs have a parent");
         fs::create_dir_all(parent).map_err(io(parent))?;
-        if dest.exists() {
-            // A leftover without COMPLETE (we hold the lock, and complete entries are never
-            // re-written): move it aside rather than merge into it.
-            self.discard(&dest)?;
+        if self.is_complete(&tmp.key) {
+            return self.keep_first(tmp);
         }
-        fs::rename(&tmp.dir, &dest).map_err(io(&dest))?;
+        if dest.exists() {
+            // A leftover without COMPLETE (complete entries are never re-written): move it
+            // aside rather than merge into it.
+            self.clear_leftover(&dest)?;
+            if self.is_complete(&tmp.key) {
+                return self.keep_first(tmp);
+            }
+        }
+        if let Err(e) = fs::rename(&tmp.dir, &dest) {
+            if self.is_complete(&tmp.key) {
+                return self.keep_first(tmp);
+            }
+            return Err(io(&dest)(e));
+        }
         if let Ok(d) = File::open(parent) {
             let _ = d.sync_all();
         }
         Ok(manifest)
+    }
+
+    /// Drops `tmp` in favour of the complete entry already in place, and returns its manifest.
+    fn keep_first(&self, tmp: TmpEntry) -> Result<Manifest, CacheError> {
+        tracing::info!(
+            key = &tmp.key[..12],
+            "the entry was published meanwhile by another process; keeping it"
+        );
+        let key = tmp.key.clone();
+        self.abandon(tmp);
+        self.read_manifest(&key)
     }
 
     /// Removes an unfinished entry folder.
@@ -231,13 +261,34 @@ impl Store {
         Ok(dest)
     }
 
-    fn discard(&self, dir: &Path) -> Result<(), CacheError> {
+    /// Moves the folder `dest` (seen without COMPLETE) out of `entries/`. Where locks do not
+    /// exclude another node, that node may have published a complete entry there between our
+    /// check and the move: a complete folder is put back (the first entry wins), and only an
+    /// unfinished one is removed.
+    fn clear_leftover(&self, dest: &Path) -> Result<(), CacheError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        // Host and time as well as the pid: pids repeat across the nodes sharing `tmp/`.
         let aside = self.root.join("tmp").join(format!(
-            "stale-{}.{}",
-            dir.file_name().and_then(|s| s.to_str()).unwrap_or("entry"),
+            "stale-{}.{}.{}.{nanos}",
+            dest.file_name().and_then(|s| s.to_str()).unwrap_or("entry"),
+            crate::clock::hostname(),
             std::process::id()
         ));
-        fs::rename(dir, &aside).map_err(io(dir))?;
+        match fs::rename(dest, &aside) {
+            Ok(()) => {}
+            // Gone meanwhile (another process cleared it): nothing to do.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(dest)(e)),
+        }
+        if aside.join(COMPLETE).is_file() {
+            // Fails only if yet another complete entry is in place now; this one then goes.
+            if fs::rename(&aside, dest).is_ok() {
+                return Ok(());
+            }
+        }
         let _ = fs::remove_dir_all(&aside);
         Ok(())
     }
@@ -344,4 +395,31 @@ pub fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clearing_a_leftover_that_became_complete_puts_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (key, other) = ("cd".repeat(32), "ef".repeat(32));
+        // Seen without COMPLETE, then completed by another node before it was moved aside.
+        let dest = store.entry_dir(&key);
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join("w.bin"), "first").unwrap();
+        fs::write(dest.join(COMPLETE), "").unwrap();
+        store.clear_leftover(&dest).unwrap();
+        assert!(store.is_complete(&key));
+        assert_eq!(fs::read_to_string(dest.join("w.bin")).unwrap(), "first");
+        // A real leftover (no COMPLETE) goes, and nothing of it stays in tmp/.
+        let left = store.entry_dir(&other);
+        fs::create_dir_all(&left).unwrap();
+        fs::write(left.join("w.bin"), "half").unwrap();
+        store.clear_leftover(&left).unwrap();
+        assert!(!left.exists());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
 }

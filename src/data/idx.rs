@@ -8,7 +8,8 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::DataError;
+use super::split::{Inputs, Normalization, Split, Targets};
+use super::{DataError, Dataset};
 
 /// An IDX array of unsigned bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
         if source.kind() == std::io::ErrorKind::NotFound {
             DataError::Missing {
                 path: path.to_path_buf(),
+                advice: "put the file there or point the stage's `data.dir` at the folder that \
+                         holds it"
+                    .into(),
             }
         } else {
             DataError::Io {
@@ -72,6 +76,7 @@ pub fn parse_idx_u8(path: &Path, bytes: &[u8]) -> Result<IdxArray, DataError> {
 fn parse_raw(path: &Path, body: &[u8]) -> Result<IdxArray, DataError> {
     let bad = |problem: String| DataError::Format {
         path: path.to_path_buf(),
+        format: "IDX",
         problem,
     };
     if body.len() < 4 {
@@ -127,6 +132,117 @@ fn parse_raw(path: &Path, body: &[u8]) -> Result<IdxArray, DataError> {
         dims,
         data: body[header_len..].to_vec(),
     })
+}
+
+/// An image dataset stored as four IDX files in MNIST's layout: training images and labels,
+/// test images and labels, one channel of `side × side` pixels.
+pub(crate) struct IdxDataset {
+    pub title: &'static str,
+    /// Train images, train labels, test images, test labels.
+    pub files: [&'static str; 4],
+    /// BLAKE3 of the *decompressed* content of each file, so that every faithful copy
+    /// passes, however it was compressed.
+    pub blake3: [&'static str; 4],
+    pub side: usize,
+    pub classes: usize,
+    pub mean: f32,
+    pub std: f32,
+    /// Where the files come from, for the "missing file" message.
+    pub obtain: &'static str,
+}
+
+/// Loads an [`IdxDataset`] from `dir`; with `verify`, every file's digest must be the
+/// pinned one.
+pub(crate) fn load_idx_dataset(
+    dir: &Path,
+    verify: bool,
+    d: &IdxDataset,
+) -> Result<Dataset, DataError> {
+    let paths: Vec<std::path::PathBuf> = d.files.iter().map(|f| dir.join(f)).collect();
+    let mut arrays = Vec::with_capacity(4);
+    for (i, path) in paths.iter().enumerate() {
+        let bytes = read_file(path).map_err(|e| e.advise(d.obtain))?;
+        let bytes = decompress(path, &bytes)?;
+        if verify {
+            let actual = blake3::hash(&bytes).to_hex().to_string();
+            if actual != d.blake3[i] {
+                return Err(DataError::Checksum {
+                    path: path.clone(),
+                    dataset: d.title,
+                    actual,
+                    expected: d.blake3[i].to_string(),
+                });
+            }
+        }
+        arrays.push(parse_raw(path, &bytes)?);
+    }
+    let mut it = arrays.into_iter();
+    let mut next = || it.next().expect("four arrays");
+    let (tri, trl, tei, tel) = (next(), next(), next(), next());
+    Ok(Dataset {
+        train: idx_split(d, &paths[0], tri, &paths[1], trl)?,
+        test: idx_split(d, &paths[2], tei, &paths[3], tel)?,
+    })
+}
+
+fn idx_split(
+    d: &IdxDataset,
+    img_path: &Path,
+    images: IdxArray,
+    lbl_path: &Path,
+    labels: IdxArray,
+) -> Result<Split, DataError> {
+    let format = |path: &Path, problem: String| DataError::Format {
+        path: path.to_path_buf(),
+        format: "IDX",
+        problem,
+    };
+    if images.dims.len() != 3 || images.dims[1] != d.side || images.dims[2] != d.side {
+        return Err(format(
+            img_path,
+            format!(
+                "image file has dimensions {:?}, expected [n, {}, {}]",
+                images.dims, d.side, d.side
+            ),
+        ));
+    }
+    if labels.dims.len() != 1 {
+        return Err(format(
+            lbl_path,
+            format!("label file has dimensions {:?}, expected [n]", labels.dims),
+        ));
+    }
+    let (n_images, n_labels) = (images.dims[0], labels.dims[0]);
+    if n_images != n_labels {
+        return Err(DataError::CountMismatch {
+            images: img_path.to_path_buf(),
+            n_images,
+            labels: lbl_path.to_path_buf(),
+            n_labels,
+        });
+    }
+    if let Some((index, &label)) = labels
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, l)| **l as usize >= d.classes)
+    {
+        return Err(DataError::BadLabel {
+            path: lbl_path.to_path_buf(),
+            dataset: d.title,
+            index,
+            label,
+            classes: d.classes,
+        });
+    }
+    Split::new(
+        Inputs::u8(
+            images.data,
+            [1, d.side, d.side],
+            Normalization::new(&[d.mean], &[d.std]),
+        ),
+        Targets::classes(labels.data, d.classes),
+    )
 }
 
 /// Writes `data` with shape `dims` as a gzip-compressed IDX file of unsigned bytes.

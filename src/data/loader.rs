@@ -1,4 +1,5 @@
-//! Validation splits, subsets and seeded per-epoch batch orders.
+//! Validation splits, subsets (first rows, or class-balanced) and seeded per-epoch batch
+//! orders.
 //!
 //! Every random choice uses `ChaCha8Rng`, so results depend only on the seeds,
 //! never on the platform, backend or thread count.
@@ -12,31 +13,16 @@ use super::{DataError, Split};
 /// Domain tags so that the same user seed drives independent streams.
 const DOMAIN_VALIDATION: u64 = 0x5641_4c49_4441_5445; // "VALIDATE"
 const DOMAIN_BATCHES: u64 = 0x4241_5443_4845_5321; // "BATCHES!"
+const DOMAIN_SUBSET: u64 = 0x4241_4c53_5542_5345; // "BALSUBSE"
 
 /// A ChaCha8 generator keyed by `(seed, domain)` on stream `stream`.
-fn rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
+pub(crate) fn rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     key[8..16].copy_from_slice(&domain.to_le_bytes());
     let mut r = ChaCha8Rng::from_seed(key);
     r.set_stream(stream);
     r
-}
-
-/// Copies the rows `idx` of `split` into a new split, in the order given.
-fn take_rows(split: &Split, idx: &[usize]) -> Split {
-    let d = split.dim();
-    let mut images = Vec::with_capacity(idx.len() * d);
-    let mut labels = Vec::with_capacity(idx.len());
-    for &i in idx {
-        images.extend_from_slice(&split.images[i * d..(i + 1) * d]);
-        labels.push(split.labels[i]);
-    }
-    Split {
-        images,
-        labels,
-        n: idx.len(),
-    }
 }
 
 /// Splits `train` into `(train, validation)`: a seeded permutation picks
@@ -65,19 +51,50 @@ pub fn split_validation(
     let mut train_idx = perm[val_size..].to_vec();
     val_idx.sort_unstable();
     train_idx.sort_unstable();
-    Ok((take_rows(train, &train_idx), take_rows(train, &val_idx)))
+    Ok((train.take(&train_idx), train.take(&val_idx)))
 }
 
 /// The first `n` samples of `split` (all of them if it has fewer), for tiny
 /// test pipelines.
 pub fn subset(split: &Split, n: usize) -> Split {
     let n = n.min(split.n);
-    let d = split.dim();
-    Split {
-        images: split.images[..n * d].to_vec(),
-        labels: split.labels[..n].to_vec(),
-        n,
+    split.take(&(0..n).collect::<Vec<_>>())
+}
+
+/// A class-balanced subset of `n` samples (all of `split` if it has no more than `n`): each
+/// of the `k` classes gives `n / k` samples, the first `n % k` classes one more. Within a
+/// class the samples are picked by a permutation seeded by `(seed, class)`; the subset keeps
+/// the split's order. The reduced-scale protocols use one fixed seed for every arm.
+pub fn balanced_subset(split: &Split, n: usize, seed: u64) -> Result<Split, DataError> {
+    if n >= split.n {
+        return Ok(split.clone());
     }
+    let (Some(labels), Some(k)) = (split.labels(), split.classes()) else {
+        return Err(DataError::Invalid(
+            "a class-balanced subset needs class labels; this split has regression targets".into(),
+        ));
+    };
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); k];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let mut picked = Vec::with_capacity(n);
+    for (c, mut members) in by_class.into_iter().enumerate() {
+        let quota = n / k + usize::from(c < n % k);
+        if members.len() < quota {
+            return Err(DataError::Invalid(format!(
+                "a class-balanced subset of {n} needs {quota} samples of class {c}, but the \
+                 split ({} samples) has {}; choose a subset of at most {}",
+                split.n,
+                members.len(),
+                members.len() * k
+            )));
+        }
+        members.shuffle(&mut rng(seed, DOMAIN_SUBSET, c as u64));
+        picked.extend_from_slice(&members[..quota]);
+    }
+    picked.sort_unstable();
+    Ok(split.take(&picked))
 }
 
 /// The sample order of epoch `epoch`: a permutation of `0..n` drawn from a
@@ -152,28 +169,24 @@ impl BatchOrder {
     }
 }
 
-/// Copies the rows `idx` of `split` into `images` / `labels` (cleared first):
-/// only the batch's rows are copied.
-pub fn gather_batch(split: &Split, idx: &[usize], images: &mut Vec<f32>, labels: &mut Vec<u8>) {
-    let d = split.dim();
-    images.clear();
-    labels.clear();
-    for &i in idx {
-        images.extend_from_slice(&split.images[i * d..(i + 1) * d]);
-        labels.push(split.labels[i]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::{BatchTargets, Inputs, Targets, gather_range};
 
+    /// Row i is `[2i, 2i + 1]` with label `i % 10`.
     fn toy(n: usize) -> Split {
-        Split {
-            images: (0..n * 2).map(|x| x as f32).collect(),
-            labels: (0..n).map(|i| (i % 10) as u8).collect(),
-            n,
-        }
+        Split::new(
+            Inputs::f32((0..n * 2).map(|x| x as f32).collect(), [2, 1, 1]),
+            Targets::classes((0..n).map(|i| (i % 10) as u8).collect(), 10),
+        )
+        .unwrap()
+    }
+
+    fn values(s: &Split) -> Vec<f32> {
+        let (mut x, mut y) = (Vec::new(), BatchTargets::default());
+        gather_range(s, 0..s.n, &mut x, &mut y);
+        x
     }
 
     #[test]
@@ -181,17 +194,17 @@ mod tests {
         let s = toy(20);
         let (tr, va) = split_validation(&s, 5, 7).unwrap();
         assert_eq!((tr.n, va.n), (15, 5));
-        assert_eq!((tr.images.len(), va.images.len()), (30, 10));
+        assert_eq!((values(&tr).len(), values(&va).len()), (30, 10));
         // Row i of the toy set is [2i, 2i+1]: recover the indices.
         let ids =
-            |s: &Split| -> Vec<usize> { s.images.chunks(2).map(|r| r[0] as usize / 2).collect() };
+            |s: &Split| -> Vec<usize> { values(s).chunks(2).map(|r| r[0] as usize / 2).collect() };
         let (ti, vi) = (ids(&tr), ids(&va));
         let mut all: Vec<usize> = ti.iter().chain(&vi).copied().collect();
         all.sort();
         assert_eq!(all, (0..20).collect::<Vec<_>>());
         assert!(ti.windows(2).all(|w| w[0] < w[1]) && vi.windows(2).all(|w| w[0] < w[1]));
         for (k, &i) in vi.iter().enumerate() {
-            assert_eq!(va.labels[k], (i % 10) as u8);
+            assert_eq!(va.labels().unwrap()[k], (i % 10) as u8);
         }
         // Same seed, same split; another seed, another split.
         assert_eq!(split_validation(&s, 5, 7).unwrap().1, va);
@@ -213,9 +226,56 @@ mod tests {
         let s = toy(10);
         let t = subset(&s, 3);
         assert_eq!(t.n, 3);
-        assert_eq!(t.images, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert_eq!(t.labels, vec![0, 1, 2]);
+        assert_eq!(values(&t), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(t.labels(), Some(&[0u8, 1, 2][..]));
         assert_eq!(subset(&s, 99), s);
+    }
+
+    #[test]
+    fn balanced_subset_takes_equal_shares_per_class() {
+        // 100 samples, labels i % 10 except that class 9 has only 3 members (relabelled 0).
+        let labels: Vec<u8> = (0..100)
+            .map(|i| {
+                if i % 10 == 9 && i >= 30 {
+                    0
+                } else {
+                    (i % 10) as u8
+                }
+            })
+            .collect();
+        let s = Split::new(
+            Inputs::f32((0..100).map(|x| x as f32).collect(), [1, 1, 1]),
+            Targets::classes(labels.clone(), 10),
+        )
+        .unwrap();
+        let b = balanced_subset(&s, 23, 5).unwrap();
+        assert_eq!(b.n, 23);
+        let ids: Vec<usize> = values(&b).iter().map(|&v| v as usize).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "kept in order: {ids:?}"
+        );
+        let mut counts = [0usize; 10];
+        for &i in &ids {
+            counts[labels[i] as usize] += 1;
+        }
+        // 23 = 10 × 2 + 3: classes 0, 1 and 2 give one more.
+        assert_eq!(counts, [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]);
+        assert_eq!(balanced_subset(&s, 23, 5).unwrap(), b);
+        assert_ne!(balanced_subset(&s, 23, 6).unwrap(), b);
+        // Class 9 has 3 members: 40 needs 4 of each.
+        let e = balanced_subset(&s, 40, 5).unwrap_err().to_string();
+        assert!(
+            e.contains("needs 4 samples of class 9, but the split (100 samples) has 3; choose a subset of at most 30"),
+            "{e}"
+        );
+        assert_eq!(balanced_subset(&s, 100, 5).unwrap(), s);
+        let v = Split::new(
+            Inputs::f32(vec![0.0; 4], [1, 1, 1]),
+            Targets::values(vec![0.0; 4], 1),
+        )
+        .unwrap();
+        assert!(balanced_subset(&v, 2, 0).is_err());
     }
 
     #[test]
@@ -252,14 +312,5 @@ mod tests {
         assert_eq!(late.next_batch(), &seen[4][..]);
         assert!(BatchOrder::new(10, 11, 5, 0).is_err());
         assert!(BatchOrder::new(10, 0, 5, 0).is_err());
-    }
-
-    #[test]
-    fn gather_copies_only_batch_rows() {
-        let s = toy(5);
-        let (mut im, mut lb) = (vec![9.0; 3], vec![9]);
-        gather_batch(&s, &[4, 1], &mut im, &mut lb);
-        assert_eq!(im, vec![8.0, 9.0, 2.0, 3.0]);
-        assert_eq!(lb, vec![4, 1]);
     }
 }

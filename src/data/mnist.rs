@@ -1,9 +1,9 @@
 //! MNIST from the four standard IDX files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::DataError;
-use super::idx::{decompress, parse_idx_u8, read_file};
+use super::idx::{IdxDataset, load_idx_dataset};
+use super::{DataError, Dataset, Source};
 
 /// The four standard file names, in the order train images, train labels,
 /// test images, test labels. The engine hashes these files into cache keys.
@@ -34,122 +34,48 @@ const SIDE: usize = 28;
 /// Pixels per image.
 pub const PIXELS: usize = SIDE * SIDE;
 
-/// One split of a dataset: `n` images of [`PIXELS`] normalised floats each,
-/// stored row-major (`images[i * 784 .. (i + 1) * 784]` is image `i`).
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct Split {
-    pub images: Vec<f32>,
-    pub labels: Vec<u8>,
-    pub n: usize,
-}
+const IDX: IdxDataset = IdxDataset {
+    title: "MNIST",
+    files: MNIST_FILES,
+    blake3: MNIST_BLAKE3,
+    side: SIDE,
+    classes: 10,
+    mean: MNIST_MEAN,
+    std: MNIST_STD,
+    obtain: "put the four MNIST files there (`*-ubyte.gz`, shipped in data/mnist) or point \
+             the stage's `data.dir` at the folder that holds them",
+};
 
-impl Split {
-    /// Number of features per sample (784 for MNIST; 0 for an empty split).
-    pub fn dim(&self) -> usize {
-        self.images.len().checked_div(self.n).unwrap_or(0)
-    }
-
-    /// The empty split.
-    pub fn empty() -> Split {
-        Split::default()
-    }
-}
-
-/// The MNIST training and test sets.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Mnist {
-    pub train: Split,
-    pub test: Split,
-}
-
-/// Normalises one raw pixel: `pixel / 255`, then `(x - 0.1307) / 0.3081`.
-pub fn normalise_pixel(p: u8) -> f32 {
-    (p as f32 / 255.0 - MNIST_MEAN) / MNIST_STD
-}
+pub static SOURCE: Source = Source {
+    name: "mnist",
+    title: "MNIST",
+    default_dir: Some("data/mnist"),
+    files: &MNIST_FILES,
+    shape: [1, SIDE, SIDE],
+    classes: 10,
+    obtain: IDX.obtain,
+    load: load_mnist,
+};
 
 /// Loads MNIST from `dir`, which must hold the four [`MNIST_FILES`]. With
 /// `verify`, each file's BLAKE3 digest must equal the pinned official digest.
-pub fn load_mnist(dir: &Path, verify: bool) -> Result<Mnist, DataError> {
-    let paths: Vec<PathBuf> = MNIST_FILES.iter().map(|f| dir.join(f)).collect();
-    let mut arrays = Vec::with_capacity(4);
-    for (i, path) in paths.iter().enumerate() {
-        let bytes = read_file(path)?;
-        let bytes = decompress(path, &bytes)?;
-        if verify {
-            let actual = blake3::hash(&bytes).to_hex().to_string();
-            if actual != MNIST_BLAKE3[i] {
-                return Err(DataError::Checksum {
-                    path: path.clone(),
-                    actual,
-                    expected: MNIST_BLAKE3[i].to_string(),
-                });
-            }
-        }
-        arrays.push(parse_idx_u8(path, &bytes)?);
-    }
-    let mut it = arrays.into_iter();
-    let (tri, trl, tei, tel) = (
-        it.next().unwrap(),
-        it.next().unwrap(),
-        it.next().unwrap(),
-        it.next().unwrap(),
-    );
-    let train = make_split(&paths[0], tri, &paths[1], trl)?;
-    let test = make_split(&paths[2], tei, &paths[3], tel)?;
-    Ok(Mnist { train, test })
-}
-
-fn make_split(
-    img_path: &Path,
-    images: super::IdxArray,
-    lbl_path: &Path,
-    labels: super::IdxArray,
-) -> Result<Split, DataError> {
-    if images.dims.len() != 3 || images.dims[1] != SIDE || images.dims[2] != SIDE {
-        return Err(DataError::Format {
-            path: img_path.to_path_buf(),
-            problem: format!(
-                "image file has dimensions {:?}, expected [n, 28, 28]",
-                images.dims
-            ),
-        });
-    }
-    if labels.dims.len() != 1 {
-        return Err(DataError::Format {
-            path: lbl_path.to_path_buf(),
-            problem: format!("label file has dimensions {:?}, expected [n]", labels.dims),
-        });
-    }
-    let (n_images, n_labels) = (images.dims[0], labels.dims[0]);
-    if n_images != n_labels {
-        return Err(DataError::CountMismatch {
-            images: img_path.to_path_buf(),
-            n_images,
-            labels: lbl_path.to_path_buf(),
-            n_labels,
-        });
-    }
-    if let Some((index, &label)) = labels.data.iter().enumerate().find(|(_, l)| **l >= 10) {
-        return Err(DataError::BadLabel {
-            path: lbl_path.to_path_buf(),
-            index,
-            label,
-        });
-    }
-    // A 256-entry table: normalisation is then a lookup per pixel.
-    let table: Vec<f32> = (0..=255u8).map(normalise_pixel).collect();
-    let pixels = images.data.iter().map(|&p| table[p as usize]).collect();
-    Ok(Split {
-        images: pixels,
-        labels: labels.data,
-        n: n_images,
-    })
+/// Pixels are normalised with `(p / 255 - 0.1307) / 0.3081` when gathered.
+pub fn load_mnist(dir: &Path, verify: bool) -> Result<Dataset, DataError> {
+    load_idx_dataset(dir, verify, &IDX)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::data::write_idx_u8_gz;
+    use crate::data::idx::decompress;
+    use crate::data::{BatchTargets, Split, gather_range, write_idx_u8_gz};
+
+    /// All inputs of a split, normalised.
+    fn normalised(s: &Split) -> Vec<f32> {
+        let (mut x, mut y) = (Vec::new(), BatchTargets::default());
+        gather_range(s, 0..s.n, &mut x, &mut y);
+        x
+    }
 
     /// Writes a tiny MNIST-shaped data set (`n_train`/`n_test` images) into `dir`.
     pub(crate) fn write_fake_mnist(dir: &Path, n_train: usize, n_test: usize) {
@@ -167,10 +93,13 @@ pub(crate) mod tests {
         write_fake_mnist(dir.path(), 5, 3);
         let m = load_mnist(dir.path(), false).unwrap();
         assert_eq!((m.train.n, m.test.n), (5, 3));
-        assert_eq!(m.train.images.len(), 5 * 784);
-        assert_eq!(m.train.labels, vec![0, 1, 2, 3, 4]);
-        assert_eq!(m.train.images[0], (0.0 - 0.1307) / 0.3081);
-        assert_eq!(m.train.images[255], (1.0 - 0.1307) / 0.3081);
+        assert_eq!(m.train.input_shape(), [1, 28, 28]);
+        assert_eq!(m.train.bytes(), 5 * 784 + 5);
+        assert_eq!(m.train.labels(), Some(&[0u8, 1, 2, 3, 4][..]));
+        let x = normalised(&m.train);
+        assert_eq!(x.len(), 5 * 784);
+        assert_eq!(x[0], (0.0 - 0.1307) / 0.3081);
+        assert_eq!(x[255], (1.0 - 0.1307) / 0.3081);
         assert_eq!(m.train.dim(), 784);
     }
 
@@ -211,16 +140,26 @@ pub(crate) mod tests {
                 DataError::BadLabel {
                     index: 2,
                     label: 10,
+                    classes: 10,
                     ..
                 }
             ),
             "{e}"
         );
         assert!(e.to_string().contains("train-labels-idx1-ubyte.gz"));
+        assert!(
+            e.to_string().contains("MNIST labels must be below 10"),
+            "{e}"
+        );
         std::fs::remove_file(dir.path().join(MNIST_FILES[3])).unwrap();
         write_idx_u8_gz(&dir.path().join(MNIST_FILES[1]), &[4], &[0, 1, 2, 3]).unwrap();
         let e = load_mnist(dir.path(), false).unwrap_err();
         assert!(matches!(e, DataError::Missing { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("t10k-labels-idx1-ubyte.gz does not exist; put the four MNIST files there"),
+            "{e}"
+        );
     }
 
     /// The real files, when present (they are in this repository's shared data).
@@ -240,19 +179,17 @@ pub(crate) mod tests {
         assert_eq!(got, MNIST_BLAKE3, "{got:#?}");
         let m = load_mnist(dir, true).unwrap();
         assert_eq!((m.train.n, m.test.n), (60_000, 10_000));
-        assert_eq!(m.train.images.len(), 60_000 * 784);
+        assert_eq!(m.train.bytes(), 60_000 * 785);
         // Well-known first labels of the official files.
-        assert_eq!((m.train.labels[0], m.test.labels[0]), (5, 7));
+        assert_eq!(
+            (m.train.labels().unwrap()[0], m.test.labels().unwrap()[0]),
+            (5, 7)
+        );
         // The normalisation constants are the training-set mean and std.
-        let n = m.train.images.len() as f64;
-        let mean = m.train.images.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let var = m
-            .train
-            .images
-            .iter()
-            .map(|&x| (x as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let x = normalised(&m.train);
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = x.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         assert!(
             mean.abs() < 1e-3 && (var.sqrt() - 1.0).abs() < 1e-3,
             "{mean} {var}"

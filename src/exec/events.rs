@@ -32,6 +32,17 @@ pub enum Event<'a> {
     Failed {
         name: &'a str,
         error: &'a str,
+        /// Shown under the error (a remote job's log tail).
+        detail: Option<&'a str>,
+    },
+    /// Handed to an executor whose jobs run elsewhere (a Slurm job id).
+    Submitted {
+        name: &'a str,
+        key: &'a str,
+        ticket: &'a str,
+        executor: &'a str,
+        /// Already in flight from an earlier run; followed, not submitted again.
+        adopted: bool,
     },
     Skipped {
         name: &'a str,
@@ -103,13 +114,52 @@ impl EventSink for PlainSink {
                     self.line(&format!("done    {name}: {headline}"))
                 }
             }
-            Event::Failed { name, error } => self.line(&format!("FAILED  {name}: {error}")),
+            Event::Failed {
+                name,
+                error,
+                detail,
+            } => {
+                self.line(&format!("FAILED  {name}: {error}"));
+                if let Some(d) = detail {
+                    self.line(&indent(d));
+                }
+            }
+            Event::Submitted { .. } => self.line(&submitted_line(e)),
             Event::Skipped { name, because } => self.line(&format!("skip    {name}: {because}")),
             Event::Corrupt { name, reason } => {
                 self.line(&format!("CORRUPT {name}: {reason}; recomputing"))
             }
         }
     }
+}
+
+fn submitted_line(e: &Event) -> String {
+    let Event::Submitted {
+        name,
+        key,
+        ticket,
+        executor,
+        adopted,
+    } = e
+    else {
+        return String::new();
+    };
+    if *adopted {
+        format!(
+            "follow  {name} ({}): {executor} job {ticket}, submitted earlier",
+            &key[..12]
+        )
+    } else {
+        format!("submit  {name} ({}): {executor} job {ticket}", &key[..12])
+    }
+}
+
+/// Every line of `text`, indented under an event line.
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("        | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A bar per running stage on a terminal.
@@ -180,7 +230,11 @@ impl EventSink for BarSink {
                     format!("done    {name}: {headline}")
                 });
             }
-            Event::Failed { name, error } => {
+            Event::Failed {
+                name,
+                error,
+                detail,
+            } => {
                 if let Some(b) = self
                     .bars
                     .lock()
@@ -190,9 +244,15 @@ impl EventSink for BarSink {
                     b.abandon();
                 }
                 let _ = self.multi.println(format!("FAILED  {name}: {error}"));
+                if let Some(d) = detail {
+                    let _ = self.multi.println(indent(d));
+                }
             }
             Event::Hit { name, .. } => {
                 let _ = self.multi.println(format!("hit     {name}"));
+            }
+            Event::Submitted { .. } => {
+                let _ = self.multi.println(submitted_line(e));
             }
             Event::Waiting { name } => {
                 let _ = self.multi.println(format!(

@@ -25,6 +25,8 @@ pub enum Why {
 pub struct PlannedStage {
     pub instance: Instance,
     pub key: String,
+    /// The kind's version the key was made with.
+    pub version: u32,
     pub preimage: PreImage,
     pub why: Why,
 }
@@ -122,6 +124,7 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
         stages.push(PlannedStage {
             instance: inst.clone(),
             key,
+            version: kind.version(),
             preimage: pre,
             why,
         });

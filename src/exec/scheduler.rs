@@ -1,35 +1,41 @@
-//! Runs the stages a plan says are missing, in dependency order, in parallel up to `--jobs`.
+//! Decides what runs and when, whatever runs it: the stages a plan says are missing, in
+//! dependency order, handed to an [`Executor`] one job at a time.
 //!
 //! Stages with the same key (the same work reached under two names, e.g. the IMP chain's
-//! training and the ticket branch at the same learning rate) form one job and run once. Each
-//! job takes its key's lock, so two `pipe run`s that share a stage compute it once: the second
-//! waits, then finds the entry and hits. A failed job skips everything downstream of it; the
-//! rest stops too unless `--keep-going`. Ctrl-C sets the cancel flag: running stages stop at
-//! their next check, their temporary folders are removed, and the next run resumes.
+//! training and the ticket branch at the same learning rate) form one job and run once. A job
+//! whose entry is complete is a hit and never reaches the executor. Whoever computes a job
+//! takes its key's lock, so two `pipe run`s that share a stage compute it once: the second
+//! waits, then finds the entry and hits. A failed job skips everything downstream of it (and
+//! cancels what of it is already queued); the rest stops too unless `--keep-going`. Ctrl-C sets
+//! the cancel flag: running stages stop at their next check (remote jobs are cancelled), their
+//! temporary folders are removed, and the next run resumes.
+//!
+//! Executors that order dependencies themselves (Slurm's `afterok`) get each job as soon as
+//! the jobs it consumes are handed over, so a whole plan is queued at once; with `--detach`
+//! the scheduler returns then and records the jobs as queued.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::time::Instant;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::events::{Event, EventSink};
+use super::executor::{Executor, LocalExecutor, Report, Ticket};
+use super::job::{Finished, JOB_FORMAT, JobInput, JobRole, JobSpec, Worker};
 use super::plan::Plan;
 use crate::cache::{Manifest, StageRecord, StageStatus, Store};
-use crate::clock;
 use crate::graph::StageGraph;
-use crate::nn::DeviceSpec;
-use crate::panic_text::panic_text;
-use crate::stages::dataset::DataCache;
-use crate::stages::{InputEntry, Registry, StageContext};
+use crate::stages::{Registry, Runtime};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub jobs: usize,
     pub keep_going: bool,
-    pub device: DeviceSpec,
+    /// Where stages compute (`cpu`, `cuda:0`): handed to jobs, recorded in manifests.
+    pub device: String,
+    /// Return once every job is handed over (executors whose jobs outlive this process).
+    pub detach: bool,
 }
 
 #[derive(Debug)]
@@ -47,12 +53,25 @@ impl RunOutcome {
                 .iter()
                 .all(|r| matches!(r.status, StageStatus::Hit | StageStatus::Ran))
     }
+
+    /// Stages handed to an executor and not finished when the run returned (`--detach`).
+    pub fn queued(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|r| r.status == StageStatus::Queued)
+            .count()
+    }
 }
 
 #[derive(Clone)]
 enum State {
     Pending,
-    Running,
+    InFlight {
+        ticket: Ticket,
+        started: bool,
+        /// Cancelled because a stage it consumes failed: why, to record it as skipped.
+        doomed: Option<String>,
+    },
     Done {
         status: StageStatus,
         manifest: Box<Manifest>,
@@ -90,8 +109,18 @@ pub fn headline(metrics: &Value) -> String {
         .join(" ")
 }
 
-/// What running stages need besides the plan: the kinds, the cache, the options, where events
-/// go, the cancel flag (set by Ctrl-C) and the shared dataset cache.
+/// What the scheduler needs besides the plan and an executor: the cache (for hits and stage
+/// names), the options, where events go and the cancel flag (set by Ctrl-C).
+#[derive(Clone, Copy)]
+pub struct Scheduling<'a> {
+    pub store: &'a Store,
+    pub opts: &'a RunOptions,
+    pub sink: &'a dyn EventSink,
+    pub cancel: &'a AtomicBool,
+}
+
+/// Everything a run in this process needs: the scheduling, plus the stage kinds and the
+/// run-time resources stages share (opaque here).
 #[derive(Clone, Copy)]
 pub struct Engine<'a> {
     pub registry: &'a Registry,
@@ -99,16 +128,40 @@ pub struct Engine<'a> {
     pub opts: &'a RunOptions,
     pub sink: &'a dyn EventSink,
     pub cancel: &'a AtomicBool,
-    pub data: &'a DataCache,
+    pub runtime: &'a Runtime,
 }
 
+/// Runs the plan on threads of this process (`--executor local`).
 pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
-    let Engine {
+    let worker = Worker {
+        registry: env.registry,
+        store: env.store,
+        runtime: env.runtime,
+        sink: env.sink,
+        cancel: env.cancel,
+    };
+    let scheduling = Scheduling {
+        store: env.store,
+        opts: env.opts,
+        sink: env.sink,
+        cancel: env.cancel,
+    };
+    std::thread::scope(|scope| {
+        let local = LocalExecutor::new(scope, &worker, env.opts.jobs);
+        schedule(plan, scheduling, &local)
+    })
+}
+
+/// How often the scheduler looks at the cancel flag while jobs run.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs the plan's missing stages through `exec`.
+pub fn schedule(plan: &Plan, env: Scheduling, exec: &dyn Executor) -> RunOutcome {
+    let Scheduling {
         store,
         opts,
         sink,
         cancel,
-        ..
     } = env;
     let stages = &plan.stages;
     let graph = StageGraph::new(&plan.pipeline.instances);
@@ -144,109 +197,265 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
         .enumerate()
         .map(|(i, s)| (s.instance.name.as_str(), i))
         .collect();
-    let mut state: Vec<State> = vec![State::Pending; jobs.len()];
-    let mut stop = false;
-    let jobs_limit = opts.jobs.max(1);
+    let name_of = |j: usize| stages[jobs[j].members[0]].instance.name.as_str();
 
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel::<(usize, Result<(StageStatus, Manifest, f64), String>)>();
-        let mut running = 0usize;
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                stop = true;
+    let eager = exec.orders_dependencies();
+    let slots = exec.slots().max(1);
+    let mut state: Vec<State> = vec![State::Pending; jobs.len()];
+    let mut tickets: Vec<Option<Ticket>> = vec![None; jobs.len()];
+    let mut job_of_ticket: HashMap<Ticket, usize> = HashMap::new();
+    let mut in_flight = 0usize;
+    // No new jobs once set: after a failure without --keep-going, or Ctrl-C.
+    let mut stop = false;
+
+    // Marks everything downstream of job `j` skipped (or not run, when interrupted) and
+    // returns the tickets of those already handed over, to cancel.
+    let skip_downstream =
+        |j: usize, because: &str, interrupted: bool, state: &mut Vec<State>| -> Vec<Ticket> {
+            let mut cancel_these = Vec::new();
+            for &i in &jobs[j].members {
+                for d in graph.downstream(i) {
+                    let dj = job_of_stage[d];
+                    match &mut state[dj] {
+                        State::Pending => {
+                            if !interrupted {
+                                sink.event(&Event::Skipped {
+                                    name: &stages[d].instance.name,
+                                    because,
+                                });
+                            }
+                            state[dj] = if interrupted {
+                                State::NotRun
+                            } else {
+                                State::Skipped(because.to_string())
+                            };
+                        }
+                        State::InFlight { ticket, doomed, .. } if doomed.is_none() => {
+                            *doomed = Some(because.to_string());
+                            cancel_these.push(ticket.clone());
+                        }
+                        _ => {}
+                    }
+                }
             }
-            while !stop && running < jobs_limit {
-                let Some(j) = (0..jobs.len()).find(|&j| {
-                    matches!(state[j], State::Pending)
-                        && jobs[j]
-                            .deps
-                            .iter()
-                            .all(|&d| matches!(state[d], State::Done { .. }))
-                }) else {
-                    break;
-                };
-                state[j] = State::Running;
-                running += 1;
-                // Everything the job needs, captured by value: its inputs are finished entries.
-                let rep = jobs[j].members[0];
-                let inputs =
-                    input_entries(store, &stages[rep], stages, &index, &state, &job_of_stage);
-                let tx = tx.clone();
-                let key = jobs[j].key.clone();
-                scope.spawn(move || {
-                    let res = run_job(&key, rep, plan, env, inputs);
-                    let _ = tx.send((j, res));
-                });
+            cancel_these
+        };
+
+    let done = |j: usize, status, manifest: Box<Manifest>, seconds, state: &mut Vec<State>| {
+        let name = name_of(j);
+        match status {
+            StageStatus::Hit => sink.event(&Event::Hit {
+                name,
+                key: &jobs[j].key,
+            }),
+            _ => sink.event(&Event::Done {
+                name,
+                seconds,
+                headline: &headline(&manifest.metrics),
+            }),
+        }
+        for &i in &jobs[j].members {
+            if let Err(e) = store.record_name(&stages[i].instance.name, &jobs[j].key) {
+                tracing::warn!(
+                    "could not record the name of {}: {e}",
+                    stages[i].instance.name
+                );
             }
-            if running == 0 {
+        }
+        state[j] = State::Done {
+            status,
+            manifest,
+            seconds,
+        };
+    };
+
+    loop {
+        if cancel.load(Ordering::Relaxed) && !stop {
+            stop = true;
+            if opts.detach {
                 break;
             }
-            let Ok((j, res)) = rx.recv() else { break };
-            running -= 1;
-            match res {
-                Ok((status, manifest, seconds)) => {
-                    for &i in &jobs[j].members {
-                        if let Err(e) = store.record_name(&stages[i].instance.name, &jobs[j].key) {
-                            tracing::warn!(
-                                "could not record the name of {}: {e}",
-                                stages[i].instance.name
-                            );
-                        }
-                    }
-                    state[j] = State::Done {
-                        status,
-                        manifest: Box::new(manifest),
-                        seconds,
-                    };
+            let all: Vec<Ticket> = in_flight_tickets(&state);
+            exec.cancel(&all);
+        }
+        // Hand over every job that may go now (and settle hits on the way).
+        let mut progressed = !stop;
+        while progressed && !stop {
+            progressed = false;
+            for j in 0..jobs.len() {
+                if in_flight >= slots || stop {
+                    break;
                 }
-                Err(msg) => {
-                    let cancelled = cancel.load(Ordering::Relaxed);
-                    let name = &stages[jobs[j].members[0]].instance.name;
-                    if cancelled {
-                        state[j] = State::NotRun;
-                    } else {
-                        sink.event(&Event::Failed { name, error: &msg });
-                        state[j] = State::Failed(msg);
-                    }
-                    let because = format!(
-                        "`{name}` {}",
-                        if cancelled {
-                            "was interrupted"
-                        } else {
-                            "failed"
+                if !matches!(state[j], State::Pending) {
+                    continue;
+                }
+                let ready = jobs[j].deps.iter().all(|&d| match &state[d] {
+                    State::Done { .. } => true,
+                    State::InFlight { doomed: None, .. } => eager,
+                    _ => false,
+                });
+                if !ready {
+                    continue;
+                }
+                progressed = true;
+                let key = jobs[j].key.as_str();
+                if store.is_complete(key) {
+                    match store.verify(key) {
+                        Ok(m) => {
+                            done(j, StageStatus::Hit, Box::new(m), 0.0, &mut state);
+                            continue;
                         }
-                    );
-                    for &i in &jobs[j].members {
-                        for d in graph.downstream(i) {
-                            let dj = job_of_stage[d];
-                            if matches!(state[dj], State::Pending) {
-                                if !cancelled {
-                                    sink.event(&Event::Skipped {
-                                        name: &stages[d].instance.name,
-                                        because: &because,
-                                    });
-                                }
-                                state[dj] = if cancelled {
-                                    State::NotRun
-                                } else {
-                                    State::Skipped(because.clone())
-                                };
-                            }
-                        }
+                        // The executor's worker re-checks under the lock and recomputes.
+                        Err(e) => tracing::debug!("{}: verification failed: {e}", name_of(j)),
                     }
-                    if !opts.keep_going || cancelled {
-                        stop = true;
+                }
+                let job = job_spec(plan, &jobs[j], &index, &opts.device);
+                let after: Vec<Ticket> = jobs[j]
+                    .deps
+                    .iter()
+                    .filter_map(|&d| match &state[d] {
+                        State::InFlight { ticket, .. } => Some(ticket.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                match exec.submit(&job, &after) {
+                    Ok(sub) => {
+                        if exec.remote() {
+                            sink.event(&Event::Submitted {
+                                name: name_of(j),
+                                key,
+                                ticket: &sub.ticket.0,
+                                executor: exec.name(),
+                                adopted: sub.adopted,
+                            });
+                        }
+                        job_of_ticket.insert(sub.ticket.clone(), j);
+                        tickets[j] = Some(sub.ticket.clone());
+                        state[j] = State::InFlight {
+                            ticket: sub.ticket,
+                            started: false,
+                            doomed: None,
+                        };
+                        in_flight += 1;
+                    }
+                    Err(error) => {
+                        let name = name_of(j);
+                        let error = format!("could not submit to {}: {error}", exec.name());
+                        sink.event(&Event::Failed {
+                            name,
+                            error: &error,
+                            detail: None,
+                        });
+                        state[j] = State::Failed(error);
+                        let because = format!("`{name}` failed");
+                        let doomed = skip_downstream(j, &because, false, &mut state);
+                        exec.cancel(&doomed);
+                        if !opts.keep_going {
+                            stop = true;
+                        }
                     }
                 }
             }
         }
-    });
+        if opts.detach {
+            // Everything that could be handed over has been; the executor runs the rest.
+            break;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let Some(report) = exec.wait(TICK) else {
+            continue;
+        };
+        match report {
+            Report::Started(t) => {
+                if let Some(&j) = job_of_ticket.get(&t)
+                    && let State::InFlight { started, .. } = &mut state[j]
+                {
+                    *started = true;
+                    sink.event(&Event::Start {
+                        name: name_of(j),
+                        key: &jobs[j].key,
+                    });
+                }
+            }
+            Report::Ended(t, end) => {
+                let Some(&j) = job_of_ticket.get(&t) else {
+                    tracing::debug!("an executor reported unknown job {t}");
+                    continue;
+                };
+                let State::InFlight { doomed, .. } = &state[j] else {
+                    continue;
+                };
+                let doomed = doomed.clone();
+                in_flight -= 1;
+                let interrupted = matches!(end, Finished::Cancelled)
+                    || (cancel.load(Ordering::Relaxed) && matches!(end, Finished::Failed { .. }));
+                match end {
+                    Finished::Done {
+                        status,
+                        manifest,
+                        seconds,
+                    } => done(j, status, manifest, seconds, &mut state),
+                    Finished::Failed { error, detail } if !interrupted && doomed.is_none() => {
+                        let name = name_of(j);
+                        sink.event(&Event::Failed {
+                            name,
+                            error: &error,
+                            detail: detail.as_deref(),
+                        });
+                        state[j] = State::Failed(error);
+                        let because = format!("`{name}` failed");
+                        let mut cancel_these = skip_downstream(j, &because, false, &mut state);
+                        if !opts.keep_going && !stop {
+                            stop = true;
+                            // Nothing new starts: queued jobs that have not begun are
+                            // withdrawn, as a local run would not start them.
+                            for s in state.iter_mut() {
+                                if let State::InFlight {
+                                    ticket,
+                                    started: false,
+                                    doomed: None,
+                                } = s
+                                    && exec.remote()
+                                {
+                                    cancel_these.push(ticket.clone());
+                                }
+                            }
+                        }
+                        exec.cancel(&cancel_these);
+                    }
+                    // Interrupted (or stopped because an input failed: then it counts as skipped).
+                    _ => match doomed {
+                        Some(because) => {
+                            for &i in &jobs[j].members {
+                                sink.event(&Event::Skipped {
+                                    name: &stages[i].instance.name,
+                                    because: &because,
+                                });
+                            }
+                            state[j] = State::Skipped(because);
+                        }
+                        None => {
+                            state[j] = State::NotRun;
+                            let because = format!("`{}` was interrupted", name_of(j));
+                            let rest = skip_downstream(j, &because, true, &mut state);
+                            exec.cancel(&rest);
+                            stop = true;
+                        }
+                    },
+                }
+            }
+        }
+    }
 
+    let remote = exec.remote();
     let records = stages
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let (status, metrics, seconds, error) = match &state[job_of_stage[i]] {
+            let j = job_of_stage[i];
+            let (status, metrics, seconds, error) = match &state[j] {
                 State::Done {
                     status,
                     manifest,
@@ -254,7 +463,10 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
                 } => (*status, manifest.metrics.clone(), *seconds, None),
                 State::Failed(m) => (StageStatus::Failed, Value::Null, 0.0, Some(m.clone())),
                 State::Skipped(m) => (StageStatus::Skipped, Value::Null, 0.0, Some(m.clone())),
-                State::Pending | State::Running | State::NotRun => {
+                State::InFlight { .. } if opts.detach => {
+                    (StageStatus::Queued, Value::Null, 0.0, None)
+                }
+                State::Pending | State::InFlight { .. } | State::NotRun => {
                     (StageStatus::NotRun, Value::Null, 0.0, None)
                 }
             };
@@ -267,6 +479,11 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
                 params: s.instance.params.clone(),
                 metrics,
                 error,
+                job: if remote {
+                    tickets[j].as_ref().map(|t| t.0.clone())
+                } else {
+                    None
+                },
             }
         })
         .collect();
@@ -277,153 +494,52 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
     }
 }
 
-fn input_entries(
-    store: &Store,
-    stage: &super::PlannedStage,
-    stages: &[super::PlannedStage],
-    index: &HashMap<&str, usize>,
-    state: &[State],
-    job_of_stage: &[usize],
-) -> Vec<(String, Vec<InputEntry>)> {
-    stage
-        .instance
-        .inputs
+fn in_flight_tickets(state: &[State]) -> Vec<Ticket> {
+    state
         .iter()
-        .map(|(role, names)| {
-            let entries = names
-                .iter()
-                .map(|n| {
-                    let u = index[n.as_str()];
-                    let State::Done { manifest, .. } = &state[job_of_stage[u]] else {
-                        unreachable!("inputs are finished before a job starts")
-                    };
-                    InputEntry {
-                        name: n.clone(),
-                        kind: stages[u].instance.kind.clone(),
-                        key: stages[u].key.clone(),
-                        dir: store.entry_dir(&stages[u].key),
-                        files: manifest.outputs.keys().cloned().collect(),
-                        metrics: manifest.metrics.clone(),
-                        params: stages[u].instance.params.clone(),
-                    }
-                })
-                .collect();
-            (role.clone(), entries)
+        .filter_map(|s| match s {
+            State::InFlight { ticket, .. } => Some(ticket.clone()),
+            _ => None,
         })
         .collect()
 }
 
-fn run_job(
-    key: &str,
-    rep: usize,
-    plan: &Plan,
-    env: Engine,
-    inputs: Vec<(String, Vec<InputEntry>)>,
-) -> Result<(StageStatus, Manifest, f64), String> {
-    let Engine {
-        registry,
-        store,
-        opts,
-        sink,
-        cancel,
-        data,
-    } = env;
-    let stage = &plan.stages[rep];
-    let name = stage.instance.name.as_str();
-    if store.is_complete(key) {
-        match store.verify(key) {
-            Ok(m) => {
-                sink.event(&Event::Hit { name, key });
-                return Ok((StageStatus::Hit, m, 0.0));
-            }
-            Err(e) => tracing::debug!("{name}: verification before locking failed: {e}"),
-        }
-    }
-    let _lock = match store.try_lock(key).map_err(|e| e.to_string())? {
-        Some(l) => l,
-        None => {
-            sink.event(&Event::Waiting { name });
-            store.lock(key).map_err(|e| e.to_string())?
-        }
-    };
-    if store.is_complete(key) {
-        match store.verify(key) {
-            Ok(m) => {
-                sink.event(&Event::Hit { name, key });
-                return Ok((StageStatus::Hit, m, 0.0));
-            }
-            Err(e) => {
-                sink.event(&Event::Corrupt {
-                    name,
-                    reason: &e.to_string(),
-                });
-                let aside = store.quarantine(key).map_err(|e| e.to_string())?;
-                tracing::warn!("corrupt entry for {name} moved to {}", aside.display());
-            }
-        }
-    }
-    let kind = registry
-        .get(&stage.instance.kind)
-        .expect("plan checked kinds");
-    let tmp = store.begin(key).map_err(|e| e.to_string())?;
-    sink.event(&Event::Start { name, key });
-    tracing::info!(stage = name, key = &key[..12], kind = %stage.instance.kind, device = %opts.device, "running");
-    let started_at = clock::rfc3339(clock::now_secs());
-    let t0 = Instant::now();
-    let mut ctx = StageContext::new(
-        name.to_string(),
-        inputs,
-        tmp.dir.clone(),
-        opts.device.clone(),
-        cancel,
-        sink,
-        data,
-    );
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        kind.run(&stage.instance.params, &mut ctx)
-    }));
-    let seconds = t0.elapsed().as_secs_f64();
-    let metrics = Value::Object(ctx.metrics().clone());
-    drop(ctx);
-    match result {
-        Ok(Ok(())) => {
-            let manifest = Manifest {
-                key: key.to_string(),
-                name: name.to_string(),
-                kind: stage.instance.kind.clone(),
-                version: kind.version(),
-                preimage: stage.preimage.0.clone(),
-                outputs: Default::default(),
-                metrics,
-                started_at,
-                duration_s: seconds,
-                host: clock::hostname(),
-                device: opts.device.to_string(),
-                pipe_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            let m = store.publish(tmp, manifest).map_err(|e| e.to_string())?;
-            tracing::info!(stage = name, key = &key[..12], seconds, "published");
-            sink.event(&Event::Done {
-                name,
-                seconds,
-                headline: &headline(&m.metrics),
-            });
-            Ok((StageStatus::Ran, m, seconds))
-        }
-        Ok(Err(e)) => {
-            store.abandon(tmp);
-            Err(if e.is_cancelled() {
-                "interrupted".into()
-            } else {
-                e.to_string()
+/// The description of job `job`: its first member computes; the others share its key.
+fn job_spec(plan: &Plan, job: &Job, index: &HashMap<&str, usize>, device: &str) -> JobSpec {
+    let stages = &plan.stages;
+    let rep = &stages[job.members[0]];
+    JobSpec {
+        format: JOB_FORMAT,
+        key: job.key.clone(),
+        stage: rep.instance.name.clone(),
+        also: job.members[1..]
+            .iter()
+            .map(|&i| stages[i].instance.name.clone())
+            .collect(),
+        kind: rep.instance.kind.clone(),
+        version: rep.version,
+        params: rep.instance.params.clone(),
+        preimage: rep.preimage.0.clone(),
+        inputs: rep
+            .instance
+            .inputs
+            .iter()
+            .map(|(role, names)| JobRole {
+                role: role.clone(),
+                stages: names
+                    .iter()
+                    .map(|n| {
+                        let u = &stages[index[n.as_str()]];
+                        JobInput {
+                            name: n.clone(),
+                            kind: u.instance.kind.clone(),
+                            key: u.key.clone(),
+                            params: u.instance.params.clone(),
+                        }
+                    })
+                    .collect(),
             })
-        }
-        Err(panic) => {
-            store.abandon(tmp);
-            let msg = panic_text(&*panic).unwrap_or_else(|| "unknown panic".into());
-            Err(format!(
-                "the stage panicked: {msg} (a bug in pipe; please report it)"
-            ))
-        }
+            .collect(),
+        device: device.to_string(),
     }
 }

@@ -5,7 +5,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
 
-use super::{Layer, ModelSpec, Weights};
+use super::program::ParamRole;
+use super::weights::{Named, Param};
+use super::{ModelSpec, Weights};
 
 /// Initialisation schemes for the weights (biases are always zero).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,40 +37,69 @@ pub(crate) fn stream_rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
     r
 }
 
-/// Draws fresh weights for `spec`. Layer `k` uses its own ChaCha8 stream
-/// derived from `(seed, k)`, and values are drawn in storage order
-/// (row-major `[in, out]`), so the result depends only on the arguments.
+/// Draws fresh weights for `spec`. Prunable weight `k` (conv or linear, in program order)
+/// uses its own ChaCha8 stream derived from `(seed, k)`, and values are drawn in storage
+/// order (`[out, in, kh, kw]` for a conv, `[in, out]` for a linear layer), so the result
+/// depends only on the arguments. Fans are PyTorch's: a conv's fan-in is `in/groups · k²`.
 ///
 /// Biases are zero. PyTorch's `nn.Linear` default draws them from
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the lottery-ticket reference code
 /// (and most pruning work) starts them at zero, which also makes a random
-/// re-initialisation differ from the original only in the weights.
+/// re-initialisation differ from the original only in the weights. Batch norm starts at
+/// scale 1, shift 0, running mean 0 and variance 1, as in PyTorch.
 pub fn init_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64) -> Weights {
-    let layers = spec
-        .layer_dims()
+    let mut k = 0u64;
+    let params = spec
+        .params()
         .into_iter()
-        .zip(spec.layer_names())
-        .enumerate()
-        .map(|(k, ((fan_in, fan_out), name))| {
-            let mut rng = stream_rng(seed, DOMAIN_INIT, k as u64);
-            let n = fan_in * fan_out;
-            let (fi, fo) = (fan_in as f64, fan_out as f64);
-            let weight: Vec<f32> = match scheme {
-                InitScheme::KaimingNormal => normal(&mut rng, (2.0 / fi).sqrt(), n),
-                InitScheme::XavierNormal => normal(&mut rng, (2.0 / (fi + fo)).sqrt(), n),
-                InitScheme::KaimingUniform => uniform(&mut rng, (6.0 / fi).sqrt(), n),
-                InitScheme::XavierUniform => uniform(&mut rng, (6.0 / (fi + fo)).sqrt(), n),
+        .map(|p| {
+            let n = p.len();
+            let data = match p.role {
+                ParamRole::ConvWeight | ParamRole::LinearWeight => {
+                    let mut rng = stream_rng(seed, DOMAIN_INIT, k);
+                    k += 1;
+                    let (fi, fo) = (p.fan_in as f64, p.fan_out as f64);
+                    match scheme {
+                        InitScheme::KaimingNormal => normal(&mut rng, (2.0 / fi).sqrt(), n),
+                        InitScheme::XavierNormal => normal(&mut rng, (2.0 / (fi + fo)).sqrt(), n),
+                        InitScheme::KaimingUniform => uniform(&mut rng, (6.0 / fi).sqrt(), n),
+                        InitScheme::XavierUniform => uniform(&mut rng, (6.0 / (fi + fo)).sqrt(), n),
+                    }
+                }
+                ParamRole::BnWeight => vec![1.0; n],
+                ParamRole::Bias | ParamRole::BnBias => vec![0.0; n],
             };
-            Layer {
-                name,
-                in_dim: fan_in,
-                out_dim: fan_out,
-                weight,
-                bias: vec![0.0; fan_out],
+            Param {
+                name: p.name,
+                shape: p.shape,
+                role: p.role,
+                data,
             }
         })
         .collect();
-    Weights { layers }
+    Weights {
+        params,
+        buffers: fresh_buffers(spec),
+    }
+}
+
+/// Batch-norm running statistics of a model that has seen no data: mean 0, variance 1.
+pub fn fresh_buffers(spec: &ModelSpec) -> Vec<Named> {
+    spec.buffer_names()
+        .into_iter()
+        .map(|(name, c)| Named {
+            data: vec![
+                if name.ends_with("running_var") {
+                    1.0
+                } else {
+                    0.0
+                };
+                c
+            ],
+            name,
+            shape: vec![c],
+        })
+        .collect()
 }
 
 fn normal(rng: &mut ChaCha8Rng, std: f64, n: usize) -> Vec<f32> {
@@ -93,35 +124,34 @@ mod tests {
 
     #[test]
     fn deterministic_and_seed_dependent() {
-        let s = ModelSpec::Mlp {
-            widths: vec![50, 40, 10],
-        };
+        let s = ModelSpec::mlp(vec![50, 40, 10]);
         let a = init_weights(&s, InitScheme::KaimingNormal, 3);
         assert_eq!(a, init_weights(&s, InitScheme::KaimingNormal, 3));
         assert_ne!(a, init_weights(&s, InitScheme::KaimingNormal, 4));
-        assert_eq!(a.layers[1].name, "fc2");
-        assert_eq!(a.layers[0].weight.len(), 2000);
-        assert!(a.layers.iter().all(|l| l.bias.iter().all(|&b| b == 0.0)));
+        assert_eq!(a.params[2].name, "fc2.weight");
+        assert_eq!(a.params[0].data.len(), 2000);
+        assert!(
+            a.params
+                .iter()
+                .filter(|p| !p.is_prunable())
+                .all(|p| p.data.iter().all(|&b| b == 0.0))
+        );
         // Layer streams are independent: a deeper net shares the first layer.
-        let deeper = ModelSpec::Mlp {
-            widths: vec![50, 40, 30, 10],
-        };
+        let deeper = ModelSpec::mlp(vec![50, 40, 30, 10]);
         assert_eq!(
-            init_weights(&deeper, InitScheme::KaimingNormal, 3).layers[0],
-            a.layers[0]
+            init_weights(&deeper, InitScheme::KaimingNormal, 3).params[0],
+            a.params[0]
         );
     }
 
     #[test]
     fn scales_match_the_schemes() {
-        let s = ModelSpec::Mlp {
-            widths: vec![400, 200],
-        };
+        let s = ModelSpec::mlp(vec![400, 200]);
         let fan_in = 400f64;
         let fan_sum = 600f64;
         let check = |scheme, want: f64| {
             let w = init_weights(&s, scheme, 1);
-            let got = std_of(&w.layers[0].weight);
+            let got = std_of(&w.params[0].data);
             assert!(
                 (got / want - 1.0).abs() < 0.02,
                 "{scheme:?}: std {got}, want {want}"
@@ -136,7 +166,7 @@ mod tests {
             (6.0 / fan_in).sqrt() / 3f64.sqrt(),
         );
         let b = (6.0 / fan_in).sqrt() as f32;
-        assert!(ku.layers[0].weight.iter().all(|x| x.abs() <= b));
+        assert!(ku.params[0].data.iter().all(|x| x.abs() <= b));
         check(
             InitScheme::XavierUniform,
             (6.0 / fan_sum).sqrt() / 3f64.sqrt(),

@@ -11,8 +11,9 @@ pub mod device;
 pub mod flops;
 pub mod host;
 pub mod init;
-pub mod model;
+pub mod net;
 pub mod ops;
+pub mod program;
 pub mod prune;
 pub mod schedule;
 pub mod step_timing;
@@ -26,13 +27,13 @@ pub use checkpoint::{Checkpoint, load_checkpoint, save_checkpoint};
 pub use device::{BackendTask, DeviceSpec, dispatch};
 pub use flops::forward_flops;
 pub use init::{InitScheme, init_weights};
-pub use model::{Mlp, from_module, to_masked_module, to_module};
+pub use net::{Net, Plan, from_net, to_net};
 pub use prune::{PruneMethod, PruneScope, prune};
 pub use schedule::{LrSchedule, lr_at};
 pub use train::{
     EvalPoint, OptimizerKind, Progress, TrainConfig, TrainData, TrainOutput, evaluate, train,
 };
-pub use weights::{Layer, Mask, Weights};
+pub use weights::{Mask, Named, Param, Weights};
 
 use crate::data::DataError;
 

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::init::{DOMAIN_PRUNE, stream_rng};
-use super::{Mask, NnError, Weights};
+use super::{Mask, NnError, Param, Weights};
 
 /// How the weights to remove are chosen.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,11 @@ pub enum PruneScope {
     Global,
 }
 
+/// The layer a prunable parameter belongs to (`fc2` for `fc2.weight`), as users name it.
+fn layer_name(p: &Param) -> &str {
+    p.name.strip_suffix(".weight").unwrap_or(&p.name)
+}
+
 /// Number of survivors to remove: `round(rate × survivors)`, half up.
 pub fn removal_count(rate: f64, survivors: usize) -> usize {
     ((rate * survivors as f64).round() as usize).min(survivors)
@@ -58,22 +63,19 @@ pub fn prune(
     rates: &[f64],
     seed: u64,
 ) -> Result<Mask, NnError> {
-    let n_layers = weights.layers.len();
+    // The prunable parameters (conv and linear weights), aligned with the mask's entries.
+    let prunable: Vec<&Param> = weights.prunable().collect();
+    let n_layers = prunable.len();
     if mask.layers.len() != n_layers
-        || weights
-            .layers
+        || prunable
             .iter()
             .zip(&mask.layers)
-            .any(|(l, m)| l.weight.len() != m.len())
+            .any(|(l, m)| l.data.len() != m.len())
     {
         return Err(NnError::Shape(format!(
             "pruning: mask layer sizes {:?} do not match weight layer sizes {:?}",
             mask.layers.iter().map(Vec::len).collect::<Vec<_>>(),
-            weights
-                .layers
-                .iter()
-                .map(|l| l.weight.len())
-                .collect::<Vec<_>>()
+            prunable.iter().map(|l| l.data.len()).collect::<Vec<_>>()
         )));
     }
     let rates: Vec<f64> = match rates.len() {
@@ -92,15 +94,16 @@ pub fn prune(
     {
         return Err(NnError::Invalid(format!(
             "pruning rate {r} for layer {} is outside [0, 1]",
-            weights.layers[l].name
+            layer_name(prunable[l])
         )));
     }
     if method == PruneMethod::Magnitude {
-        for l in &weights.layers {
-            if let Some(i) = l.weight.iter().position(|w| !w.is_finite()) {
+        for l in &prunable {
+            if let Some(i) = l.data.iter().position(|w| !w.is_finite()) {
                 return Err(NnError::Diverged(format!(
                     "weight {i} of layer {} is {}, cannot prune by magnitude",
-                    l.name, l.weight[i]
+                    layer_name(l),
+                    l.data[i]
                 )));
             }
         }
@@ -119,7 +122,8 @@ pub fn prune(
                 return Err(NnError::Invalid(format!(
                     "global pruning uses one rate ({r}) for all hidden layers, but layer {} has \
                      rate {}; only the output layer may differ (it is then pruned on its own)",
-                    weights.layers[l].name, rates[l]
+                    layer_name(prunable[l]),
+                    rates[l]
                 )));
             }
             if rates[out] == r {
@@ -153,8 +157,7 @@ pub fn prune(
         }
         let chosen: Vec<(u32, u32)> = match method {
             PruneMethod::Magnitude => {
-                let mag =
-                    |&(l, i): &(u32, u32)| weights.layers[l as usize].weight[i as usize].abs();
+                let mag = |&(l, i): &(u32, u32)| prunable[l as usize].data[i as usize].abs();
                 // Total order: magnitude, then position. The first k are removed.
                 let cmp = |a: &(u32, u32), b: &(u32, u32)| mag(a).total_cmp(&mag(b)).then(a.cmp(b));
                 if k < cands.len() {
@@ -180,31 +183,37 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::Layer;
+    use crate::nn::program::ParamRole;
 
     fn weights(layers: &[&[f32]]) -> Weights {
         Weights {
-            layers: layers
+            params: layers
                 .iter()
                 .enumerate()
-                .map(|(k, w)| Layer {
-                    name: format!("fc{}", k + 1),
-                    in_dim: 1,
-                    out_dim: w.len(),
-                    weight: w.to_vec(),
-                    bias: vec![0.25; w.len()],
+                .flat_map(|(k, w)| {
+                    [
+                        Param {
+                            name: format!("fc{}.weight", k + 1),
+                            shape: vec![1, w.len()],
+                            role: ParamRole::LinearWeight,
+                            data: w.to_vec(),
+                        },
+                        Param {
+                            name: format!("fc{}.bias", k + 1),
+                            shape: vec![w.len()],
+                            role: ParamRole::Bias,
+                            data: vec![0.25; w.len()],
+                        },
+                    ]
                 })
                 .collect(),
+            buffers: vec![],
         }
     }
 
     fn dense(w: &Weights) -> Mask {
         Mask {
-            layers: w
-                .layers
-                .iter()
-                .map(|l| vec![true; l.weight.len()])
-                .collect(),
+            layers: w.prunable().map(|l| vec![true; l.data.len()]).collect(),
         }
     }
 

@@ -21,10 +21,13 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::device::{BackendTask, DeviceSpec, dispatch};
-use super::model::{Mlp, from_module, to_masked_module};
+use super::net::{BN_MOMENTUM, BnMode, Net, Plan, buffers_to_device, from_net, to_net};
+use super::ops::NnBackend;
 use super::schedule::{LrSchedule, lr_at};
 use super::{Mask, ModelSpec, NnError, Weights};
-use crate::data::{BatchOrder, Split, gather_batch};
+use crate::data::{
+    Augment, AugmentStep, BatchOrder, BatchTargets, Split, gather_batch, gather_range,
+};
 
 /// Optimiser choice.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,11 +65,13 @@ pub struct TrainConfig {
     pub start_step: u64,
 }
 
-/// The splits a run uses. `val` may be empty (no validation, no early stop).
+/// The splits a run uses. `val` may be empty (no validation, no early stop). `augment`
+/// applies to the training batches, drawn by `(data_seed, iteration)`.
 pub struct TrainData<'a> {
     pub train: &'a Split,
     pub val: &'a Split,
     pub test: &'a Split,
+    pub augment: Option<&'a Augment>,
 }
 
 /// One point of the learning curve.
@@ -113,21 +118,24 @@ pub struct TrainOutput {
 }
 
 enum Opt<B: AutodiffBackend> {
-    Adam(OptimizerAdaptor<Adam, Mlp<B>, B>),
-    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Mlp<B>, B>),
+    Adam(OptimizerAdaptor<Adam, Net<B>, B>),
+    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Net<B>, B>),
 }
 
 /// A model and its optimiser on one backend: the low-level training API
 /// ([`train`] drives it; benchmarks use it directly).
 pub struct TrainSession<B: AutodiffBackend> {
-    model: Option<Mlp<B>>,
+    model: Option<Net<B>>,
+    plan: Plan,
+    /// Batch-norm running statistics `[mean₀, var₀, …]`, updated after every step.
+    running: Vec<Tensor<B::InnerBackend, 1>>,
     optim: Opt<B>,
     device: B::Device,
     spec: ModelSpec,
     classes: usize,
 }
 
-impl<B: AutodiffBackend> TrainSession<B> {
+impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
     /// Builds the masked model and the optimiser of `cfg` on `device`.
     pub fn new(
         spec: &ModelSpec,
@@ -136,14 +144,16 @@ impl<B: AutodiffBackend> TrainSession<B> {
         cfg: &TrainConfig,
         device: B::Device,
     ) -> Result<Self, NnError> {
-        let model = to_masked_module::<B>(spec, weights, mask, &device)?;
+        let model = to_net::<B>(spec, weights, mask, &device)?;
+        let plan = Plan::new(&spec.program().map_err(NnError::Invalid)?);
+        let running = buffers_to_device::<B::InnerBackend>(weights, &device);
         let wd = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
         let optim = match cfg.optimizer {
             OptimizerKind::Adam => Opt::Adam(
                 AdamConfig::new()
                     .with_epsilon(1e-8)
                     .with_weight_decay(wd)
-                    .init::<B, Mlp<B>>(),
+                    .init::<B, Net<B>>(),
             ),
             OptimizerKind::Sgd => {
                 let momentum = (cfg.momentum > 0.0).then(|| {
@@ -156,12 +166,14 @@ impl<B: AutodiffBackend> TrainSession<B> {
                     SgdConfig::new()
                         .with_weight_decay(wd)
                         .with_momentum(momentum)
-                        .init::<B, Mlp<B>>(),
+                        .init::<B, Net<B>>(),
                 )
             }
         };
         Ok(TrainSession {
             model: Some(model),
+            plan,
+            running,
             optim,
             device,
             spec: spec.clone(),
@@ -170,13 +182,13 @@ impl<B: AutodiffBackend> TrainSession<B> {
     }
 
     /// The current model.
-    pub fn model(&self) -> &Mlp<B> {
+    pub fn model(&self) -> &Net<B> {
         self.model.as_ref().expect("model present between steps")
     }
 
     /// The current weights, on the host.
     pub fn weights(&self) -> Weights {
-        from_module(self.model(), &self.spec)
+        from_net(&self.model().valid(), &self.running, &self.spec)
     }
 
     /// One optimiser step on a batch (`images` row-major `[labels.len(), in]`)
@@ -185,12 +197,20 @@ impl<B: AutodiffBackend> TrainSession<B> {
     pub fn step(&mut self, images: Vec<f32>, labels: &[u8], lr: f64) -> Tensor<B::InnerBackend, 1> {
         let model = self.model.take().expect("model present between steps");
         let n = labels.len();
-        let x = Tensor::<B, 2>::from_data(
-            TensorData::new(images, [n, self.spec.input_dim()]),
-            &self.device,
-        );
+        let [c, h, w] = self.plan.input();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(images, [n, c, h, w]), &self.device);
         let y = Tensor::<B, 2>::from_data(one_hot(labels, self.classes), &self.device);
-        let loss = cross_entropy(model.forward(x), y);
+        let (logits, stats) = model.forward(&self.plan, x, &BnMode::Batch);
+        let loss = cross_entropy(logits, y);
+        // Running statistics as PyTorch keeps them: the unbiased batch variance, momentum 0.1.
+        for (k, st) in stats.into_iter().enumerate() {
+            let unbias = st.count as f64 / (st.count.max(2) - 1) as f64;
+            let m = BN_MOMENTUM;
+            let mean = self.running[2 * k].clone() * (1.0 - m) + st.mean.inner() * m;
+            let var = self.running[2 * k + 1].clone() * (1.0 - m) + st.var.inner() * (m * unbias);
+            self.running[2 * k] = mean;
+            self.running[2 * k + 1] = var;
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = match &mut self.optim {
             Opt::Adam(o) => o.step(lr, model, grads),
@@ -224,22 +244,32 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// Mean cross-entropy and accuracy of `model` on `split`, in batches of
 /// [`EVAL_BATCH`]. Logits come back to the host and the loss is computed
 /// there in f64 (numerically stable log-sum-exp).
-fn eval_split<B: Backend>(model: &Mlp<B>, split: &Split, device: &B::Device) -> (f64, f64) {
-    let d = split.dim();
+fn eval_split<B: NnBackend>(
+    model: &Net<B>,
+    plan: &Plan,
+    running: &[Tensor<B, 1>],
+    split: &Split,
+    device: &B::Device,
+) -> (f64, f64) {
+    let [c, h, w] = plan.input();
     let (mut loss, mut correct) = (0f64, 0usize);
+    let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
     for start in (0..split.n).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(split.n);
-        let x = Tensor::<B, 2>::from_data(
-            TensorData::new(split.images[start * d..end * d].to_vec(), [end - start, d]),
+        gather_range(split, start..end, &mut images, &mut targets);
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(std::mem::take(&mut images), [end - start, c, h, w]),
             device,
         );
         let logits = model
-            .forward(x)
+            .forward(plan, x, &BnMode::Running(running))
+            .0
             .into_data()
             .to_vec::<f32>()
             .expect("f32 logits");
         let classes = logits.len() / (end - start);
-        for (row, &label) in logits.chunks_exact(classes).zip(&split.labels[start..end]) {
+        let labels = targets.labels().unwrap_or_default();
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
             let lse = max
                 + row
@@ -263,21 +293,34 @@ fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnErro
     if split.n == 0 {
         return Ok(());
     }
-    if split.images.len() != split.n * spec.input_dim() || split.labels.len() != split.n {
+    split.check()?;
+    let flattens = matches!(
+        spec.program().ok().and_then(|p| p.ops.first().cloned()),
+        Some(crate::nn::program::Op::Flatten)
+    );
+    if !flattens && split.input_shape() != spec.input_shape() {
         return Err(NnError::Shape(format!(
-            "{what} split holds {} values and {} labels for {} samples; the model expects {} \
+            "{what} split has samples of shape {:?}; the model expects {:?} (set the model's \
+             `input`, or the dataset's `pad_to`)",
+            split.input_shape(),
+            spec.input_shape()
+        )));
+    }
+    if split.dim() != spec.input_dim() {
+        return Err(NnError::Shape(format!(
+            "{what} split has samples of shape {:?} ({} values); the model expects {} \
              features per sample",
-            split.images.len(),
-            split.labels.len(),
-            split.n,
+            split.input_shape(),
+            split.dim(),
             spec.input_dim()
         )));
     }
-    if let Some(&l) = split
-        .labels
-        .iter()
-        .find(|&&l| l as usize >= spec.output_dim())
-    {
+    let Some(labels) = split.labels() else {
+        return Err(NnError::Shape(format!(
+            "{what} split has regression targets; this model is trained on class labels"
+        )));
+    };
+    if let Some(&l) = labels.iter().find(|&&l| l as usize >= spec.output_dim()) {
         return Err(NnError::Shape(format!(
             "{what} split has label {l} but the model has {} outputs",
             spec.output_dim()
@@ -370,7 +413,10 @@ struct TrainTask<'a, 'b> {
 impl BackendTask for TrainTask<'_, '_> {
     type Output = TrainOutput;
 
-    fn run<B: crate::nn::ops::TrainBackend>(self, device: B::Device) -> Result<TrainOutput, NnError> {
+    fn run<B: crate::nn::ops::TrainBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<TrainOutput, NnError> {
         let TrainTask {
             spec,
             init,
@@ -389,16 +435,24 @@ impl BackendTask for TrainTask<'_, '_> {
             checkpoints.push((cfg.start_step, init.masked(mask)));
         }
 
-        let (mut images, mut labels) = (Vec::new(), Vec::new());
-        let point = |model: &Mlp<B>, iteration: u64, train_loss: f64| {
-            let inner = model.valid();
+        let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
+        let augment = |iteration| {
+            data.augment.map(|augment| AugmentStep {
+                augment,
+                seed: cfg.data_seed,
+                iteration,
+            })
+        };
+        let point = |session: &TrainSession<B>, iteration: u64, train_loss: f64| {
+            let inner = session.model().valid();
+            let (plan, running) = (&session.plan, &session.running);
             let (val_loss, val_acc) = if data.val.n > 0 {
-                let (l, a) = eval_split(&inner, data.val, &device);
+                let (l, a) = eval_split(&inner, plan, running, data.val, &device);
                 (Some(l), Some(a))
             } else {
                 (None, None)
             };
-            let (test_loss, test_acc) = eval_split(&inner, data.test, &device);
+            let (test_loss, test_acc) = eval_split(&inner, plan, running, data.test, &device);
             EvalPoint {
                 iteration,
                 train_loss,
@@ -412,19 +466,26 @@ impl BackendTask for TrainTask<'_, '_> {
         // Loss of the first batch at the input weights (forward only).
         let first_loss = {
             let mut peek = order.clone();
-            gather_batch(data.train, peek.next_batch(), &mut images, &mut labels);
+            gather_batch(
+                data.train,
+                peek.next_batch(),
+                augment(cfg.start_step),
+                &mut images,
+                &mut targets,
+            );
+            let labels = targets.labels().unwrap_or_default();
             let inner = session.model().valid();
+            let [c, h, w] = session.plan.input();
             let x = Tensor::from_data(
-                TensorData::new(
-                    std::mem::take(&mut images),
-                    [labels.len(), spec.input_dim()],
-                ),
+                TensorData::new(std::mem::take(&mut images), [labels.len(), c, h, w]),
                 &device,
             );
-            let y = Tensor::from_data(one_hot(&labels, spec.output_dim()), &device);
-            scalar(cross_entropy(inner.forward(x), y))
+            let y = Tensor::from_data(one_hot(labels, spec.output_dim()), &device);
+            // Batch statistics, as the training step sees them (not recorded).
+            let (logits, _) = inner.forward(&session.plan, x, &BnMode::Batch);
+            scalar(cross_entropy(logits, y))
         };
-        let mut curve = vec![point(session.model(), cfg.start_step, first_loss)];
+        let mut curve = vec![point(&session, cfg.start_step, first_loss)];
 
         let total = cfg.iterations;
         let mut last_loss = first_loss;
@@ -436,9 +497,16 @@ impl BackendTask for TrainTask<'_, '_> {
             .filter(|&s| s > cfg.start_step)
             .peekable();
         for it in cfg.start_step..total {
-            gather_batch(data.train, order.next_batch(), &mut images, &mut labels);
+            gather_batch(
+                data.train,
+                order.next_batch(),
+                augment(it),
+                &mut images,
+                &mut targets,
+            );
             let lr = lr_at(cfg.lr, &cfg.schedule, cfg.warmup, it, total);
-            let loss = session.step(std::mem::take(&mut images), &labels, lr);
+            let labels = targets.labels().unwrap_or_default();
+            let loss = session.step(std::mem::take(&mut images), labels, lr);
             let done = it + 1;
             since_point += 1;
             if done % LOSS_READ_EVERY == 0 {
@@ -461,7 +529,7 @@ impl BackendTask for TrainTask<'_, '_> {
                     )));
                 }
                 last_loss = mean;
-                curve.push(point(session.model(), done, mean));
+                curve.push(point(&session, done, mean));
             }
             let progress = Progress {
                 iteration: done,
@@ -516,10 +584,14 @@ pub fn evaluate(
     }
     impl BackendTask for EvalTask<'_> {
         type Output = (f64, f64);
-        fn run<B: crate::nn::ops::TrainBackend>(self, device: B::Device) -> Result<(f64, f64), NnError> {
-            let model =
-                to_masked_module::<B::InnerBackend>(self.spec, self.weights, self.mask, &device)?;
-            Ok(eval_split(&model, self.split, &device))
+        fn run<B: crate::nn::ops::TrainBackend>(
+            self,
+            device: B::Device,
+        ) -> Result<(f64, f64), NnError> {
+            let model = to_net::<B::InnerBackend>(self.spec, self.weights, self.mask, &device)?;
+            let plan = Plan::new(&self.spec.program().map_err(NnError::Invalid)?);
+            let running = buffers_to_device::<B::InnerBackend>(self.weights, &device);
+            Ok(eval_split(&model, &plan, &running, self.split, &device))
         }
     }
     dispatch(
@@ -536,7 +608,10 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{InitScheme, Layer, init_weights};
+    use crate::data::{Inputs, Targets};
+    use crate::nn::program::ParamRole;
+    use crate::nn::weights::Param as HostParam;
+    use crate::nn::{InitScheme, init_weights};
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
     use rand::{Rng, SeedableRng};
@@ -545,6 +620,15 @@ mod tests {
 
     /// `n` samples of `d` features with labels from a fixed linear teacher.
     fn toy_split(n: usize, d: usize, classes: usize, seed: u64) -> Split {
+        let (images, labels) = toy_data(n, d, classes, seed);
+        Split::new(
+            Inputs::f32(images, [d, 1, 1]),
+            Targets::classes(labels, classes),
+        )
+        .unwrap()
+    }
+
+    fn toy_data(n: usize, d: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let teacher: Vec<f32> = (0..d * classes)
             .map(|i| ((i * 7919) % 13) as f32 - 6.0)
@@ -557,7 +641,7 @@ mod tests {
                 (0..classes).fold(0, |b, c| if score(c) > score(b) { c } else { b }) as u8
             })
             .collect();
-        Split { images, labels, n }
+        (images, labels)
     }
 
     fn cfg(optimizer: OptimizerKind, iterations: u64) -> TrainConfig {
@@ -586,9 +670,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let spec = ModelSpec::Mlp {
-            widths: vec![8, 16, 4],
-        };
+        let spec = ModelSpec::mlp(vec![8, 16, 4]);
         Fixture {
             init: init_weights(&spec, InitScheme::KaimingNormal, 3),
             spec,
@@ -603,6 +685,7 @@ mod tests {
             train: &f.train,
             val: &f.val,
             test: &f.test,
+            augment: None,
         };
         train(
             &f.spec,
@@ -616,9 +699,9 @@ mod tests {
     }
 
     fn bits(w: &Weights) -> Vec<u32> {
-        w.layers
+        w.params
             .iter()
-            .flat_map(|l| l.weight.iter().chain(&l.bias))
+            .flat_map(|p| p.data.iter())
             .map(|x| x.to_bits())
             .collect()
     }
@@ -716,8 +799,8 @@ mod tests {
             let out = run(&f, &mask, &c).unwrap();
             let all = std::iter::once(&out.weights).chain(out.checkpoints.iter().map(|c| &c.1));
             for w in all {
-                for (l, m) in w.layers.iter().zip(&mask.layers) {
-                    for (x, &keep) in l.weight.iter().zip(m) {
+                for (l, m) in w.prunable().zip(&mask.layers) {
+                    for (x, &keep) in l.data.iter().zip(m) {
                         if !keep {
                             assert_eq!(x.to_bits() & 0x7fff_ffff, 0, "masked weight {x}");
                         }
@@ -726,8 +809,8 @@ mod tests {
             }
             // Kept weights did move.
             assert_ne!(
-                out.weights.layers[0].weight,
-                f.init.masked(&mask).layers[0].weight
+                out.weights.params[0].data,
+                f.init.masked(&mask).params[0].data
             );
         }
     }
@@ -736,16 +819,16 @@ mod tests {
     fn masked_gradients_are_exactly_zero() {
         let f = fixture();
         let mask = half_mask(&f.spec);
-        let model = to_masked_module::<Ad>(&f.spec, &f.init, &mask, &FlexDevice).unwrap();
-        let x = Tensor::<Ad, 2>::from_data(
-            TensorData::new(f.train.images[..8 * 20].to_vec(), [20, 8]),
-            &FlexDevice,
-        );
-        let y = Tensor::<Ad, 2>::from_data(one_hot(&f.train.labels[..20], 4), &FlexDevice);
-        let grads = cross_entropy(model.forward(x), y).backward();
-        for (layer, m) in model.layers.iter().zip(&mask.layers) {
-            let g = layer
-                .weight
+        let model = to_net::<Ad>(&f.spec, &f.init, &mask, &FlexDevice).unwrap();
+        let plan = Plan::new(&f.spec.program().unwrap());
+        let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
+        gather_range(&f.train, 0..20, &mut images, &mut targets);
+        let x = Tensor::<Ad, 4>::from_data(TensorData::new(images, [20, 1, 1, 8]), &FlexDevice);
+        let y = Tensor::<Ad, 2>::from_data(one_hot(targets.labels().unwrap(), 4), &FlexDevice);
+        let grads = cross_entropy(model.forward(&plan, x, &BnMode::Batch).0, y).backward();
+        let prunable = [0, 2];
+        for (&i, m) in prunable.iter().zip(&mask.layers) {
+            let g = model.params[i]
                 .val()
                 .grad(&grads)
                 .unwrap()
@@ -788,12 +871,47 @@ mod tests {
     }
 
     #[test]
+    fn augmented_training_resumes_with_the_same_draws() {
+        let f = fixture();
+        let mask = Mask::dense(&f.spec);
+        // On these [8, 1, 1] samples a crop with padding 1 keeps or zeroes each sample.
+        let aug = Augment {
+            crop_padding: 1,
+            flip: false,
+        };
+        let run_aug = |f: &Fixture, c: &TrainConfig, augment| {
+            let data = TrainData {
+                train: &f.train,
+                val: &f.val,
+                test: &f.test,
+                augment,
+            };
+            let mut go = |_: &Progress| ControlFlow::Continue(());
+            train(&f.spec, &f.init, &mask, &data, c, &DeviceSpec::Cpu, &mut go).unwrap()
+        };
+        let mut c = cfg(OptimizerKind::Sgd, 20);
+        c.lr = 0.05;
+        c.save_at = vec![13];
+        let full = run_aug(&f, &c, Some(&aug));
+        assert_ne!(bits(&full.weights), bits(&run_aug(&f, &c, None).weights));
+        let mid = Fixture {
+            init: full.checkpoints[0].1.clone(),
+            ..fixture()
+        };
+        c.save_at = vec![];
+        c.start_step = 13;
+        let rest = run_aug(&mid, &c, Some(&aug));
+        assert_eq!(bits(&rest.weights), bits(&full.weights));
+    }
+
+    #[test]
     fn progress_and_cancel() {
         let f = fixture();
         let data = TrainData {
             train: &f.train,
             val: &f.val,
             test: &f.test,
+            augment: None,
         };
         let mut seen = Vec::new();
         let r = train(
@@ -838,7 +956,9 @@ mod tests {
         c.lr = f64::NAN;
         assert!(run(&f, &mask, &c).is_err());
         let mut bad = fixture();
-        bad.test.labels[0] = 4;
+        let (images, mut labels) = toy_data(100, 8, 4, 3);
+        labels[0] = 4;
+        bad.test = Split::new(Inputs::f32(images, [8, 1, 1]), Targets::classes(labels, 5)).unwrap();
         assert!(
             run(&bad, &mask, &cfg(OptimizerKind::Sgd, 1))
                 .unwrap_err()
@@ -853,7 +973,8 @@ mod tests {
                 &TrainData {
                     train: &f.train,
                     val: &f.val,
-                    test: &f.test
+                    test: &f.test,
+                    augment: None,
                 },
                 &cfg(OptimizerKind::Sgd, 1),
                 &DeviceSpec::Cuda(0),
@@ -866,21 +987,29 @@ mod tests {
     #[test]
     fn evaluate_exact_values() {
         // One layer, identity weights: logits = x.
-        let spec = ModelSpec::Mlp { widths: vec![2, 2] };
+        let spec = ModelSpec::mlp(vec![2, 2]);
         let w = Weights {
-            layers: vec![Layer {
-                name: "fc1".into(),
-                in_dim: 2,
-                out_dim: 2,
-                weight: vec![1.0, 0.0, 0.0, 1.0],
-                bias: vec![0.0, 0.0],
-            }],
+            params: vec![
+                HostParam {
+                    name: "fc1.weight".into(),
+                    shape: vec![2, 2],
+                    role: ParamRole::LinearWeight,
+                    data: vec![1.0, 0.0, 0.0, 1.0],
+                },
+                HostParam {
+                    name: "fc1.bias".into(),
+                    shape: vec![2],
+                    role: ParamRole::Bias,
+                    data: vec![0.0, 0.0],
+                },
+            ],
+            buffers: vec![],
         };
-        let split = Split {
-            images: vec![1.0, 0.0, 0.0, 2.0, 3.0, 0.0],
-            labels: vec![0, 1, 1],
-            n: 3,
-        };
+        let split = Split::new(
+            Inputs::f32(vec![1.0, 0.0, 0.0, 2.0, 3.0, 0.0], [2, 1, 1]),
+            Targets::classes(vec![0, 1, 1], 2),
+        )
+        .unwrap();
         let (loss, acc) =
             evaluate(&spec, &w, &Mask::dense(&spec), &split, &DeviceSpec::Cpu).unwrap();
         let ce = |a: f64, b: f64, y: usize| -> f64 { (a.exp() + b.exp()).ln() - [a, b][y] };
@@ -933,6 +1062,7 @@ mod mnist_smoke {
             train: &train_set,
             val: &val,
             test: &m.test,
+            augment: None,
         };
         let t = std::time::Instant::now();
         let out = train(

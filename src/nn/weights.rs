@@ -1,74 +1,149 @@
-//! Host-side, backend-free weights and masks: what flows between stages.
+//! Host-side, backend-free model values: what flows between stages.
+//!
+//! [`Weights`] holds every trainable parameter by name, in program order (see
+//! [`crate::nn::program::Program::params`]), and the batch-norm running statistics. Shapes are
+//! those of [`ParamInfo::shape`](crate::nn::program::ParamInfo): conv weights
+//! `[out, in/groups, k, k]` as PyTorch, linear weights `[in, out]` as burn computes with them
+//! (checkpoints transpose them to PyTorch's `[out, in]`).
+//!
+//! [`Mask`] has one entry per *prunable* parameter (conv and linear weights), in program
+//! order, one bool per element (`true` = kept); biases and batch-norm parameters are never
+//! pruned element-wise. [`ModelSpec::prunable`] names the entries.
 
+use super::program::ParamRole;
 use super::{ModelSpec, NnError};
 
-/// One linear layer. `weight` is row-major `[in_dim, out_dim]` (the layout of
-/// burn's `Linear`): `weight[i * out_dim + j]` connects input `i` to output `j`.
+/// One named tensor, row-major.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Layer {
+pub struct Named {
     pub name: String,
-    pub in_dim: usize,
-    pub out_dim: usize,
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
 }
 
-/// The parameters of a model, layer by layer.
+/// One trainable parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: ParamRole,
+    pub data: Vec<f32>,
+}
+
+impl Param {
+    pub fn is_prunable(&self) -> bool {
+        matches!(self.role, ParamRole::ConvWeight | ParamRole::LinearWeight)
+    }
+}
+
+/// A model's values: parameters and batch-norm running statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weights {
-    pub layers: Vec<Layer>,
+    /// Every parameter, in program order.
+    pub params: Vec<Param>,
+    /// `<bn>.running_mean`, `<bn>.running_var` of each batch norm, in program order.
+    pub buffers: Vec<Named>,
 }
 
-/// Which weights are kept: one bool per weight (same layout as
-/// [`Layer::weight`]), `true` = kept. Biases are never pruned.
+/// Which weights are kept: one entry per prunable parameter (program order), one bool per
+/// element, `true` = kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mask {
     pub layers: Vec<Vec<bool>>,
 }
 
+impl ModelSpec {
+    /// Names of the prunable parameters (the entries of a [`Mask`]), in order.
+    pub fn prunable(&self) -> Vec<String> {
+        self.params()
+            .into_iter()
+            .filter(|p| p.is_weight())
+            .map(|p| p.name)
+            .collect()
+    }
+
+    /// Names of the batch-norm buffers, in order.
+    pub fn buffer_names(&self) -> Vec<(String, usize)> {
+        self.program()
+            .map(|p| p.batch_norms())
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|b| {
+                [
+                    (format!("{}.running_mean", b.layer), b.channels),
+                    (format!("{}.running_var", b.layer), b.channels),
+                ]
+            })
+            .collect()
+    }
+}
+
 impl Weights {
-    /// Checks layer count, names and every shape against `spec`.
+    /// Checks names, order, shapes and sizes of parameters and buffers against `spec`.
     pub fn check(&self, spec: &ModelSpec) -> Result<(), NnError> {
-        let dims = spec.layer_dims();
-        let names = spec.layer_names();
-        if self.layers.len() != dims.len() {
+        let want = spec.params();
+        if self.params.len() != want.len() {
             return Err(NnError::Shape(format!(
-                "weights have {} layers, the model spec has {}",
-                self.layers.len(),
-                dims.len()
+                "weights have {} parameters, the model spec has {}",
+                self.params.len(),
+                want.len()
             )));
         }
-        for ((l, &(i, o)), name) in self.layers.iter().zip(&dims).zip(&names) {
-            if l.name != *name || l.in_dim != i || l.out_dim != o {
+        for (p, w) in self.params.iter().zip(&want) {
+            if p.name != w.name || p.shape != w.shape || p.role != w.role {
                 return Err(NnError::Shape(format!(
-                    "layer {} is [{}, {}], the model spec expects {name} [{i}, {o}]",
-                    l.name, l.in_dim, l.out_dim
+                    "parameter `{}` {:?} where the model spec has `{}` {:?}",
+                    p.name, p.shape, w.name, w.shape
                 )));
             }
-            if l.weight.len() != i * o || l.bias.len() != o {
+            if p.data.len() != w.len() {
                 return Err(NnError::Shape(format!(
-                    "layer {name} holds {} weights and {} biases, expected {} and {o}",
-                    l.weight.len(),
-                    l.bias.len(),
-                    i * o
+                    "parameter `{}` holds {} values for shape {:?}",
+                    p.name,
+                    p.data.len(),
+                    p.shape
                 )));
             }
         }
+        let bufs = spec.buffer_names();
+        let ok = self.buffers.len() == bufs.len()
+            && self
+                .buffers
+                .iter()
+                .zip(&bufs)
+                .all(|(b, (name, c))| &b.name == name && b.shape == [*c] && b.data.len() == *c);
+        if !ok {
+            return Err(NnError::Shape(format!(
+                "batch-norm buffers {:?} do not match the model spec's {:?}",
+                self.buffers.iter().map(|b| &b.name).collect::<Vec<_>>(),
+                bufs.iter().map(|b| &b.0).collect::<Vec<_>>()
+            )));
+        }
         Ok(())
+    }
+
+    /// The prunable parameters (the entries of a [`Mask`]), in order.
+    pub fn prunable(&self) -> impl Iterator<Item = &Param> {
+        self.params.iter().filter(|p| p.is_prunable())
+    }
+
+    pub fn prunable_mut(&mut self) -> impl Iterator<Item = &mut Param> {
+        self.params.iter_mut().filter(|p| p.is_prunable())
+    }
+
+    pub fn param(&self, name: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.name == name)
     }
 
     /// Zeroes every weight the mask removes (biases untouched).
     ///
     /// Panics if the mask does not have the weights' shape.
     pub fn apply_mask(&mut self, mask: &Mask) {
-        assert_eq!(
-            self.layers.len(),
-            mask.layers.len(),
-            "mask/weights layer count"
-        );
-        for (l, m) in self.layers.iter_mut().zip(&mask.layers) {
-            assert_eq!(l.weight.len(), m.len(), "mask/weights shape of {}", l.name);
-            for (w, &keep) in l.weight.iter_mut().zip(m) {
+        let n = self.prunable().count();
+        assert_eq!(n, mask.layers.len(), "mask/weights layer count");
+        for (p, m) in self.prunable_mut().zip(&mask.layers) {
+            assert_eq!(p.data.len(), m.len(), "mask/weights shape of {}", p.name);
+            for (w, &keep) in p.data.iter_mut().zip(m) {
                 if !keep {
                     *w = 0.0;
                 }
@@ -83,9 +158,9 @@ impl Weights {
         w
     }
 
-    /// Number of weights (biases excluded).
+    /// Number of prunable weights (biases and batch norm excluded).
     pub fn num_weights(&self) -> usize {
-        self.layers.iter().map(|l| l.weight.len()).sum()
+        self.prunable().map(|p| p.data.len()).sum()
     }
 }
 
@@ -94,29 +169,31 @@ impl Mask {
     pub fn dense(spec: &ModelSpec) -> Mask {
         Mask {
             layers: spec
-                .layer_dims()
+                .params()
                 .iter()
-                .map(|&(i, o)| vec![true; i * o])
+                .filter(|p| p.is_weight())
+                .map(|p| vec![true; p.len()])
                 .collect(),
         }
     }
 
-    /// Checks the per-layer sizes against `spec`.
+    /// Checks the per-parameter sizes against `spec`.
     pub fn check(&self, spec: &ModelSpec) -> Result<(), NnError> {
-        let dims = spec.layer_dims();
-        let ok = self.layers.len() == dims.len()
-            && self
-                .layers
-                .iter()
-                .zip(&dims)
-                .all(|(m, (i, o))| m.len() == i * o);
+        let sizes: Vec<usize> = spec
+            .params()
+            .iter()
+            .filter(|p| p.is_weight())
+            .map(|p| p.len())
+            .collect();
+        let ok = self.layers.len() == sizes.len()
+            && self.layers.iter().zip(&sizes).all(|(m, &n)| m.len() == n);
         if ok {
             Ok(())
         } else {
             Err(NnError::Shape(format!(
                 "mask layer sizes {:?} do not match the model spec's {:?}",
                 self.layers.iter().map(Vec::len).collect::<Vec<_>>(),
-                dims.iter().map(|(i, o)| i * o).collect::<Vec<_>>()
+                sizes
             )))
         }
     }
@@ -192,26 +269,31 @@ mod tests {
     use super::*;
 
     fn tiny() -> (ModelSpec, Weights) {
-        let spec = ModelSpec::Mlp {
-            widths: vec![2, 2, 1],
+        let spec = ModelSpec::mlp(vec![2, 2, 1]);
+        let p = |name: &str, shape: Vec<usize>, role, data: Vec<f32>| Param {
+            name: name.into(),
+            shape,
+            role,
+            data,
         };
         let w = Weights {
-            layers: vec![
-                Layer {
-                    name: "fc1".into(),
-                    in_dim: 2,
-                    out_dim: 2,
-                    weight: vec![1.0, 2.0, 3.0, 4.0],
-                    bias: vec![0.5, 0.5],
-                },
-                Layer {
-                    name: "fc2".into(),
-                    in_dim: 2,
-                    out_dim: 1,
-                    weight: vec![5.0, 6.0],
-                    bias: vec![0.1],
-                },
+            params: vec![
+                p(
+                    "fc1.weight",
+                    vec![2, 2],
+                    ParamRole::LinearWeight,
+                    vec![1.0, 2.0, 3.0, 4.0],
+                ),
+                p("fc1.bias", vec![2], ParamRole::Bias, vec![0.5, 0.5]),
+                p(
+                    "fc2.weight",
+                    vec![2, 1],
+                    ParamRole::LinearWeight,
+                    vec![5.0, 6.0],
+                ),
+                p("fc2.bias", vec![1], ParamRole::Bias, vec![0.1]),
             ],
+            buffers: vec![],
         };
         (spec, w)
     }
@@ -220,6 +302,7 @@ mod tests {
     fn mask_stats_and_apply() {
         let (spec, w) = tiny();
         w.check(&spec).unwrap();
+        assert_eq!(spec.prunable(), ["fc1.weight", "fc2.weight"]);
         let dense = Mask::dense(&spec);
         assert_eq!((dense.kept(), dense.total()), (6, 6));
         let m = Mask {
@@ -230,9 +313,9 @@ mod tests {
         assert_eq!(m.kept(), 3);
         assert_eq!(m.remaining_fraction(), 0.5);
         let mw = w.masked(&m);
-        assert_eq!(mw.layers[0].weight, vec![1.0, 0.0, 0.0, 4.0]);
-        assert_eq!(mw.layers[1].weight, vec![0.0, 6.0]);
-        assert_eq!(mw.layers[0].bias, vec![0.5, 0.5]);
+        assert_eq!(mw.params[0].data, vec![1.0, 0.0, 0.0, 4.0]);
+        assert_eq!(mw.params[2].data, vec![0.0, 6.0]);
+        assert_eq!(mw.params[1].data, vec![0.5, 0.5]);
         let m2 = Mask {
             layers: vec![vec![true, true, false, false], vec![true, true]],
         };
@@ -246,8 +329,8 @@ mod tests {
     #[test]
     fn shape_checks() {
         let (spec, mut w) = tiny();
-        w.layers[1].bias.push(0.0);
-        assert!(w.check(&spec).unwrap_err().to_string().contains("fc2"));
+        w.params[3].data.push(0.0);
+        assert!(w.check(&spec).unwrap_err().to_string().contains("fc2.bias"));
         let bad = Mask {
             layers: vec![vec![true; 4]],
         };

@@ -11,7 +11,13 @@ use super::diag::{Diagnostic, Diagnostics, Loc, SourceFile, choices_hint};
 use super::yaml::{self, Key, Node, NodeKind};
 
 pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "pipeline", "include", "defaults", "stages", "levels", "report",
+    "pipeline",
+    "include",
+    "defaults",
+    "stages",
+    "levels",
+    "report",
+    "resources",
 ];
 
 pub struct Merged {
@@ -28,6 +34,8 @@ struct Loader {
     stages: Vec<(Key, Node)>,
     levels: Vec<(Key, Node)>,
     report: Option<(Key, Node)>,
+    /// Merged like `defaults`: the including file's requests win, field by field.
+    resources: Vec<(Key, Node)>,
     errors: Vec<Diagnostic>,
 }
 
@@ -44,6 +52,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         stages: Vec::new(),
         levels: Vec::new(),
         report: None,
+        resources: Vec::new(),
         errors: Vec::new(),
     };
     let mut name = None;
@@ -86,6 +95,9 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
     ];
     if let Some(r) = l.report {
         top.push(r);
+    }
+    if !l.resources.is_empty() {
+        top.push((key("resources"), mk(l.resources)));
     }
     Ok(Merged {
         name,
@@ -222,6 +234,16 @@ impl Loader {
                     }
                 }
                 None => self.errors.push(expected_map("defaults", d)),
+            }
+        }
+        if let Some(r) = root.get("resources") {
+            match r.as_map() {
+                Some(m) => {
+                    for (k, v) in m {
+                        merge_into(&mut self.resources, k, v);
+                    }
+                }
+                None => self.errors.push(expected_map("resources", r)),
             }
         }
         for section in ["stages", "levels"] {

@@ -7,6 +7,7 @@ pub mod diag;
 mod expand;
 mod include;
 mod overrides;
+pub mod resources;
 pub mod yaml;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ pub use diag::choices_hint;
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use expand::glob_match;
 pub use overrides::Override;
+pub use resources::{ResourceRequest, Resources};
 
 use crate::stages::Registry;
 
@@ -61,6 +63,8 @@ pub struct Pipeline {
     /// In a topological order (each stage after everything it consumes).
     pub instances: Vec<Instance>,
     pub report: Option<ReportSpec>,
+    /// What stages ask of a cluster scheduler; never part of a key.
+    pub resources: Resources,
 }
 
 impl Pipeline {
@@ -82,10 +86,13 @@ pub fn load(
         overrides::apply(&mut root, o)?;
     }
     let (instances, report) = expand::expand(&root, registry)?;
+    let resources = resources::parse(root.get("resources"), &instances, &registry.names())
+        .map_err(Diagnostics)?;
     Ok(Pipeline {
         name: merged.name,
         files: merged.files,
         instances,
         report,
+        resources,
     })
 }

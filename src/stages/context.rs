@@ -1,5 +1,5 @@
 //! What a running stage sees: its inputs (as finished cache entries), its output folder, the
-//! device, a progress sink and the cancellation flag.
+//! run-time resources (device, dataset cache), a progress sink and the cancellation flag.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,37 +71,50 @@ impl InputEntry {
     }
 }
 
+/// What stages of one process share at run time besides their inputs: the device they compute
+/// on and the decoded datasets. Built at the edge (the command line) and handed through the
+/// engine unopened, so that the scheduler knows nothing of devices or datasets.
+pub struct Runtime {
+    device: DeviceSpec,
+    data: DataCache,
+}
+
+impl Runtime {
+    pub fn new(device: DeviceSpec) -> Self {
+        Runtime {
+            device,
+            data: DataCache::new(),
+        }
+    }
+}
+
 pub struct StageContext<'a> {
     pub(crate) name: String,
     pub(crate) inputs: Vec<(String, Vec<InputEntry>)>,
     pub(crate) out_dir: PathBuf,
     pub(crate) metrics: Map<String, Value>,
-    pub(crate) device: DeviceSpec,
+    pub(crate) runtime: &'a Runtime,
     pub(crate) cancel: &'a AtomicBool,
     pub(crate) progress: &'a dyn ProgressSink,
-    pub(crate) data: &'a DataCache,
 }
 
 impl<'a> StageContext<'a> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         inputs: Vec<(String, Vec<InputEntry>)>,
         out_dir: PathBuf,
-        device: DeviceSpec,
+        runtime: &'a Runtime,
         cancel: &'a AtomicBool,
         progress: &'a dyn ProgressSink,
-        data: &'a DataCache,
     ) -> Self {
         StageContext {
             name,
             inputs,
             out_dir,
             metrics: Map::new(),
-            device,
+            runtime,
             cancel,
             progress,
-            data,
         }
     }
 
@@ -137,11 +150,11 @@ impl<'a> StageContext<'a> {
     }
 
     pub fn device(&self) -> &DeviceSpec {
-        &self.device
+        &self.runtime.device
     }
 
     pub fn data(&self) -> &DataCache {
-        self.data
+        &self.runtime.data
     }
 
     pub fn cancelled(&self) -> bool {

@@ -44,14 +44,15 @@ impl Stage for Evaluate {
     }
 
     fn key_params(&self, params: serde_json::Value) -> serde_json::Value {
-        DataParams::strip_locations(params)
+        DataParams::strip_for_evaluation(params)
     }
 
     fn check(
         &self,
-        _p: &EvaluateParams,
+        p: &EvaluateParams,
         inputs: &[(String, Vec<UpstreamInfo>)],
     ) -> Result<(), String> {
+        p.data.check()?;
         require_models(inputs)
     }
 

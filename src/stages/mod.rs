@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use context::{InputEntry, ProgressSink, StageContext};
+pub use context::{InputEntry, ProgressSink, Runtime, StageContext};
 pub use erased::{ParamError, StageKind};
 
 /// One input slot of a stage kind.

@@ -21,8 +21,10 @@ pub struct PruneParams {
     /// Fraction of each layer's surviving weights to remove.
     #[serde(default = "default_fraction")]
     pub fraction: f64,
-    /// Per-layer fractions by layer name (`fc3`), or `output` for the last layer (the lottery
-    /// ticket paper prunes the output layer at half the rate).
+    /// Per-layer fractions by layer name (`fc3`, `layer1.0.conv2`), by pattern with `*`
+    /// (`conv*`, `layer3.*`), or `output` for the model's output layer (the lottery ticket
+    /// paper prunes it at half the rate). An exact name wins over `output`, which wins over
+    /// patterns; among patterns the longest wins.
     #[serde(default)]
     pub layers: BTreeMap<String, f64>,
     /// Seed for `method: random`.
@@ -41,6 +43,64 @@ fn default_fraction() -> f64 {
 }
 
 pub struct Prune;
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// The rate of every prunable layer: its exact name, else `output` for the output layer,
+/// else the longest matching pattern, else `fraction`. Every entry must match some layer.
+fn layer_rates(
+    given: &BTreeMap<String, f64>,
+    fraction: f64,
+    names: &[String],
+    output: &str,
+) -> Result<Vec<f64>, String> {
+    for key in given.keys() {
+        let matched = key == "output" || names.iter().any(|n| glob(key, n));
+        if !matched {
+            return Err(format!(
+                "`layers` names `{key}`, which matches no layer of this model (its layers: {}; \
+                 or `output`, or a pattern with `*`)",
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(names
+        .iter()
+        .map(|n| {
+            if let Some(r) = given.get(n) {
+                return *r;
+            }
+            if n == output
+                && let Some(r) = given.get("output")
+            {
+                return *r;
+            }
+            given
+                .iter()
+                .filter(|(k, _)| k.contains('*') && glob(k, n))
+                .max_by_key(|(k, _)| k.len())
+                .map_or(fraction, |(_, r)| *r)
+        })
+        .collect())
+}
 
 impl Stage for Prune {
     type Params = PruneParams;
@@ -69,30 +129,8 @@ impl Stage for Prune {
         let input = ctx.input("model")?.load_model()?;
         let names = input.spec.layer_names();
         let output = input.spec.output_layer();
-        for layer in p.layers.keys() {
-            if layer != "output" && !names.contains(layer) {
-                return Err(StageError::Other(format!(
-                    "`layers` names `{layer}`, which this model does not have (its layers: {}, or `output`)",
-                    names.join(", ")
-                )));
-            }
-        }
-        let rates: Vec<f64> = names
-            .iter()
-            .map(|n| {
-                p.layers
-                    .get(n)
-                    .or_else(|| {
-                        if *n == output {
-                            p.layers.get("output")
-                        } else {
-                            None
-                        }
-                    })
-                    .copied()
-                    .unwrap_or(p.fraction)
-            })
-            .collect();
+        let rates =
+            layer_rates(&p.layers, p.fraction, &names, &output).map_err(StageError::Other)?;
         let mask = prune(
             &input.weights,
             &input.mask,
@@ -118,5 +156,57 @@ impl Stage for Prune {
                 seed: input.seed,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_names() {
+        assert!(glob("conv*", "conv12"));
+        assert!(glob("layer*.conv2", "layer3.1.conv2"));
+        assert!(!glob("layer*.conv2", "layer3.1.conv2x"));
+        assert!(glob("*", "fc"));
+        assert!(!glob("fc", "fc1"));
+        assert!(glob("*.shortcut.0", "layer2.0.shortcut.0"));
+    }
+
+    #[test]
+    fn rates_follow_precedence() {
+        // Conv-2 as Frankle & Carbin prune it: conv 10%, fc 20%, output 10%.
+        let names: Vec<String> = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+            .map(String::from)
+            .to_vec();
+        let given = BTreeMap::from([
+            ("conv*".to_string(), 0.1),
+            ("fc*".to_string(), 0.2),
+            ("output".to_string(), 0.1),
+            ("fc2".to_string(), 0.3),
+        ]);
+        assert_eq!(
+            layer_rates(&given, 0.5, &names, "fc3").unwrap(),
+            vec![0.1, 0.1, 0.2, 0.3, 0.1]
+        );
+        let given = BTreeMap::from([
+            ("layer1.*".to_string(), 0.1),
+            ("layer1.0.*".to_string(), 0.4),
+        ]);
+        let names = ["layer1.0.conv1", "layer1.1.conv1", "fc"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            layer_rates(&given, 0.5, &names, "fc").unwrap(),
+            vec![0.4, 0.1, 0.5]
+        );
+        let e = layer_rates(
+            &BTreeMap::from([("cnv*".to_string(), 0.1)]),
+            0.2,
+            &names,
+            "fc",
+        )
+        .unwrap_err();
+        assert!(e.contains("`cnv*`, which matches no layer"), "{e}");
     }
 }

@@ -114,6 +114,7 @@ impl Stage for Train {
         if p.eval_every == 0 {
             return Err("`eval_every` must be at least 1".into());
         }
+        p.data.check()?;
         require_models(inputs)
     }
 
@@ -156,6 +157,7 @@ impl Stage for Train {
             train: &splits.train,
             val: &splits.val,
             test: &splits.test,
+            augment: p.data.augment.as_ref(),
         };
         let device = ctx.device().clone();
         let out = {

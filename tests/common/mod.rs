@@ -8,8 +8,7 @@ use pipe::cache::{StageStatus, Store};
 use pipe::exec::{self, PlainSink, RunOptions, RunOutcome};
 use pipe::nn::DeviceSpec;
 use pipe::spec::{self, Override};
-use pipe::stages::Registry;
-use pipe::stages::dataset::DataCache;
+use pipe::stages::{Registry, Runtime};
 
 #[path = "../../examples/custom_stage/toy.rs"]
 pub mod toy;
@@ -18,6 +17,21 @@ pub fn registry() -> Registry {
     let mut r = Registry::builtin();
     r.register(toy::Toy);
     r
+}
+
+/// The `pipe` binary plus the test-only `toy` kind (examples/custom_stage), built if needed.
+pub fn toy_pipe() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
+    let example = bin.parent().unwrap().join("examples").join("custom_stage");
+    if !example.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "custom_stage"])
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    example
 }
 
 pub fn root() -> PathBuf {
@@ -54,16 +68,17 @@ pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool)
     let opts = RunOptions {
         jobs: 2,
         keep_going,
-        device: DeviceSpec::Cpu,
+        device: DeviceSpec::Cpu.to_string(),
+        detach: false,
     };
-    let (sink, data) = (PlainSink::new(true), DataCache::new());
+    let (sink, runtime) = (PlainSink::new(true), Runtime::new(DeviceSpec::Cpu));
     let env = exec::Engine {
         registry: &reg,
         store: &store,
         opts: &opts,
         sink: &sink,
         cancel: &cancel,
-        data: &data,
+        runtime: &runtime,
     };
     exec::execute(&plan, env)
 }

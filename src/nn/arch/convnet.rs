@@ -1,0 +1,186 @@
+//! `convnet`: plain VGG-style conv nets — 3×3 convolutions (padding 1) with ReLU, 2×2 max
+//! pooling where the list says `M`, then fully-connected layers. One family covers the
+//! lottery-ticket paper's Conv-2/4/6 (`layers: [64, 64, M]`, `[64, 64, M, 128, 128, M]`,
+//! `[64, 64, M, 128, 128, M, 256, 256, M]`, `fc: [256, 256]`) and the RePr paper's small
+//! CNNs (e.g. `layers: [32, M, 32, M, 32, M]`, `fc: []`).
+//!
+//! Names: `conv1` … `convN` (with `bn1` … when `batch_norm`), `fc1` … `fcK`, output
+//! `fc{K+1}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::nn::program::{Op, Program};
+
+/// One entry of `layers`: a conv width or `"M"` (2×2 max pooling, stride 2).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum ConvLayer {
+    Conv(usize),
+    Pool(String),
+}
+
+fn default_input() -> [usize; 3] {
+    [3, 32, 32]
+}
+
+fn default_classes() -> usize {
+    10
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConvnetSpec {
+    /// Conv widths and `M` pooling markers, in order.
+    pub layers: Vec<ConvLayer>,
+    /// Hidden fully-connected widths after flattening.
+    #[serde(default)]
+    pub fc: Vec<usize>,
+    #[serde(default = "default_classes")]
+    pub classes: usize,
+    /// Input `[channels, height, width]`.
+    #[serde(default = "default_input")]
+    pub input: [usize; 3],
+    /// Batch norm after every convolution (then the convolutions have no bias).
+    #[serde(default)]
+    pub batch_norm: bool,
+}
+
+impl ConvnetSpec {
+    pub fn program(&self) -> Result<Program, String> {
+        let mut ops = Vec::new();
+        let mut c = self.input[0];
+        let mut k = 0;
+        for (i, l) in self.layers.iter().enumerate() {
+            match l {
+                ConvLayer::Conv(0) => return Err(format!("convnet layers[{i}] has width 0")),
+                ConvLayer::Conv(w) => {
+                    k += 1;
+                    ops.push(Op::Conv {
+                        name: format!("conv{k}"),
+                        c_in: c,
+                        c_out: *w,
+                        kernel: 3,
+                        stride: 1,
+                        padding: 1,
+                        groups: 1,
+                        bias: !self.batch_norm,
+                    });
+                    if self.batch_norm {
+                        ops.push(Op::BatchNorm {
+                            name: format!("bn{k}"),
+                            channels: *w,
+                        });
+                    }
+                    ops.push(Op::Relu);
+                    c = *w;
+                }
+                ConvLayer::Pool(m) if m == "M" => ops.push(Op::MaxPool {
+                    kernel: 2,
+                    stride: 2,
+                }),
+                ConvLayer::Pool(other) => {
+                    return Err(format!(
+                        "convnet layers[{i}] is `{other}`; write a conv width (e.g. 64) or `M` for max pooling"
+                    ));
+                }
+            }
+        }
+        if k == 0 {
+            return Err("a convnet needs at least one conv width in `layers`".into());
+        }
+        if self.classes == 0 || self.fc.contains(&0) {
+            return Err("convnet `fc` widths and `classes` must be > 0".into());
+        }
+        // Flattened width: from the program's own shape inference (check() reports a bad
+        // input size with the layer that breaks).
+        let probe = Program {
+            input: self.input,
+            ops: ops.clone(),
+            output: String::new(),
+        };
+        let mut d = probe.activation_width()?;
+        ops.push(Op::Flatten);
+        let widths: Vec<usize> = self.fc.iter().copied().chain([self.classes]).collect();
+        for (j, &w) in widths.iter().enumerate() {
+            ops.push(Op::Linear {
+                name: format!("fc{}", j + 1),
+                d_in: d,
+                d_out: w,
+                bias: true,
+            });
+            if j + 1 < widths.len() {
+                ops.push(Op::Relu);
+            }
+            d = w;
+        }
+        Ok(Program {
+            input: self.input,
+            ops,
+            output: format!("fc{}", widths.len()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ModelSpec;
+
+    fn conv_n(blocks: &[usize]) -> ModelSpec {
+        let mut layers = Vec::new();
+        for &w in blocks {
+            layers.extend([
+                ConvLayer::Conv(w),
+                ConvLayer::Conv(w),
+                ConvLayer::Pool("M".into()),
+            ]);
+        }
+        ModelSpec::Convnet(ConvnetSpec {
+            layers,
+            fc: vec![256, 256],
+            classes: 10,
+            input: [3, 32, 32],
+            batch_norm: false,
+        })
+    }
+
+    #[test]
+    fn lottery_ticket_conv_nets_have_the_papers_weight_counts() {
+        // Frankle & Carbin (2019), figure 2: Conv-2 4.3M, Conv-4 2.4M, Conv-6 1.7M weights.
+        assert_eq!(conv_n(&[64]).num_weights(), 4_300_992);
+        assert_eq!(conv_n(&[64, 128]).num_weights(), 2_425_024);
+        // The paper's table lists Conv-6 as 1.7M; its layer list (the one given above,
+        // 4×4×256 flattened into FC 256) gives 2,261,184.
+        assert_eq!(conv_n(&[64, 128, 256]).num_weights(), 2_261_184);
+        let s = conv_n(&[64]);
+        assert_eq!(s.output_layer(), "fc3");
+        assert_eq!(s.input_shape(), [3, 32, 32]);
+        let names: Vec<_> = s.params().into_iter().map(|p| p.name).collect();
+        assert_eq!(
+            names[..4],
+            ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+        );
+    }
+
+    #[test]
+    fn yaml_form_and_mistakes() {
+        let s: ModelSpec = serde_json::from_str(
+            r#"{"arch":"convnet","layers":[8,"M"],"fc":[],"input":[1,28,28],"batch_norm":true}"#,
+        )
+        .unwrap();
+        assert_eq!(s.output_dim(), 10);
+        assert_eq!(s.num_weights(), 8 * 9 + 8 * 14 * 14 * 10);
+        let bad = |json: &str| {
+            serde_json::from_str::<ModelSpec>(json)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        };
+        assert!(bad(r#"{"arch":"convnet","layers":[8,"P"]}"#).contains("`P`"));
+        assert!(bad(r#"{"arch":"convnet","layers":["M"]}"#).contains("at least one conv"));
+        assert!(
+            bad(r#"{"arch":"convnet","layers":[8,"M","M","M","M","M","M"],"input":[1,28,28]}"#)
+                .contains("max pooling")
+        );
+    }
+}
