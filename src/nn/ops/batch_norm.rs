@@ -89,7 +89,10 @@ pub(crate) fn train_forward(
         .into_iter()
         .map(|s| s / d.count())
         .collect();
-    let inv_std: Vec<f32> = var64.iter().map(|v| (1.0 / (v + eps).sqrt()) as f32).collect();
+    let inv_std: Vec<f32> = var64
+        .iter()
+        .map(|v| (1.0 / (v + eps).sqrt()) as f32)
+        .collect();
     let var = var64.iter().map(|&v| v as f32).collect();
     let mut y = vec![0f32; x.len()];
     per_row(&mut y, d, |ch, r, out| {

@@ -8,9 +8,9 @@
 //! sum whose order would then depend on the thread count: every output has the same bits with
 //! any number of threads.
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
@@ -110,7 +110,9 @@ impl ConvDims {
     }
     /// Images per product (see [`TARGET_COLS`]).
     fn wave(&self) -> usize {
-        TARGET_COLS.div_ceil(self.p().max(1)).clamp(1, self.n.max(1))
+        TARGET_COLS
+            .div_ceil(self.p().max(1))
+            .clamp(1, self.n.max(1))
     }
     pub(crate) fn out_shape(&self) -> [usize; 4] {
         [self.n, self.c_out, self.o_h, self.o_w]
@@ -267,7 +269,17 @@ pub(crate) fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &ConvD
                         matmul(cog, p, kd, dst, p, false, w_g, Mat::rows(col, p), threaded);
                     } else {
                         let tmp = sized(&mut s.mat, cog * ld);
-                        matmul(cog, ld, kd, tmp, ld, false, w_g, Mat::rows(col, ld), threaded);
+                        matmul(
+                            cog,
+                            ld,
+                            kd,
+                            tmp,
+                            ld,
+                            false,
+                            w_g,
+                            Mat::rows(col, ld),
+                            threaded,
+                        );
                         unstack(tmp, d.c_out, p, cog, g, imgs, y);
                     }
                 }
@@ -321,9 +333,26 @@ pub(crate) fn input_grad(dy: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
                     matmul(kd, p, cog, dst, p, false, w_t, Mat::rows(dy_g, p), threaded);
                 } else {
                     let col = sized(&mut s.col, kd * ld);
-                    matmul(kd, ld, cog, col, ld, false, w_t, Mat::rows(dy_g, ld), threaded);
+                    matmul(
+                        kd,
+                        ld,
+                        cog,
+                        col,
+                        ld,
+                        false,
+                        w_t,
+                        Mat::rows(dy_g, ld),
+                        threaded,
+                    );
                     for i in 0..imgs {
-                        col2im(col, ld, i * p, d, g, &mut dx[i * d.c_in * hw..][..d.c_in * hw]);
+                        col2im(
+                            col,
+                            ld,
+                            i * p,
+                            d,
+                            g,
+                            &mut dx[i * d.c_in * hw..][..d.c_in * hw],
+                        );
                     }
                 }
             }
@@ -549,7 +578,10 @@ pub(crate) fn flex(
     bias: Option<Tensor<Flex, 1>>,
     g: Conv2dGeometry,
 ) -> Tensor<Flex, 4> {
-    let (xp, wp) = (x.clone().into_primitive().tensor(), weight.clone().into_primitive().tensor());
+    let (xp, wp) = (
+        x.clone().into_primitive().tensor(),
+        weight.clone().into_primitive().tensor(),
+    );
     let bp = bias.clone().map(|b| b.into_primitive().tensor());
     match flex_forward(&xp, &wp, bp.as_ref(), g) {
         Some(y) => raw::tensor(y),
@@ -570,7 +602,12 @@ struct ConvBackward;
 
 impl ConvBackward {
     /// Registers the gradients of the parents that need one (`parents`: x, weight, bias).
-    fn grads(state: ConvState, dy: FlexTensor, parents: [Option<NodeId>; 3], grads: &mut Gradients) {
+    fn grads(
+        state: ConvState,
+        dy: FlexTensor,
+        parents: [Option<NodeId>; 3],
+        grads: &mut Gradients,
+    ) {
         let dy = Dense::new(&dy);
         let d = &state.dims;
         let [px, pw, pb] = parents;
@@ -619,8 +656,12 @@ pub(crate) fn autodiff(
     let xa = x.clone().into_primitive().tensor();
     let wa = weight.clone().into_primitive().tensor();
     let ba = bias.clone().map(|b| b.into_primitive().tensor());
-    let Some(y) = flex_forward(&xa.primitive, &wa.primitive, ba.as_ref().map(|b| &b.primitive), g)
-    else {
+    let Some(y) = flex_forward(
+        &xa.primitive,
+        &wa.primitive,
+        ba.as_ref().map(|b| &b.primitive),
+        g,
+    ) else {
         return super::reference::conv2d(x, weight, bias, g);
     };
     let state = || ConvState {

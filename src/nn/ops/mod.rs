@@ -6,6 +6,9 @@
 //! checked against these defaults in tests. Models call only these functions for
 //! convolutions, batch norm and pooling, so a faster kernel speeds every family up at once.
 
+use std::cell::Cell;
+use std::sync::OnceLock;
+
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -17,6 +20,33 @@ mod raw;
 pub mod reference;
 #[cfg(test)]
 mod tests;
+
+/// The environment variable that, set to `reference`, makes the CPU backend run burn's
+/// generic operations instead of its kernels (to time one against the other in the same
+/// binary, or to bisect a numeric difference).
+pub const OPS_ENV: &str = "PIPE_NN_OPS";
+
+thread_local! {
+    /// Set by [`with_reference_ops`] for the calling thread.
+    static REFERENCE_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the CPU backend's [`NnBackend`] methods run burn's generic operations on this
+/// thread: inside [`with_reference_ops`], or everywhere with `PIPE_NN_OPS=reference`.
+pub fn reference_ops() -> bool {
+    static FROM_ENV: OnceLock<bool> = OnceLock::new();
+    REFERENCE_HERE.get()
+        || *FROM_ENV.get_or_init(|| std::env::var(OPS_ENV).is_ok_and(|v| v == "reference"))
+}
+
+/// Runs `f` with the CPU backend on burn's generic operations (on this thread only), for
+/// comparing whole models with and without the kernels.
+pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = REFERENCE_HERE.replace(true);
+    let out = f();
+    REFERENCE_HERE.set(before);
+    out
+}
 
 /// Geometry of a 2-D convolution (square kernels are the only ones the families use, but
 /// the shape comes from the weight tensor).
@@ -110,6 +140,9 @@ impl NnBackend for Flex {
         bias: Option<Tensor<Self, 1>>,
         g: Conv2dGeometry,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::conv2d(x, weight, bias, g);
+        }
         conv::flex(x, weight, bias, g)
     }
 
@@ -119,6 +152,9 @@ impl NnBackend for Flex {
         beta: Tensor<Self, 1>,
         eps: f64,
     ) -> BatchNormTrain<Self> {
+        if reference_ops() {
+            return reference::batch_norm_train(x, gamma, beta, eps);
+        }
         batch_norm::flex_train(x, gamma, beta, eps)
     }
 
@@ -130,6 +166,9 @@ impl NnBackend for Flex {
         var: Tensor<Self, 1>,
         eps: f64,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::batch_norm_eval(x, gamma, beta, mean, var, eps);
+        }
         batch_norm::flex_eval(x, gamma, beta, mean, var, eps)
     }
 
@@ -139,6 +178,9 @@ impl NnBackend for Flex {
         stride: usize,
         padding: usize,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::max_pool2d(x, kernel, stride, padding);
+        }
         pool::flex(x, pool::Kind::Max, kernel, stride, padding)
     }
 
@@ -148,10 +190,16 @@ impl NnBackend for Flex {
         stride: usize,
         padding: usize,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::avg_pool2d(x, kernel, stride, padding);
+        }
         pool::flex(x, pool::Kind::Avg, kernel, stride, padding)
     }
 
     fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
+        if reference_ops() {
+            return reference::global_avg_pool(x);
+        }
         pool::flex_global_avg(x)
     }
 }
@@ -164,6 +212,9 @@ impl NnBackend for Autodiff<Flex> {
         bias: Option<Tensor<Self, 1>>,
         g: Conv2dGeometry,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::conv2d(x, weight, bias, g);
+        }
         conv::autodiff(x, weight, bias, g)
     }
 
@@ -173,6 +224,9 @@ impl NnBackend for Autodiff<Flex> {
         beta: Tensor<Self, 1>,
         eps: f64,
     ) -> BatchNormTrain<Self> {
+        if reference_ops() {
+            return reference::batch_norm_train(x, gamma, beta, eps);
+        }
         batch_norm::autodiff_train(x, gamma, beta, eps)
     }
 
@@ -184,6 +238,9 @@ impl NnBackend for Autodiff<Flex> {
         var: Tensor<Self, 1>,
         eps: f64,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::batch_norm_eval(x, gamma, beta, mean, var, eps);
+        }
         batch_norm::autodiff_eval(x, gamma, beta, mean, var, eps)
     }
 
@@ -193,6 +250,9 @@ impl NnBackend for Autodiff<Flex> {
         stride: usize,
         padding: usize,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::max_pool2d(x, kernel, stride, padding);
+        }
         pool::autodiff(x, pool::Kind::Max, kernel, stride, padding)
     }
 
@@ -202,10 +262,16 @@ impl NnBackend for Autodiff<Flex> {
         stride: usize,
         padding: usize,
     ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::avg_pool2d(x, kernel, stride, padding);
+        }
         pool::autodiff(x, pool::Kind::Avg, kernel, stride, padding)
     }
 
     fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
+        if reference_ops() {
+            return reference::global_avg_pool(x);
+        }
         pool::autodiff_global_avg(x)
     }
 }

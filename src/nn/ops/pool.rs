@@ -216,7 +216,10 @@ fn flex_prim(x: &FlexTensor, kind: Kind, d: &PoolDims) -> (FlexTensor, Option<Ar
             let (y, idx) = max_forward(xs.f32s(), d);
             (raw::from_vec(y, &d.out_shape()), Some(Arc::new(idx)))
         }
-        Kind::Avg => (raw::from_vec(avg_forward(xs.f32s(), d), &d.out_shape()), None),
+        Kind::Avg => (
+            raw::from_vec(avg_forward(xs.f32s(), d), &d.out_shape()),
+            None,
+        ),
     }
 }
 

@@ -68,7 +68,11 @@ impl<'a> Mat<'a> {
 
     /// The transpose of a row-major matrix with row stride `rs`.
     pub(crate) fn transposed(data: &'a [f32], rs: usize) -> Self {
-        Mat { data, rs: 1, cs: rs }
+        Mat {
+            data,
+            rs: 1,
+            cs: rs,
+        }
     }
 
     fn fits(&self, rows: usize, cols: usize) -> bool {
@@ -184,7 +188,11 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
     let mut acc = [0f32; LANES];
     let ca = a.chunks_exact(LANES);
     let cb = b.chunks_exact(LANES);
-    let tail = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y);
+    let tail = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y);
     for (x, y) in ca.zip(cb) {
         for l in 0..LANES {
             acc[l] += x[l] * y[l];
@@ -247,10 +255,10 @@ mod tests {
 
     #[test]
     fn valid_range_matches_a_scan() {
-        for stride in 1..4 {
+        for stride in 1..4usize {
             for pad in 0..3 {
                 for offset in 0..4 {
-                    for len in 1..7 {
+                    for len in 1..7usize {
                         let outputs = (len + 2 * pad).saturating_sub(offset) / stride + 1;
                         let scan: Vec<usize> = (0..outputs)
                             .filter(|&o| {
@@ -259,7 +267,11 @@ mod tests {
                             })
                             .collect();
                         let (lo, hi) = valid_range(offset, pad, stride, len, outputs);
-                        assert_eq!((lo..hi).collect::<Vec<_>>(), scan, "{stride} {pad} {offset} {len}");
+                        assert_eq!(
+                            (lo..hi).collect::<Vec<_>>(),
+                            scan,
+                            "{stride} {pad} {offset} {len}"
+                        );
                     }
                 }
             }
@@ -275,7 +287,11 @@ mod tests {
         let m = 0.25f32;
         let exact: f64 = xs.iter().map(|&x| (f64::from(x) - 0.25).powi(2)).sum();
         assert!((sum_sq_dev(&xs, m) - exact).abs() < 1e-5);
-        let exact: f64 = xs.iter().zip(&ys).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+        let exact: f64 = xs
+            .iter()
+            .zip(&ys)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum();
         assert!((dot(&xs, &ys) - exact).abs() < 1e-5);
         let exact: f64 = xs
             .iter()
