@@ -54,7 +54,7 @@ pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_CACHE: u8 = 3;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-const AFTER_HELP: &str = "Exit codes: 0 success; 1 a stage failed; 2 invalid pipeline, override or command line; 3 cache or I/O error; 130 interrupted.";
+const AFTER_HELP: &str = "Exit codes: 0 success; 1 a stage failed; 2 invalid pipeline, override or command line; 3 cache or I/O error (also a stage that failed because a file operation did: full disk, read-only cache); 130 interrupted.";
 
 #[derive(Parser, Debug)]
 #[command(name = "pipe", version, about = "Declarative pipelines for pruning and training-dynamics research, with a content-addressed cache", after_help = AFTER_HELP)]
@@ -116,7 +116,9 @@ pub enum Command {
     Runs,
     /// Parameters and metrics that differ between two runs (ids, id prefixes, `last`, `-2`).
     Diff {
+        #[arg(allow_negative_numbers = true)]
         a: String,
+        #[arg(allow_negative_numbers = true)]
         b: String,
         #[arg(long, conflicts_with = "md")]
         json: bool,
@@ -128,6 +130,8 @@ pub enum Command {
     },
     /// One run's stages and report, or one stage's metrics (from the latest run that has it).
     Show {
+        /// A run (id, id prefix, `last`, `-N`) or a stage name.
+        #[arg(allow_negative_numbers = true)]
         target: String,
         #[arg(long)]
         json: bool,
@@ -233,6 +237,12 @@ pub fn main(registry: Registry) -> ExitCode {
     }
 }
 
+/// Colour codes only for a terminal, and never when `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>): a log file or CI output must not fill with escape sequences.
+pub fn colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_tracing(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
@@ -245,6 +255,10 @@ fn init_tracing(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_target(false)
         .try_init();
 }
@@ -310,7 +324,7 @@ pub fn plan_table(plan: &exec::Plan) -> Table {
             },
             s.instance.name.clone(),
             s.instance.kind.clone(),
-            s.key[..12].to_string(),
+            crate::cache::short(&s.key, 12).to_string(),
             if s.cached() {
                 String::new()
             } else {
@@ -533,7 +547,12 @@ fn cmd_run(
         .report
         .as_ref()
         .filter(|_| queued == 0)
-        .map(|r| pivot::render(r, &pivot::build(r, &plan.pipeline, &outcome.records)));
+        .map(|r| {
+            for w in pivot::missing_metrics(r, &outcome.records) {
+                tracing::warn!("{w}");
+            }
+            pivot::render(r, &pivot::build(r, &plan.pipeline, &outcome.records))
+        });
     let record = RunRecord {
         id: run_id,
         pipeline: plan.pipeline.name.clone(),
@@ -562,7 +581,8 @@ fn cmd_run(
         report: report_text.clone(),
         pipe_version: env!("CARGO_PKG_VERSION").into(),
     };
-    runs::save(store.root(), &record)?;
+    // A full disk may refuse the record too; the summary is still printed before saying so.
+    let saved = runs::save(store.root(), &record);
     out!("{}", summary_table(&record).render_text());
     if let Some(r) = &report_text {
         out!("{r}");
@@ -584,8 +604,21 @@ fn cmd_run(
             record.duration_s
         );
     }
+    if let Err(e) = saved {
+        return Err(Failure::cache(format!(
+            "error: the run record could not be written: {e}"
+        )));
+    }
+    if !outcome.io_failures.is_empty() && !outcome.interrupted {
+        eprintln!(
+            "error: {} failed on a cache or file-system error (see above): free disk space or make the cache folder writable, then run again",
+            spec::stage_list(&outcome.io_failures)
+        );
+    }
     Ok(if outcome.interrupted {
         EXIT_INTERRUPTED
+    } else if !outcome.io_failures.is_empty() {
+        EXIT_CACHE
     } else if outcome.ok() || (queued > 0 && record.count(StageStatus::Failed) == 0) {
         0
     } else {
@@ -605,6 +638,7 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
             .map_err(|e| Failure::cache(format!("{}: {e}", result.display())))?;
         Ok(match end {
             Finished::Done { .. } => 0,
+            Finished::Failed { io: true, .. } => EXIT_CACHE,
             Finished::Failed { .. } => EXIT_STAGE_FAILED,
             Finished::Cancelled => EXIT_INTERRUPTED,
         })
@@ -642,7 +676,7 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
     eprintln!(
         "pipe worker: stage `{}` (key {}) on {}, device {}",
         job.stage,
-        &job.key[..12],
+        crate::cache::short(&job.key, 12),
         clock::hostname(),
         job.device
     );
@@ -670,7 +704,7 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
             seconds: *seconds,
             headline: &exec::headline(&manifest.metrics),
         }),
-        Finished::Failed { error, detail } => sink.event(&Event::Failed {
+        Finished::Failed { error, detail, .. } => sink.event(&Event::Failed {
             name: &job.stage,
             error,
             detail: detail.as_deref(),
@@ -686,7 +720,7 @@ pub fn summary_table(rec: &RunRecord) -> Table {
         t.push(vec![
             s.name.clone(),
             s.status.as_str().into(),
-            s.key[..12].to_string(),
+            crate::cache::short(&s.key, 12).to_string(),
             if s.status == StageStatus::Ran {
                 format!("{:.1}s", s.duration_s)
             } else {
@@ -743,7 +777,7 @@ fn cmd_explain(
             Ok(m) => {
                 out!(
                     "differences from the last entry named `{stage}` ({}):",
-                    &last[..12]
+                    crate::cache::short(&last, 12)
                 );
                 let mut t = Table::new(["Field", "Last entry", "Now"]);
                 for (path, a, b) in diff_values(&m.preimage, &s.preimage.0) {
@@ -754,7 +788,10 @@ fn cmd_explain(
                     out!("why: {}", s.why.describe(&s.instance));
                 }
             }
-            Err(_) => out!("the last entry named `{stage}` ({}) is gone", &last[..12]),
+            Err(_) => out!(
+                "the last entry named `{stage}` ({}) is gone",
+                crate::cache::short(&last, 12)
+            ),
         },
     }
     Ok(0)
@@ -894,8 +931,9 @@ fn cmd_gc(g: &Global, keep_last: Option<usize>, dry_run: bool) -> Result<u8, Fai
     for r in &rep.removed {
         t.push(vec![
             r.what.into(),
-            if r.id.len() > 24 {
-                r.id[..12].to_string()
+            // Keys (and folders named after them) are shown like everywhere else.
+            if crate::cache::is_key(crate::cache::short(&r.id, 64)) {
+                crate::cache::short(&r.id, 12).to_string()
             } else {
                 r.id.clone()
             },

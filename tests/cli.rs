@@ -91,9 +91,20 @@ fn start_with_b_writing(cache: &Path) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // b's own unfinished folder (`tmp/<key>.…`), not a's, which is there first for a moment
+    // (`sleep_ms` stays out of the key, so the plan without the override has b's key).
+    let b_key = plan(cache, &[file("tests/pipelines/toy_chain.yaml")], &[])
+        .stages
+        .iter()
+        .find(|s| s.instance.name == "b")
+        .map(|s| s.key.clone())
+        .unwrap();
     let tmp = cache.join("tmp");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+    while !std::fs::read_dir(&tmp).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&b_key))
+    }) {
         assert!(Instant::now() < deadline, "stage b never started");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -19,24 +19,6 @@ fn checkpoint(cache: &std::path::Path, o: &RunOutcome, stage: &str) -> Checkpoin
     load_checkpoint(&dir, "model").unwrap_or_else(|e| panic!("{stage}: {e}"))
 }
 
-fn summary(o: &RunOutcome) -> String {
-    o.records
-        .iter()
-        .map(|r| {
-            let mut m = r.metrics.clone();
-            if let Some(obj) = m.as_object_mut() {
-                for v in obj.values_mut() {
-                    if let Some(f) = v.as_f64().filter(|f| f.fract() != 0.0) {
-                        *v = serde_json::json!((f * 1e4).round() / 1e4);
-                    }
-                }
-            }
-            format!("{} {}", r.name, m)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn every_family_trains_prunes_and_rewinds_deterministically() {
     let (c1, c2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -54,7 +36,7 @@ fn every_family_trains_prunes_and_rewinds_deterministically() {
         metrics(&b),
         "same seeds, same numbers, bit for bit"
     );
-    insta::assert_snapshot!(summary(&a));
+    insta::assert_snapshot!(metrics_summary(&a, false));
     let cache = c1.path();
 
     // Global pruning pools conv and hidden linear weights; the output layer keeps 75%.
@@ -92,10 +74,48 @@ fn every_family_trains_prunes_and_rewinds_deterministically() {
         }
         assert_eq!(t.step, 8, "{arm}");
     }
+    // A late rewind (to iteration 4) continues at 4: its curve starts there and it takes the
+    // 4 remaining steps; the ticket (rewound to 0) takes all 8.
+    let first_point = |stage: &str| {
+        let r = a.records.iter().find(|r| r.name == stage).unwrap();
+        let path = cache
+            .join("entries")
+            .join(&r.key[..2])
+            .join(&r.key)
+            .join("curve.json");
+        let curve: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        curve[0]["iteration"].as_u64().unwrap()
+    };
+    assert_eq!(first_point("conv_late_train"), 4);
+    assert_eq!(first_point("conv_ticket_train"), 0);
+
     // The random re-initialisation draws new survivors (same mask, other values).
     let random = checkpoint(cache, &a, "conv_random");
     assert_eq!(random.mask, pruned.mask);
     assert_ne!(random.weights.params[0].data, ticket.weights.params[0].data);
+
+    // Filter pruning: half of each conv's filters, and with them what reads their channels.
+    let f = &a
+        .records
+        .iter()
+        .find(|r| r.name == "conv_filters")
+        .unwrap()
+        .metrics;
+    assert_eq!(
+        (f["filters_conv1"].as_u64(), f["filters_conv2"].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert_eq!(f["density_conv1"], 0.5);
+    assert_eq!(
+        f["density_conv2"], 0.25,
+        "half the filters, half their input channels"
+    );
+    assert_eq!(
+        f["density_fc1"], 0.5,
+        "the flattened rows of the dropped channels"
+    );
+    assert_eq!(f["density_fc2"], 1.0);
 
     // Layer patterns: every residual-block conv at 50%, the stem and output untouched.
     let rp = checkpoint(cache, &a, "resnet_prune");

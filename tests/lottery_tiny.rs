@@ -11,25 +11,6 @@ fn tiny() -> Vec<std::path::PathBuf> {
     vec![file("tests/pipelines/tiny_lottery.yaml")]
 }
 
-fn summary(o: &pipe::exec::RunOutcome) -> String {
-    o.records
-        .iter()
-        .map(|r| {
-            let mut m = r.metrics.clone();
-            // Round for readability; determinism is checked bit-exactly below.
-            if let Some(obj) = m.as_object_mut() {
-                for v in obj.values_mut() {
-                    if let Some(f) = v.as_f64().filter(|f| f.fract() != 0.0) {
-                        *v = serde_json::json!((f * 1e4).round() / 1e4);
-                    }
-                }
-            }
-            format!("{} {} {}", r.name, &r.key[..12], m)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn tiny_lottery_pipeline_is_deterministic_and_pinned() {
     let c1 = tempfile::tempdir().unwrap();
@@ -48,7 +29,7 @@ fn tiny_lottery_pipeline_is_deterministic_and_pinned() {
         metrics(&b),
         "same seed, same numbers, bit for bit"
     );
-    insta::assert_snapshot!(summary(&a));
+    insta::assert_snapshot!(metrics_summary(&a, true));
 
     // The IMP chain's training and the ticket branch at the same learning rate are one job.
     let chain = a.records.iter().find(|r| r.name == "imp.1.train").unwrap();

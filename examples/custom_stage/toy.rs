@@ -30,14 +30,7 @@ impl Stage for Toy {
     type Params = ToyParams;
     const KIND: &'static str = "toy";
     const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[
-        Role::optional("input"),
-        Role {
-            name: "inputs",
-            required: false,
-            many: true,
-        },
-    ];
+    const ROLES: &'static [Role] = &[Role::optional("input"), Role::many("inputs")];
     const ABOUT: &'static str =
         "adds `value` to its inputs' totals (engine tests) {value, sleep_ms, fail, log}";
 

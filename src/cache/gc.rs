@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use super::runs;
 use super::store::{CacheError, Store, dir_size, read_manifest};
 
+/// How old an unlocked partial file must be before `gc` removes it.
+pub const PARTIAL_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Removal {
     /// `entry`, `partial` (an unfinished or quarantined folder) or `run`.
@@ -44,7 +47,12 @@ pub fn collect(
     dry_run: bool,
 ) -> Result<GcReport, CacheError> {
     let cache = store.root();
-    let all_runs = runs::list(cache)?;
+    // An unreadable record may be the only one that reaches some entries; collecting without
+    // it could delete results the user still has a record of. Stop and say which file.
+    let (all_runs, bad) = runs::load(cache);
+    if let Some(e) = bad.into_iter().next() {
+        return Err(e);
+    }
     let cut = keep_last.map_or(0, |n| all_runs.len().saturating_sub(n));
     let (dropped, kept) = all_runs.split_at(cut);
     let reachable: BTreeSet<&str> = kept
@@ -122,6 +130,50 @@ pub fn collect(
                 path: p,
             });
         }
+    }
+
+    // Partial run records and `names/` files: left by a writer that was killed or whose write
+    // failed. A live writer holds a lock on its record, and both are renamed into place within
+    // milliseconds, so anything unlocked and a minute old is garbage.
+    let mut partial = runs::partial(cache, PARTIAL_GRACE);
+    if let Ok(rd) = fs::read_dir(cache.join("names")) {
+        let mut names: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e.to_string_lossy().starts_with("tmp"))
+                    && runs::stale(p, PARTIAL_GRACE)
+            })
+            .collect();
+        names.sort();
+        partial.extend(names);
+    }
+    for p in partial {
+        let bytes = fs::metadata(&p).map_or(0, |m| m.len());
+        if !dry_run {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                // Renamed into place (or removed) since it was listed: nothing to do.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(CacheError::Io {
+                        path: p.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        report.removed.push(Removal {
+            what: "partial",
+            id: p
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            name: String::new(),
+            bytes,
+            path: p,
+        });
     }
 
     for r in dropped {

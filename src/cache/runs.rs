@@ -4,10 +4,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::io::Write as _;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::store::CacheError;
+use super::store::{CacheError, is_key};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -89,32 +91,75 @@ fn runs_dir(cache: &Path) -> PathBuf {
     cache.join("runs")
 }
 
-pub fn save(cache: &Path, rec: &RunRecord) -> Result<PathBuf, CacheError> {
-    let dir = runs_dir(cache);
-    fs::create_dir_all(&dir).map_err(|source| CacheError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let path = dir.join(format!("{}.json", rec.id));
-    let tmp = dir.join(format!(".{}.tmp", rec.id));
-    let text = serde_json::to_string_pretty(rec).expect("run records serialise");
-    fs::write(&tmp, text).map_err(|source| CacheError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    fs::rename(&tmp, &path).map_err(|source| CacheError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(path)
+/// The temporary name a record is written under before it is renamed into place.
+fn tmp_name(id: &str) -> String {
+    format!(".{id}.tmp")
 }
 
-/// Every run record, oldest first. Unreadable records are skipped with a warning.
-pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
+pub fn save(cache: &Path, rec: &RunRecord) -> Result<PathBuf, CacheError> {
     let dir = runs_dir(cache);
-    let mut out = Vec::new();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CacheError::Io { path, source }
+    };
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = dir.join(format!("{}.json", rec.id));
+    let tmp = dir.join(tmp_name(&rec.id));
+    let text = serde_json::to_string_pretty(rec).expect("run records serialise");
+    // The lock tells `pipe gc` that this partial record has a live writer.
+    let written = (|| {
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let _ = f.lock();
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
+}
+
+/// Checks what later code relies on: the id names the file (`gc` removes records by id) and
+/// every key is a key (it is sliced for display and joined into paths).
+fn check(path: &Path, rec: &RunRecord) -> Result<(), String> {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    if stem.as_deref() != Some(rec.id.as_str()) {
+        return Err(format!(
+            "its id `{}` is not its file name",
+            super::store::short(&rec.id, 40)
+        ));
+    }
+    for s in &rec.stages {
+        if !is_key(&s.key) {
+            return Err(format!(
+                "stage `{}` has key `{}`, which is not 64 hex digits",
+                super::store::short(&s.name, 80),
+                super::store::short(&s.key, 80)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads one run record, checked.
+pub fn read(path: &Path) -> Result<RunRecord, CacheError> {
+    let bad = |reason: String| CacheError::BadRecord {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let rec: RunRecord = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    check(path, &rec).map_err(bad)?;
+    Ok(rec)
+}
+
+/// Every run record, oldest first, and the errors of those that cannot be read.
+pub fn load(cache: &Path) -> (Vec<RunRecord>, Vec<CacheError>) {
+    let dir = runs_dir(cache);
+    let (mut out, mut bad) = (Vec::new(), Vec::new());
     let Ok(rd) = fs::read_dir(&dir) else {
-        return Ok(out);
+        return (out, bad);
     };
     let mut paths: Vec<PathBuf> = rd
         .flatten()
@@ -128,13 +173,20 @@ pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
         .collect();
     paths.sort();
     for p in paths {
-        match fs::read_to_string(&p)
-            .ok()
-            .and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
-        {
-            Some(r) => out.push(r),
-            None => tracing::warn!("skipping unreadable run record {}", p.display()),
+        match read(&p) {
+            Ok(r) => out.push(r),
+            Err(e) => bad.push(e),
         }
+    }
+    (out, bad)
+}
+
+/// Every readable run record, oldest first; unreadable ones are skipped with a warning that
+/// names the file and what is wrong with it.
+pub fn list(cache: &Path) -> Result<Vec<RunRecord>, CacheError> {
+    let (out, bad) = load(cache);
+    for e in bad {
+        tracing::warn!("{e}; skipping it");
     }
     Ok(out)
 }
@@ -158,6 +210,37 @@ pub fn remove(cache: &Path, id: &str) -> Result<(), CacheError> {
     Ok(())
 }
 
+/// Partial records (`.<id>.tmp`) that no live writer holds and that are older than `grace`:
+/// left by a process killed while writing, or by a write that failed.
+pub fn partial(cache: &Path, grace: std::time::Duration) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(runs_dir(cache)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.starts_with('.') && name.ends_with(".tmp") && stale(p, grace)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Not modified within `grace` and not locked by a writer.
+pub(crate) fn stale(p: &Path, grace: std::time::Duration) -> bool {
+    let old = fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= grace);
+    old && fs::File::open(p).is_ok_and(|f| f.try_lock().is_ok())
+}
+
 /// Finds a run by id, unique id prefix, `last`, or `-N` (N-th from last).
 pub fn resolve<'a>(runs: &'a [RunRecord], spec: &str) -> Result<&'a RunRecord, String> {
     if runs.is_empty() {
@@ -167,11 +250,18 @@ pub fn resolve<'a>(runs: &'a [RunRecord], spec: &str) -> Result<&'a RunRecord, S
         return Ok(runs.last().expect("non-empty"));
     }
     if let Some(n) = spec.strip_prefix('-').and_then(|n| n.parse::<usize>().ok()) {
-        return runs
-            .len()
-            .checked_sub(n)
-            .map(|i| &runs[i])
-            .ok_or_else(|| format!("there are only {} runs", runs.len()));
+        // `-1` is the last run; `-0` names none.
+        if n == 0 {
+            return Err("`-0` names no run: `-1` is the last one, `-2` the one before".into());
+        }
+        return runs.len().checked_sub(n).map(|i| &runs[i]).ok_or_else(|| {
+            format!(
+                "`{spec}`: there {} only {} run{}",
+                if runs.len() == 1 { "is" } else { "are" },
+                runs.len(),
+                if runs.len() == 1 { "" } else { "s" }
+            )
+        });
     }
     let matches: Vec<&RunRecord> = runs.iter().filter(|r| r.id.starts_with(spec)).collect();
     match matches.as_slice() {
@@ -181,5 +271,110 @@ pub fn resolve<'a>(runs: &'a [RunRecord], spec: &str) -> Result<&'a RunRecord, S
             "`{spec}` matches {} runs; give more of the id",
             many.len()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            pipeline: "p".into(),
+            files: vec![],
+            overrides: vec![],
+            started_at: "2026-01-01T00:00:00Z".into(),
+            duration_s: 0.0,
+            device: "cpu".into(),
+            executor: None,
+            outcome: "ok".into(),
+            stages: vec![StageRecord {
+                name: "a".into(),
+                kind: "toy".into(),
+                key: "0f".repeat(32),
+                status: StageStatus::Ran,
+                duration_s: 0.0,
+                params: Value::Null,
+                metrics: Value::Null,
+                error: None,
+                job: None,
+            }],
+            report: None,
+            pipe_version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn relative_run_specs_count_from_the_last() {
+        let runs = vec![record("r1"), record("r2")];
+        assert_eq!(resolve(&runs, "-1").unwrap().id, "r2");
+        assert_eq!(resolve(&runs, "-2").unwrap().id, "r1");
+        assert_eq!(resolve(&runs, "last").unwrap().id, "r2");
+        assert_eq!(
+            resolve(&runs, "-0").unwrap_err(),
+            "`-0` names no run: `-1` is the last one, `-2` the one before"
+        );
+        assert_eq!(
+            resolve(&runs, "-3").unwrap_err(),
+            "`-3`: there are only 2 runs"
+        );
+    }
+
+    #[test]
+    fn truncated_or_edited_records_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = save(dir.path(), &record("20260101-000000-aaaa")).unwrap();
+        let text = fs::read_to_string(&good).unwrap();
+        let runs = dir.path().join("runs");
+        fs::write(runs.join("t.json"), &text[..text.len() / 2]).unwrap();
+        let mut short_key = record("k");
+        short_key.stages[0].key = "0f0".into();
+        fs::write(
+            runs.join("k.json"),
+            serde_json::to_string(&short_key).unwrap(),
+        )
+        .unwrap();
+        fs::write(
+            runs.join("other.json"),
+            serde_json::to_string(&record("../../x")).unwrap(),
+        )
+        .unwrap();
+        let (ok, bad) = load(dir.path());
+        assert_eq!(ok.len(), 1);
+        let bad: Vec<String> = bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(bad[0].contains("k.json") && bad[0].contains("`0f0`, which is not 64 hex digits"));
+        assert!(bad[1].contains("other.json") && bad[1].contains("is not its file name"));
+        assert!(
+            bad[2].contains("t.json") && bad[2].contains("EOF"),
+            "{}",
+            bad[2]
+        );
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_partial_record() {
+        let dir = tempfile::tempdir().unwrap();
+        // The destination is a folder, so the final rename fails.
+        fs::create_dir_all(dir.path().join("runs/r1.json/x")).unwrap();
+        assert!(save(dir.path(), &record("r1")).is_err());
+        assert!(!dir.path().join("runs/.r1.tmp").exists());
+    }
+
+    #[test]
+    fn partial_records_are_stale_only_when_old_and_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("runs")).unwrap();
+        let p = dir.path().join("runs/.r1.tmp");
+        let f = fs::File::create(&p).unwrap();
+        let grace = std::time::Duration::from_secs(60);
+        assert!(partial(dir.path(), grace).is_empty(), "fresh");
+        f.set_modified(std::time::SystemTime::now() - 2 * grace)
+            .unwrap();
+        f.lock().unwrap();
+        assert!(partial(dir.path(), grace).is_empty(), "locked by a writer");
+        f.unlock().unwrap();
+        assert_eq!(partial(dir.path(), grace), vec![p]);
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::events::{Event, EventSink};
-use crate::cache::{Manifest, PreImage, StageStatus, Store};
+use crate::cache::{CacheError, Manifest, PreImage, StageStatus, Store, os_error_in, short};
 use crate::clock;
 use crate::panic_text::panic_text;
 use crate::stages::{InputEntry, Registry, Runtime, StageContext};
@@ -126,6 +126,10 @@ pub enum Finished {
         error: String,
         /// More to show under the error line (a remote job's log tail).
         detail: Option<String>,
+        /// The operating system's I/O failed under the job (a full disk, a read-only cache),
+        /// in the cache's own operations or in the stage's reads and writes: `pipe run` exits
+        /// 3 ("cache or I/O error") for it, not 1 ("a stage failed").
+        io: bool,
     },
     /// Stopped because it was asked to (Ctrl-C, or the scheduler cancelled it).
     Cancelled,
@@ -136,7 +140,38 @@ impl Finished {
         Finished::Failed {
             error: error.into(),
             detail: None,
+            io: false,
         }
+    }
+}
+
+/// Why a job failed in this process: its message, and whether an operating-system I/O error
+/// caused it (see [`Finished::Failed`]'s `io`).
+#[derive(Debug)]
+struct JobError {
+    message: String,
+    io: bool,
+}
+
+impl JobError {
+    /// A failure whose cause, if an OS I/O error is in `e`'s source chain, is that error.
+    fn of(e: &(dyn std::error::Error + 'static)) -> JobError {
+        JobError {
+            io: os_error_in(e).is_some(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<CacheError> for JobError {
+    fn from(e: CacheError) -> Self {
+        JobError::of(&e)
+    }
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        JobError { message, io: false }
     }
 }
 
@@ -157,11 +192,15 @@ impl Worker<'_> {
     pub fn run(&self, job: &JobSpec) -> Finished {
         match self.try_run(job) {
             Ok(f) => f,
-            Err(e) => Finished::failed(e),
+            Err(JobError { message, io }) => Finished::Failed {
+                error: message,
+                detail: None,
+                io,
+            },
         }
     }
 
-    fn try_run(&self, job: &JobSpec) -> Result<Finished, String> {
+    fn try_run(&self, job: &JobSpec) -> Result<Finished, JobError> {
         let Worker {
             registry,
             store,
@@ -183,23 +222,25 @@ impl Worker<'_> {
                 job.kind,
                 kind.version(),
                 job.version
-            ));
+            )
+            .into());
         }
         let pre = PreImage(job.preimage.clone());
         if pre.key() != key {
             return Err(format!(
                 "the job's pre-image hashes to {}, not to its key {key}: the job description was edited",
-                &pre.key()[..12]
-            ));
+                short(&pre.key(), 12)
+            )
+            .into());
         }
         if let Some(hit) = self.verified_hit(job) {
             return Ok(hit);
         }
-        let _lock = match store.try_lock(key).map_err(|e| e.to_string())? {
+        let _lock = match store.try_lock(key)? {
             Some(l) => l,
             None => {
                 sink.event(&Event::Waiting { name });
-                store.lock(key).map_err(|e| e.to_string())?
+                store.lock(key)?
             }
         };
         // Another process (another node) may have published the entry while we waited.
@@ -211,15 +252,15 @@ impl Worker<'_> {
                         name,
                         reason: &e.to_string(),
                     });
-                    let aside = store.quarantine(key).map_err(|e| e.to_string())?;
+                    let aside = store.quarantine(key)?;
                     tracing::warn!("corrupt entry for {name} moved to {}", aside.display());
                 }
             }
         }
         let inputs = self.inputs(job)?;
-        let tmp = store.begin(key).map_err(|e| e.to_string())?;
+        let tmp = store.begin(key)?;
         sink.event(&Event::Start { name, key });
-        tracing::info!(stage = name, key = &key[..12], kind = %job.kind, device = %job.device, "running");
+        tracing::info!(stage = name, key = short(key, 12), kind = %job.kind, device = %job.device, "running");
         let started_at = clock::rfc3339(clock::now_secs());
         let t0 = Instant::now();
         let mut ctx = StageContext::new(
@@ -250,8 +291,8 @@ impl Worker<'_> {
                     device: job.device.clone(),
                     pipe_version: env!("CARGO_PKG_VERSION").to_string(),
                 };
-                let m = store.publish(tmp, manifest).map_err(|e| e.to_string())?;
-                tracing::info!(stage = name, key = &key[..12], seconds, "published");
+                let m = store.publish(tmp, manifest)?;
+                tracing::info!(stage = name, key = short(key, 12), seconds, "published");
                 Ok(Finished::Done {
                     status: StageStatus::Ran,
                     manifest: Box::new(m),
@@ -263,15 +304,15 @@ impl Worker<'_> {
                 if e.is_cancelled() {
                     Ok(Finished::Cancelled)
                 } else {
-                    Err(e.to_string())
+                    // A stage's own reads and writes that the OS refused (a full disk during
+                    // a checkpoint) count as I/O failures, not as the stage failing.
+                    Err(JobError::of(&e))
                 }
             }
             Err(panic) => {
                 store.abandon(tmp);
                 let msg = panic_text(&*panic).unwrap_or_else(|| "unknown panic".into());
-                Err(format!(
-                    "the stage panicked: {msg} (a bug in pipe; please report it)"
-                ))
+                Err(format!("the stage panicked: {msg} (a bug in pipe; please report it)").into())
             }
         }
     }
@@ -303,7 +344,7 @@ impl Worker<'_> {
                             format!(
                                 "input `{}` ({}) is not in the cache at {}: {e}",
                                 i.name,
-                                &i.key[..12],
+                                short(&i.key, 12),
                                 self.store.root().display()
                             )
                         })?;

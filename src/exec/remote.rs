@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::job::{Finished, JobSpec};
-use crate::cache::{StageStatus, Store};
+use crate::cache::{StageStatus, Store, os_error_in};
 
 /// Where a job's description, result, log and script live, in the run's folder
 /// (`<cache>/runs/<run-id>/`). Names are the stage's (made file-safe) and the key's start, so
@@ -65,22 +65,27 @@ pub struct WorkerResult {
     pub error: Option<String>,
     pub seconds: f64,
     pub host: String,
+    /// A failure caused by an OS I/O error (see [`Finished::Failed`]); absent (false) in
+    /// results written by a pipe before it was recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub io: bool,
 }
 
 impl WorkerResult {
     pub fn of(end: &Finished) -> WorkerResult {
-        let (status, error, seconds) = match end {
+        let (status, error, seconds, io) = match end {
             Finished::Done {
                 status, seconds, ..
-            } => (status.as_str().to_string(), None, *seconds),
-            Finished::Failed { error, .. } => ("failed".into(), Some(error.clone()), 0.0),
-            Finished::Cancelled => ("cancelled".into(), None, 0.0),
+            } => (status.as_str().to_string(), None, *seconds, false),
+            Finished::Failed { error, io, .. } => ("failed".into(), Some(error.clone()), 0.0, *io),
+            Finished::Cancelled => ("cancelled".into(), None, 0.0, false),
         };
         WorkerResult {
             status,
             error,
             seconds,
             host: crate::clock::hostname(),
+            io,
         }
     }
 
@@ -114,7 +119,11 @@ pub fn judge(store: &Store, key: &str, files: &JobFiles) -> Option<Finished> {
                     manifest: Box::new(m),
                 })
             }
-            Err(e) => Some(Finished::failed(e.to_string())),
+            Err(e) => Some(Finished::Failed {
+                error: e.to_string(),
+                detail: None,
+                io: os_error_in(&e).is_some(),
+            }),
         };
     }
     let r = result?;
@@ -125,6 +134,7 @@ pub fn judge(store: &Store, key: &str, files: &JobFiles) -> Option<Finished> {
         _ => Some(Finished::Failed {
             error: r.error.unwrap_or_else(|| "the worker failed".into()),
             detail: log_tail(&files.log, LOG_TAIL),
+            io: r.io,
         }),
     }
 }
@@ -201,6 +211,39 @@ mod tests {
             result_path(Path::new("/x/job.json")),
             Path::new("/x/job.result.json")
         );
+    }
+
+    #[test]
+    fn an_io_failure_crosses_in_the_result_file_and_older_results_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let files = JobFiles::new(dir.path(), "a", &"0f".repeat(32));
+        let end = Finished::Failed {
+            error: "No space left on device".into(),
+            detail: None,
+            io: true,
+        };
+        WorkerResult::of(&end).write(&files.result).unwrap();
+        let text = std::fs::read_to_string(&files.result).unwrap();
+        assert!(text.contains("\"io\": true"), "{text}");
+        let judged = judge(&store, &"0f".repeat(32), &files);
+        assert!(
+            matches!(judged, Some(Finished::Failed { io: true, ref error, .. }) if error == "No space left on device"),
+            "{judged:?}"
+        );
+        // A result written before the field existed, or for a stage that failed by itself.
+        std::fs::write(
+            &files.result,
+            r#"{"status": "failed", "error": "boom", "seconds": 0.0, "host": "h"}"#,
+        )
+        .unwrap();
+        let judged = judge(&store, &"0f".repeat(32), &files);
+        assert!(
+            matches!(judged, Some(Finished::Failed { io: false, .. })),
+            "{judged:?}"
+        );
+        let stage_failed = WorkerResult::of(&Finished::failed("boom"));
+        assert!(!serde_json::to_string(&stage_failed).unwrap().contains("io"));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! waits, then finds the entry and hits. A failed job skips everything downstream of it (and
 //! cancels what of it is already queued); the rest stops too unless `--keep-going`. Ctrl-C sets
 //! the cancel flag: running stages stop at their next check (remote jobs are cancelled), their
-//! temporary folders are removed, and the next run resumes.
+//! temporary folders are removed, and the next run resumes. A job that failed on an
+//! operating-system I/O error (a full disk, a read-only cache), wherever it ran, is told apart
+//! from a stage that failed, so that `pipe run` exits 3 for it.
 //!
 //! Executors that order dependencies themselves (Slurm's `afterok`) get each job as soon as
 //! the jobs it consumes are handed over, so a whole plan is queued at once; with `--detach`
@@ -43,6 +45,9 @@ pub struct RunOutcome {
     /// One record per stage, in plan order.
     pub records: Vec<StageRecord>,
     pub interrupted: bool,
+    /// Stages that failed on an operating-system I/O error (a full disk, a read-only cache),
+    /// as opposed to a failure of the stage itself: `pipe run` exits 3 for these.
+    pub io_failures: Vec<String>,
 }
 
 impl RunOutcome {
@@ -77,7 +82,8 @@ enum State {
         manifest: Box<Manifest>,
         seconds: f64,
     },
-    Failed(String),
+    /// The message, and whether an OS-level I/O error caused it.
+    Failed(String, bool),
     Skipped(String),
     NotRun,
 }
@@ -346,7 +352,7 @@ pub fn schedule(plan: &Plan, env: Scheduling, exec: &dyn Executor) -> RunOutcome
                             error: &error,
                             detail: None,
                         });
-                        state[j] = State::Failed(error);
+                        state[j] = State::Failed(error, false);
                         let because = format!("`{name}` failed");
                         let doomed = skip_downstream(j, &because, false, &mut state);
                         exec.cancel(&doomed);
@@ -397,14 +403,14 @@ pub fn schedule(plan: &Plan, env: Scheduling, exec: &dyn Executor) -> RunOutcome
                         manifest,
                         seconds,
                     } => done(j, status, manifest, seconds, &mut state),
-                    Finished::Failed { error, detail } if !interrupted && doomed.is_none() => {
+                    Finished::Failed { error, detail, io } if !interrupted && doomed.is_none() => {
                         let name = name_of(j);
                         sink.event(&Event::Failed {
                             name,
                             error: &error,
                             detail: detail.as_deref(),
                         });
-                        state[j] = State::Failed(error);
+                        state[j] = State::Failed(error, io);
                         let because = format!("`{name}` failed");
                         let mut cancel_these = skip_downstream(j, &because, false, &mut state);
                         if !opts.keep_going && !stop {
@@ -461,7 +467,7 @@ pub fn schedule(plan: &Plan, env: Scheduling, exec: &dyn Executor) -> RunOutcome
                     manifest,
                     seconds,
                 } => (*status, manifest.metrics.clone(), *seconds, None),
-                State::Failed(m) => (StageStatus::Failed, Value::Null, 0.0, Some(m.clone())),
+                State::Failed(m, _) => (StageStatus::Failed, Value::Null, 0.0, Some(m.clone())),
                 State::Skipped(m) => (StageStatus::Skipped, Value::Null, 0.0, Some(m.clone())),
                 State::InFlight { .. } if opts.detach => {
                     (StageStatus::Queued, Value::Null, 0.0, None)
@@ -488,9 +494,16 @@ pub fn schedule(plan: &Plan, env: Scheduling, exec: &dyn Executor) -> RunOutcome
         })
         .collect();
     sink.finish();
+    let io_failures = stages
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| matches!(state[job_of_stage[i]], State::Failed(_, true)))
+        .map(|(_, s)| s.instance.name.clone())
+        .collect();
     RunOutcome {
         records,
         interrupted: cancel.load(Ordering::Relaxed),
+        io_failures,
     }
 }
 

@@ -231,6 +231,7 @@ impl SlurmExecutor {
                     Finished::Cancelled if !t.cancelled => Finished::Failed {
                         error: describe(id, q),
                         detail: remote::log_tail(&t.files.log, LOG_TAIL),
+                        io: false,
                     },
                     end => end,
                 };
@@ -252,6 +253,7 @@ impl SlurmExecutor {
                 return Finished::Failed {
                     error,
                     detail: remote::log_tail(&t.files.log, LOG_TAIL),
+                    io: false,
                 };
             }
             std::thread::sleep(Duration::from_millis(500));

@@ -184,6 +184,7 @@ impl Executor for SubprocessExecutor {
                     None => format!("the worker (pid {}) was killed by a signal", child.pid),
                 },
                 detail: remote::log_tail(&child.files.log, LOG_TAIL),
+                io: false,
             },
         };
         Some(Report::Ended(ticket, end))

@@ -8,6 +8,7 @@
 pub mod arch;
 pub mod checkpoint;
 pub mod device;
+pub mod filter_prune;
 pub mod flops;
 pub mod host;
 pub mod init;

@@ -60,6 +60,37 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// A bias-free square convolution with `kernel / 2` padding, as the batch-norm families
+    /// use (`groups == c_in == c_out` is depthwise).
+    pub fn conv(
+        name: impl Into<String>,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+    ) -> Op {
+        Op::Conv {
+            name: name.into(),
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding: kernel / 2,
+            groups,
+            bias: false,
+        }
+    }
+
+    pub fn batch_norm(name: impl Into<String>, channels: usize) -> Op {
+        Op::BatchNorm {
+            name: name.into(),
+            channels,
+        }
+    }
+}
+
 /// The skip path of a residual block.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -163,6 +194,27 @@ fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> Option
 }
 
 impl Program {
+    /// `ops` followed by the linear classifier `fc` (`d_in` → `classes`, with bias), which is
+    /// the output layer: the ending of the CIFAR families.
+    pub fn with_classifier(
+        input: [usize; 3],
+        mut ops: Vec<Op>,
+        d_in: usize,
+        classes: usize,
+    ) -> Program {
+        ops.push(Op::Linear {
+            name: "fc".into(),
+            d_in,
+            d_out: classes,
+            bias: true,
+        });
+        Program {
+            input,
+            ops,
+            output: "fc".into(),
+        }
+    }
+
     /// Every trainable parameter, in program order (the order of [`crate::nn::ModelState`]).
     pub fn params(&self) -> Vec<ParamInfo> {
         let mut out = Vec::new();

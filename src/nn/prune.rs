@@ -25,6 +25,9 @@ pub enum PruneMethod {
     Magnitude,
     /// Remove the same number of surviving weights, uniformly at random (seeded).
     Random,
+    /// Structured: remove whole conv filters of smallest L1 norm, with the channels they
+    /// feed (Li et al. 2017); see [`crate::nn::filter_prune`].
+    Filter,
 }
 
 /// Whether counts (and magnitude thresholds) are per layer or over all layers.
@@ -63,6 +66,11 @@ pub fn prune(
     rates: &[f64],
     seed: u64,
 ) -> Result<Mask, NnError> {
+    if method == PruneMethod::Filter {
+        return Err(NnError::Invalid(
+            "filter pruning removes whole channels: use nn::filter_prune::prune_filters".into(),
+        ));
+    }
     // The prunable parameters (conv and linear weights), aligned with the mask's entries.
     let prunable: Vec<&Param> = weights.prunable().collect();
     let n_layers = prunable.len();
@@ -166,6 +174,7 @@ pub fn prune(
                 cands.truncate(k);
                 cands
             }
+            PruneMethod::Filter => unreachable!("rejected above"),
             PruneMethod::Random => {
                 // One stream per group, named by its first layer.
                 let mut rng = stream_rng(seed, DOMAIN_PRUNE, layers[0] as u64);

@@ -1,9 +1,11 @@
 //! The table a pipeline's `report:` asks for: one row per value of a metric (weights remaining,
 //! say), one column per stage template and sweep member, cells holding the chosen metrics.
 
+use std::collections::BTreeSet;
+
 use super::{Table, fmt_value};
-use crate::cache::StageRecord;
-use crate::spec::{Pipeline, ReportSpec, glob_match as glob};
+use crate::cache::{StageRecord, StageStatus};
+use crate::spec::{Pipeline, ReportSpec, did_you_mean, glob_match as glob};
 
 /// The column a stage falls in: its name within its level group plus its sweep members.
 fn column_of(template: &str, assignment: &[(String, String)]) -> String {
@@ -72,6 +74,47 @@ pub fn build(spec: &ReportSpec, pipeline: &Pipeline, records: &[StageRecord]) ->
         t.push(row);
     }
     t
+}
+
+/// One warning per metric the report names (as `rows` or in `values`) that no finished
+/// selected stage has. Metrics are known only once stages have run, so this is checked after
+/// the run (the patterns themselves are checked at plan time); it stays quiet when no selected
+/// stage finished, since then the failures say what went wrong.
+pub fn missing_metrics(spec: &ReportSpec, records: &[StageRecord]) -> Vec<String> {
+    let finished: Vec<&StageRecord> = records
+        .iter()
+        .filter(|r| matches!(r.status, StageStatus::Hit | StageStatus::Ran))
+        .filter(|r| spec.select.iter().any(|p| glob(p, &r.name)))
+        .collect();
+    if finished.is_empty() {
+        return Vec::new();
+    }
+    let known: BTreeSet<&str> = finished
+        .iter()
+        .filter_map(|r| r.metrics.as_object())
+        .flat_map(|m| m.keys().map(String::as_str))
+        .collect();
+    let mut wanted: Vec<&str> = std::iter::once(spec.rows.as_str())
+        .chain(spec.values.iter().map(String::as_str))
+        .collect();
+    wanted.dedup();
+    wanted
+        .into_iter()
+        .filter(|m| !known.contains(m))
+        .map(|m| {
+            let hint = match did_you_mean(m, known.iter().copied()) {
+                Some(k) => format!("did you mean `{k}`?"),
+                None => format!(
+                    "they have: {}",
+                    known.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            format!(
+                "report: none of the {} selected stages has a metric `{m}`, so its cells are empty; {hint}",
+                finished.len()
+            )
+        })
+        .collect()
 }
 
 /// The report as Markdown with its title and a legend of what each cell holds.

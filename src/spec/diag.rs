@@ -152,6 +152,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// A hint listing valid choices, with a "did you mean" first when one is close.
 pub fn choices_hint(word: &str, valid: &[&str]) -> String {
+    if valid.is_empty() {
+        return "there is nothing to choose from here yet".into();
+    }
     let list = valid
         .iter()
         .map(|v| format!("`{v}`"))
@@ -175,5 +178,14 @@ mod tests {
             did_you_mean("iteration", ["iterations", "epochs"]),
             Some("iterations")
         );
+    }
+
+    #[test]
+    fn an_empty_choice_list_says_so() {
+        assert_eq!(
+            choices_hint("train", &[]),
+            "there is nothing to choose from here yet"
+        );
+        assert_eq!(choices_hint("longword", &["a"]), "valid: `a`");
     }
 }

@@ -16,10 +16,20 @@ use super::diag::{Diagnostic, Diagnostics, Loc, choices_hint, did_you_mean};
 use super::include::deep_merge;
 use super::yaml::{Key, Node, NodeKind};
 use super::{Instance, ReportSpec};
-use crate::stages::{Registry, UpstreamInfo};
+use crate::stages::{Registry, Role, UpstreamInfo};
 
 const RESERVED: &[&str] = &["kind", "inputs", "matrix"];
 const GROUP_KEYS: &[&str] = &["count", "first", "stages"];
+
+/// The most stages one pipeline may expand to. Sweeps multiply and level groups repeat, so a
+/// short file can ask for millions; that is a mistake long before it is an experiment, and
+/// refusing it at plan time keeps memory and time bounded. (The reference pipelines have a
+/// few hundred.)
+pub const MAX_STAGES: usize = 20_000;
+
+/// The most stage references all list inputs may hold together (each gathering role of each
+/// member lists every member it gathers, so gathers over sweeps grow quadratically).
+pub const MAX_REFERENCES: usize = 1_000_000;
 
 struct Reference {
     target: String,
@@ -56,36 +66,50 @@ pub fn expand(
         return Err(Diagnostics(errors));
     }
     check_kinds_and_roles(&templates, registry, &mut errors);
+    let defaults = root.get("defaults");
+    check_defaults(defaults, registry, &mut errors);
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
     let order = topological(&templates)?;
-    let defaults = root.get("defaults");
     let mut members: HashMap<&str, Vec<Member>> = HashMap::new();
     let mut instances: Vec<Instance> = Vec::new();
+    // One mistake (in shared defaults, or in a stage of a level group) is one problem however
+    // many members it affects: collected here and reported once, naming the members.
+    let mut problems = Problems::default();
+    let mut budget = Budget::default();
     for &ti in &order {
         let t = &templates[ti];
-        let ms = match expand_members(t, &members) {
+        let ms = match expand_members(t, &members, &mut budget) {
             Ok(ms) => ms,
             Err(d) => {
-                errors.push(d);
+                // A stage of a level group is expanded once per level; the same mistake in it
+                // is reported once.
+                if let Some(d) = d {
+                    let same = |e: &Diagnostic| {
+                        e.loc == d.loc && e.message == d.message && e.hint == d.hint
+                    };
+                    if !errors.iter().any(same) {
+                        errors.push(d);
+                    }
+                }
+                if budget.exhausted() {
+                    break;
+                }
                 continue;
             }
         };
         for m in &ms {
             match instantiate(t, m, defaults, registry) {
                 Ok(inst) => instances.push(inst),
-                Err(d) => {
-                    if !errors
-                        .iter()
-                        .any(|e: &Diagnostic| e.message == d.message && e.loc == d.loc)
-                    {
-                        errors.push(d);
-                    }
-                }
+                Err(p) => problems.add(p, &t.name),
             }
         }
         members.insert(t.name.as_str(), ms);
+    }
+    errors.extend(problems.into_diagnostics());
+    if errors.is_empty() {
+        check_unique_names(&instances, &templates, &mut errors);
     }
     if errors.is_empty() {
         check_upstream(&instances, &templates, registry, &mut errors);
@@ -93,7 +117,12 @@ pub fn expand(
     let report = match root.get("report") {
         None => None,
         Some(n) => match serde_json::from_value::<ReportSpec>(n.to_json()) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                if errors.is_empty() {
+                    check_report(n, &r, &instances, &mut errors);
+                }
+                Some(r)
+            }
             Err(e) => {
                 errors.push(Diagnostic::at(&n.loc, format!("invalid `report`: {e}")).hint(
                     "report takes `title`, `select` (list of name patterns), `rows` (a metric) and `values` (metrics)",
@@ -106,6 +135,195 @@ pub fn expand(
         return Err(Diagnostics(errors));
     }
     Ok((instances, report))
+}
+
+/// Counts what expansion has produced so far against [`MAX_STAGES`] and [`MAX_REFERENCES`].
+#[derive(Default)]
+struct Budget {
+    stages: usize,
+    references: usize,
+    over: bool,
+}
+
+impl Budget {
+    fn exhausted(&self) -> bool {
+        self.over
+    }
+}
+
+/// A mistake found while instantiating one member, before it is attributed to members.
+struct Problem {
+    loc: Loc,
+    kind: String,
+    message: String,
+    hint: Option<String>,
+}
+
+/// Problems grouped by (location, message, hint), each with the members it affects in the
+/// order met.
+#[derive(Default)]
+struct Problems(Vec<(Problem, Vec<String>)>);
+
+impl Problems {
+    fn add(&mut self, p: Problem, member: &str) {
+        let same = |q: &Problem| q.loc == p.loc && q.message == p.message && q.hint == p.hint;
+        match self.0.iter_mut().find(|(q, _)| same(q)) {
+            Some((_, names)) => {
+                if !names.iter().any(|n| n == member) {
+                    names.push(member.to_string());
+                }
+            }
+            None => self.0.push((p, vec![member.to_string()])),
+        }
+    }
+
+    fn into_diagnostics(self) -> Vec<Diagnostic> {
+        self.0
+            .into_iter()
+            .map(|(p, names)| {
+                let d = Diagnostic::at(
+                    &p.loc,
+                    format!("{} ({}): {}", stage_list(&names), p.kind, p.message),
+                );
+                match p.hint {
+                    Some(h) => d.hint(h),
+                    None => d,
+                }
+            })
+            .collect()
+    }
+}
+
+/// "stage `a`", or "stages `a`, `b`, `c` and 5 more" for a mistake shared by several.
+pub fn stage_list(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    match names {
+        [one] => format!("stage `{one}`"),
+        _ => {
+            let shown: Vec<String> = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect();
+            let rest = names.len().saturating_sub(SHOWN);
+            if rest == 0 {
+                let (last, init) = shown.split_last().expect("two or more names");
+                format!("stages {} and {last}", init.join(", "))
+            } else {
+                format!("stages {} and {rest} more", shown.join(", "))
+            }
+        }
+    }
+}
+
+/// Every kind named under `defaults:` must exist: a misspelt kind would otherwise be ignored
+/// and the run would go ahead with the real defaults.
+fn check_defaults(defaults: Option<&Node>, registry: &Registry, errors: &mut Vec<Diagnostic>) {
+    let Some(d) = defaults else { return };
+    let Some(map) = d.as_map() else {
+        errors.push(Diagnostic::at(
+            &d.loc,
+            format!(
+                "`defaults` must be a map of stage kind to parameters, found {}",
+                d.type_name()
+            ),
+        ));
+        return;
+    };
+    let names = registry.names();
+    for (k, v) in map {
+        if registry.get(&k.name).is_none() {
+            errors.push(
+                Diagnostic::at(
+                    &k.loc,
+                    format!("`defaults` names an unknown stage kind `{}`", k.name),
+                )
+                .hint(choices_hint(&k.name, &names)),
+            );
+        } else if v.as_map().is_none() {
+            errors.push(Diagnostic::at(
+                &v.loc,
+                format!(
+                    "`defaults.{}` must be a map of parameters, found {}",
+                    k.name,
+                    v.type_name()
+                ),
+            ));
+        }
+    }
+}
+
+/// Two members with one name would share a name-keyed history and a report column; sweeps
+/// whose values print alike (`'1'` and `1`) are the way to get there.
+fn check_unique_names(
+    instances: &[Instance],
+    templates: &[Template],
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, inst) in instances.iter().enumerate() {
+        if let Some(&first) = seen.get(inst.name.as_str()) {
+            let loc = templates
+                .iter()
+                .find(|t| t.name == inst.template)
+                .map_or(&inst.loc, |t| &t.loc);
+            errors.push(
+                Diagnostic::at(
+                    loc,
+                    format!(
+                        "two stages would both be named `{}` (from `{}` and `{}`)",
+                        inst.name, instances[first].template, inst.template
+                    ),
+                )
+                .hint("sweep values must print differently; rename a stage or change a value"),
+            );
+        } else {
+            seen.insert(inst.name.as_str(), i);
+        }
+    }
+}
+
+/// A report whose patterns select nothing would print an empty table; refuse it here, naming
+/// the pattern. (Metrics are known only after running; the run warns about a metric that no
+/// selected stage has.)
+fn check_report(node: &Node, r: &ReportSpec, instances: &[Instance], errors: &mut Vec<Diagnostic>) {
+    let select = node.get("select");
+    let at = |i: usize| -> Loc {
+        match select.map(|s| &s.kind) {
+            Some(NodeKind::Seq(items)) => items.get(i).map_or(&node.loc, |n| &n.loc).clone(),
+            _ => select.map_or(&node.loc, |s| &s.loc).clone(),
+        }
+    };
+    if r.select.is_empty() {
+        errors.push(
+            Diagnostic::at(
+                &at(0),
+                "the report's `select` is empty, so it would select nothing",
+            )
+            .hint("list stage-name patterns, e.g. `select: [\"eval*\"]`"),
+        );
+        return;
+    }
+    for (i, pat) in r.select.iter().enumerate() {
+        if instances.iter().any(|inst| glob_match(pat, &inst.name)) {
+            continue;
+        }
+        // A swept stage's instances carry their values in the name (`eval[lr=0.1]`), so its
+        // bare name selects none of them; the nearest name by spelling would mislead.
+        let swept = format!("{pat}[*");
+        let member = instances.iter().find(|i| glob_match(&swept, &i.name));
+        let hint = match (member, did_you_mean(pat, instances.iter().map(|i| i.name.as_str()))) {
+            (Some(m), _) => format!(
+                "`{pat}` is swept, so its stages are named like `{}`; select them all with `\"{swept}\"`",
+                m.name
+            ),
+            (None, Some(m)) => format!("did you mean `{m}`?"),
+            (None, None) => "patterns match stage names as `pipe plan` prints them; `*` matches any run of characters".into(),
+        };
+        errors.push(
+            Diagnostic::at(
+                &at(i),
+                format!("the report's pattern `{pat}` selects no stage"),
+            )
+            .hint(hint),
+        );
+    }
 }
 
 fn valid_stage_name(s: &str) -> bool {
@@ -238,6 +456,26 @@ fn unroll_group(gk: &Key, g: &Node, out: &mut Vec<Template>, errors: &mut Vec<Di
         ));
         return;
     };
+    if stages.is_empty() {
+        let at = g.key_loc("stages").unwrap_or(&gk.loc);
+        errors.push(
+            Diagnostic::at(at, format!("level group `{}` has no stages", gk.name)).hint(
+                "list the stages of one level under `stages:`, e.g. `stages: {train: {kind: train, inputs: {model: prev.train}}}`",
+            ),
+        );
+        return;
+    }
+    let templates = (count as usize).saturating_mul(stages.len());
+    if out.len().saturating_add(templates) > MAX_STAGES {
+        let at = g.get("count").map_or(&gk.loc, |n| &n.loc);
+        errors.push(too_many_stages(
+            at,
+            &gk.name,
+            &format!("({count} levels of {} stages)", stages.len()),
+            out.len().saturating_add(templates),
+        ));
+        return;
+    }
     let siblings: Vec<&str> = stages.iter().map(|(k, _)| k.name.as_str()).collect();
     for (fk, _) in &first {
         if !siblings.contains(&fk.name.as_str()) {
@@ -406,6 +644,7 @@ fn template(
                             if map.iter().any(|(k, _)| k.name == var.name) {
                                 errors.push(Diagnostic::at(&var.loc, format!("`{}` is both swept in `matrix` and set as a parameter of `{name}`", var.name)).hint("remove one of the two"));
                             }
+                            check_repeats(&var.name, items, errors);
                             matrix.push((var.clone(), items.clone()));
                         }
                         _ => errors.push(
@@ -447,6 +686,40 @@ fn template(
         loc: key.loc.clone(),
         level,
     })
+}
+
+/// A value listed twice in a sweep would make two stages with one name (or, spelt
+/// differently, two names for one computation); refuse the repeat where it is written.
+fn check_repeats(var: &str, items: &[Node], errors: &mut Vec<Diagnostic>) {
+    // By meaning (1e-2 and 0.01 are one value) and by spelling (which names the member).
+    let mut by_value: HashMap<String, &Node> = HashMap::new();
+    let mut by_text: HashMap<String, &Node> = HashMap::new();
+    for it in items {
+        let text = it.display_text();
+        let value = match it.to_json() {
+            // Non-finite numbers have no JSON form; they are refused later, by spelling here.
+            serde_json::Value::Null => format!("null:{text}"),
+            v => v.to_string(),
+        };
+        let first = by_value.get(&value).or_else(|| by_text.get(&text)).copied();
+        if let Some(first) = first {
+            let same = if first.display_text() == text {
+                format!("`{text}` twice")
+            } else {
+                format!("`{text}`, the same value as `{}`", first.display_text())
+            };
+            errors.push(
+                Diagnostic::at(&it.loc, format!("matrix variable `{var}` lists {same}"))
+                    .hint(format!(
+                        "each value makes one stage; it was first listed at line {}, column {}; remove the repeat",
+                        first.loc.line, first.loc.col
+                    )),
+            );
+            continue;
+        }
+        by_value.insert(value, it);
+        by_text.insert(text, it);
+    }
 }
 
 fn check_kinds_and_roles(
@@ -507,15 +780,30 @@ fn check_kinds_and_roles(
 }
 
 /// Glob with `*` matching any run of characters.
+///
+/// Greedy with one backtrack point (the last `*`), so the time is at most the product of the
+/// two lengths; the obvious recursive version is exponential in the number of stars.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn rec(p: &[u8], n: &[u8]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some((b'*', rest)) => (0..=n.len()).any(|i| rec(rest, &n[i..])),
-            Some((c, rest)) => n.first() == Some(c) && rec(rest, &n[1..]),
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was, and where in the name its match would resume.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
         }
     }
-    rec(pattern.as_bytes(), name.as_bytes())
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 fn targets<'a>(r: &Reference, templates: &'a [Template]) -> Vec<&'a Template> {
@@ -602,10 +890,26 @@ fn member_name(base: &str, assign: &BTreeMap<String, String>) -> String {
     }
 }
 
+fn too_many_stages(loc: &Loc, name: &str, what: &str, n: usize) -> Diagnostic {
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!(" {what}")
+    };
+    Diagnostic::at(
+        loc,
+        format!(
+            "`{name}`{what} would bring the pipeline to {n} or more stages; pipe expands at most {MAX_STAGES}"
+        ),
+    )
+    .hint("sweeps multiply: check the lists under `matrix:` and the `count` of level groups")
+}
+
 fn expand_members(
     t: &Template,
     members: &HashMap<&str, Vec<Member>>,
-) -> Result<Vec<Member>, Diagnostic> {
+    budget: &mut Budget,
+) -> Result<Vec<Member>, Option<Diagnostic>> {
     // Own matrix: the cartesian product, in the order written.
     let mut current = vec![Member {
         assign: BTreeMap::new(),
@@ -613,6 +917,16 @@ fn expand_members(
         bound: Vec::new(),
     }];
     for (var, values) in &t.matrix {
+        let n = current.len().saturating_mul(values.len());
+        if budget.stages.saturating_add(n) > MAX_STAGES {
+            budget.over = true;
+            return Err(Some(too_many_stages(
+                &var.loc,
+                &t.name,
+                &format!("swept over `{}`", var.name),
+                budget.stages.saturating_add(n),
+            )));
+        }
         let mut next = Vec::new();
         for m in &current {
             for v in values {
@@ -640,10 +954,22 @@ fn expand_members(
                     })
                     .collect();
                 if tnames.is_empty() {
-                    return Err(
+                    if !r.target.contains('*') {
+                        return Err(None);
+                    }
+                    // Inside a level group a bare name means the sibling at the same level,
+                    // but a pattern is matched against full names (`g.1.train`).
+                    let hint = match &t.level {
+                        Some((group, _)) if !r.target.contains('.') => format!(
+                            "inside `levels:` patterns match full stage names such as `{group}.1.NAME`; name this level's stage without a pattern, or write `\"{group}.*.{}\"` for every level",
+                            r.target
+                        ),
+                        _ => "check the pattern; `*` matches any run of characters".into(),
+                    };
+                    return Err(Some(
                         Diagnostic::at(&r.loc, format!("`{}` matches no stage", r.target))
-                            .hint("check the pattern; `*` matches any run of characters"),
-                    );
+                            .hint(hint),
+                    ));
                 }
                 tnames.sort();
                 for tn in tnames {
@@ -652,13 +978,42 @@ fn expand_members(
                     }
                 }
             }
+            budget.references = budget
+                .references
+                .saturating_add(names.len().saturating_mul(current.len()));
+            if budget.references > MAX_REFERENCES {
+                budget.over = true;
+                return Err(Some(Diagnostic::at(
+                    &refs[0].loc,
+                    format!(
+                        "`{}` gathers {} stages in each of its {} members; with the other gathers that is more than {MAX_REFERENCES} references",
+                        t.name,
+                        names.len(),
+                        current.len()
+                    ),
+                )
+                .hint("narrow the patterns of list inputs, or gather once and consume that stage")));
+            }
             for m in &mut current {
                 m.bound.push((role.clone(), names.clone()));
             }
             continue;
         }
         let r = &refs[0];
-        let ups = &members[r.target.as_str()];
+        // An upstream whose own expansion failed was reported there; say nothing more.
+        let Some(ups) = members.get(r.target.as_str()) else {
+            return Err(None);
+        };
+        let n = current.len().saturating_mul(ups.len());
+        if budget.stages.saturating_add(n) > MAX_STAGES {
+            budget.over = true;
+            return Err(Some(too_many_stages(
+                &r.loc,
+                &t.name,
+                &format!("consuming the members of `{}`", r.target),
+                budget.stages.saturating_add(n),
+            )));
+        }
         let mut next = Vec::new();
         for m in &current {
             for u in ups {
@@ -678,16 +1033,23 @@ fn expand_members(
             }
         }
         if next.is_empty() {
-            return Err(Diagnostic::at(
-                &r.loc,
-                format!(
-                    "no member of `{}` matches the sweep values of `{}`",
-                    r.target, t.name
-                ),
-            )
-            .hint("stages swept over the same variable must use the same values"));
+            return Err(Some(
+                Diagnostic::at(
+                    &r.loc,
+                    format!(
+                        "no member of `{}` matches the sweep values of `{}`",
+                        r.target, t.name
+                    ),
+                )
+                .hint("stages swept over the same variable must use the same values"),
+            ));
         }
         current = next;
+    }
+    budget.stages += current.len();
+    if budget.stages > MAX_STAGES {
+        budget.over = true;
+        return Err(Some(too_many_stages(&t.loc, &t.name, "", budget.stages)));
     }
     Ok(current)
 }
@@ -735,14 +1097,22 @@ fn instantiate(
     m: &Member,
     defaults: Option<&Node>,
     registry: &Registry,
-) -> Result<Instance, Diagnostic> {
+) -> Result<Instance, Problem> {
     let kind = registry.get(&t.kind).expect("kinds were checked");
+    let problem = |loc: &Loc, message: String, hint: Option<String>| Problem {
+        loc: loc.clone(),
+        kind: t.kind.clone(),
+        message,
+        hint,
+    };
     let mut params = match defaults.and_then(|d| d.get(&t.kind)) {
         Some(d) if d.as_map().is_some() => d.clone(),
+        // Reported once by `check_defaults`; never reached with errors outstanding.
         Some(d) => {
-            return Err(Diagnostic::at(
+            return Err(problem(
                 &d.loc,
                 format!("`defaults.{}` must be a map of parameters", t.kind),
+                None,
             ));
         }
         None => Node {
@@ -755,6 +1125,18 @@ fn instantiate(
     for (var, value) in &m.own {
         let path: Vec<&str> = var.split('.').collect();
         set_path(&mut params, &path, value.clone());
+    }
+    if let Some((path, node)) = non_finite(&params, &mut Vec::new()) {
+        return Err(problem(
+            &node.loc,
+            format!(
+                "invalid parameter `{path}`: {}",
+                non_finite_reason(&node.display_text())
+            ),
+            Some(
+                "parameters must be finite numbers (keys and manifests are JSON, which has no NaN or infinity); write the number you mean".into(),
+            ),
+        ));
     }
     let normalized = kind.normalize(&params.to_json()).map_err(|e| {
         let (node, found) = params.locate(&e.path);
@@ -776,17 +1158,14 @@ fn instantiate(
         } else {
             format!(" `{}`", e.path.join("."))
         };
-        Diagnostic::at(
+        problem(
             &loc,
-            format!(
-                "stage `{}` ({}): invalid parameter{field}: {}",
-                t.name, t.kind, e.message
-            ),
+            format!("invalid parameter{field}: {}", e.message),
+            Some(format!(
+                "see `pipe kinds {}` for its parameters and their defaults",
+                t.kind
+            )),
         )
-        .hint(format!(
-            "see `pipe kinds {}` for its parameters and their defaults",
-            t.kind
-        ))
     })?;
     Ok(Instance {
         name: member_name(&t.name, &m.assign),
@@ -804,14 +1183,55 @@ fn instantiate(
     })
 }
 
+/// The first NaN or infinite number in a parameter tree, with its dotted path. JSON cannot
+/// hold them (they would turn into `null` and be refused with a confusing type error).
+fn non_finite<'a>(node: &'a Node, path: &mut Vec<String>) -> Option<(String, &'a Node)> {
+    match &node.kind {
+        NodeKind::Scalar(super::yaml::Scalar::Float(f)) if !f.is_finite() => {
+            Some((path.join("."), node))
+        }
+        NodeKind::Scalar(_) => None,
+        NodeKind::Seq(items) => items.iter().enumerate().find_map(|(i, c)| {
+            path.push(i.to_string());
+            let r = non_finite(c, path);
+            path.pop();
+            r
+        }),
+        NodeKind::Map(m) => m.iter().find_map(|(k, c)| {
+            path.push(k.name.clone());
+            let r = non_finite(c, path);
+            path.pop();
+            r
+        }),
+    }
+}
+
+/// Says what was written and why it cannot be used.
+fn non_finite_reason(raw: &str) -> String {
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("nan") {
+        format!("`{raw}` is NaN (not a number)")
+    } else if lower.contains("inf") {
+        format!("`{raw}` is infinity")
+    } else {
+        format!(
+            "`{raw}` is beyond the largest 64-bit float (about 1.8e308), so it would be read as infinity"
+        )
+    }
+}
+
 fn check_upstream(
     instances: &[Instance],
     templates: &[Template],
     registry: &Registry,
     errors: &mut Vec<Diagnostic>,
 ) {
+    // Each stage's declared artifact and plan-time facts, filled in definition order (inputs
+    // are defined before their consumers), handed to the consumers' checks unread.
+    let mut known: HashMap<&str, (Option<&'static str>, serde_json::Value)> = HashMap::new();
     let by_name: HashMap<&str, &Instance> =
         instances.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mut problems = Problems::default();
     for inst in instances {
         let kind = registry.get(&inst.kind).expect("kinds were checked");
         let ups: Vec<(String, Vec<UpstreamInfo>)> = inst
@@ -824,28 +1244,120 @@ fn check_upstream(
                         .iter()
                         .map(|n| {
                             let u = by_name[n.as_str()];
+                            let (produces, facts) = match known.get(n.as_str()) {
+                                Some((p, f)) => (*p, f.clone()),
+                                None => (
+                                    registry.get(&u.kind).and_then(|k| k.produces()),
+                                    serde_json::Value::Null,
+                                ),
+                            };
                             UpstreamInfo {
                                 name: u.name.clone(),
                                 kind: u.kind.clone(),
                                 params: u.params.clone(),
+                                produces,
+                                facts,
                             }
                         })
                         .collect(),
                 )
             })
             .collect();
-        if let Err(msg) = kind.check(&inst.params, &ups) {
+        let result =
+            accepted(kind.roles(), &ups, registry).and_then(|()| kind.check(&inst.params, &ups));
+        if let Err(msg) = result {
             let t = templates
                 .iter()
                 .find(|t| t.name == inst.template)
                 .expect("template exists");
-            let d = Diagnostic::at(
-                &t.loc,
-                format!("stage `{}` ({}): {msg}", inst.name, inst.kind),
+            problems.add(
+                Problem {
+                    loc: t.loc.clone(),
+                    kind: inst.kind.clone(),
+                    message: msg,
+                    hint: None,
+                },
+                &inst.name,
             );
-            if !errors.iter().any(|e| e.message == d.message) {
-                errors.push(d);
-            }
+        }
+        known.insert(
+            inst.name.as_str(),
+            (kind.produces(), kind.facts(&inst.params, &ups)),
+        );
+    }
+    errors.extend(problems.into_diagnostics());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_the_shell_star() {
+        assert!(glob_match("imp.*.eval*", "imp.3.eval_ticket[lr=0.1]"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(glob_match("a**", "a"));
+        assert!(!glob_match("a*b", "aXbY"));
+        assert!(!glob_match("", "a"));
+        assert!(!glob_match("ab", "a"));
+        assert!(glob_match("*ab", "aab"));
+    }
+
+    #[test]
+    fn glob_with_many_stars_takes_linear_time() {
+        // The recursive matcher this replaced took exponential time on such patterns.
+        let pattern = format!("{}b", "*a".repeat(40));
+        let name = "a".repeat(5000);
+        let t0 = std::time::Instant::now();
+        assert!(!glob_match(&pattern, &name));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn stage_lists_name_a_few_and_count_the_rest() {
+        let names: Vec<String> = (1..=7).map(|i| format!("imp.{i}.train")).collect();
+        assert_eq!(stage_list(&names[..1]), "stage `imp.1.train`");
+        assert_eq!(
+            stage_list(&names[..2]),
+            "stages `imp.1.train` and `imp.2.train`"
+        );
+        assert_eq!(
+            stage_list(&names),
+            "stages `imp.1.train`, `imp.2.train`, `imp.3.train`, `imp.4.train` and 3 more"
+        );
+    }
+}
+
+/// Every input is of the artifact its role takes.
+fn accepted(
+    roles: &[Role],
+    inputs: &[(String, Vec<UpstreamInfo>)],
+    registry: &Registry,
+) -> Result<(), String> {
+    for (role, ups) in inputs {
+        let Some(want) = roles
+            .iter()
+            .find(|r| r.name == role)
+            .and_then(|r| r.accepts)
+        else {
+            continue;
+        };
+        if let Some(u) = ups.iter().find(|u| u.produces != Some(want)) {
+            let makers: Vec<&str> = registry
+                .iter()
+                .filter(|k| k.produces() == Some(want))
+                .map(|k| k.kind())
+                .collect();
+            return Err(format!(
+                "input `{role}` is `{}`, a stage of kind `{}`, which produces {}; `{role}` \
+                 takes a {want}, which stages of kind {} produce",
+                u.name,
+                u.kind,
+                u.produces.unwrap_or("nothing it can take"),
+                makers.join(", ")
+            ));
         }
     }
+    Ok(())
 }

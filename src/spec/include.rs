@@ -152,13 +152,22 @@ impl Loader {
             return None;
         }
         self.seen.push(canonical.clone());
-        let text = match std::fs::read_to_string(path) {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", path.display());
+                self.errors.push(match from {
+                    Some(loc) => Diagnostic::at(loc, msg),
+                    None => Diagnostic::bare(msg),
+                });
+                return None;
+            }
+        };
+        let text = match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(e) => {
-                self.errors.push(Diagnostic::bare(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
+                self.errors
+                    .push(not_utf8(path, e.as_bytes(), e.utf8_error()));
                 return None;
             }
         };
@@ -284,6 +293,39 @@ impl Loader {
         }
         name
     }
+}
+
+/// A file that is not UTF-8: the first bad byte's offset, line and column, with the line shown
+/// (the bad bytes replaced) so the user can find it.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> Diagnostic {
+    let at = e.valid_up_to();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    // Columns count characters, as everywhere else; the prefix is valid UTF-8.
+    let col = String::from_utf8_lossy(&bytes[line_start..at])
+        .chars()
+        .count()
+        + 1;
+    let bad = bytes
+        .get(at..at + e.error_len().unwrap_or(1))
+        .unwrap_or(&[])
+        .iter()
+        .map(|b| format!("0x{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let file = Arc::new(SourceFile {
+        path: path.to_path_buf(),
+        text: String::from_utf8_lossy(bytes).into_owned(),
+    });
+    Diagnostic::at(
+        &Loc { file, line, col },
+        format!("the file is not UTF-8 text: byte {bad} at byte offset {at} (line {line}) is not valid UTF-8"),
+    )
+    .hint("save the file as UTF-8 (pipeline files are YAML, which is Unicode text)")
 }
 
 fn expected_map(section: &str, n: &Node) -> Diagnostic {

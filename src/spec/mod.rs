@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-pub use diag::choices_hint;
 pub use diag::{Diagnostic, Diagnostics, Loc};
-pub use expand::glob_match;
+pub use diag::{choices_hint, did_you_mean};
+pub use expand::{glob_match, stage_list};
 pub use overrides::Override;
 pub use resources::{ResourceRequest, Resources};
 

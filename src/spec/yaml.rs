@@ -6,8 +6,13 @@
 //! YAML 1.2 core schema; duplicate keys are an error (YAML forbids them and they are almost
 //! always a copy-paste mistake in an experiment file); anchors, aliases and `<<` merge keys
 //! work as users expect.
+//!
+//! An alias copies its anchor's subtree, so nested aliases grow exponentially (a 500-byte
+//! "billion laughs" file would need gigabytes). The builder therefore bounds both the nodes
+//! that aliases produce and the nesting depth, and refuses a file that exceeds either at the
+//! alias or collection that crosses the bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
@@ -207,6 +212,30 @@ pub fn resolve_plain(s: &str) -> Scalar {
     Scalar::Str(s.to_string())
 }
 
+/// The most nodes that aliases may copy into one file's tree, all aliases together. Real
+/// pipelines alias a few small maps (shared defaults); a thousand times more is still far
+/// below what would hurt, while an exponential alias chain crosses it within a few levels.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
+/// The deepest nesting of maps and lists allowed (pipelines need fewer than ten levels); it
+/// also keeps every recursive walk over the tree far from the end of the stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// Nodes in a subtree (itself included) and its depth (a scalar has depth 0).
+fn measure(node: &Node) -> (usize, usize) {
+    match &node.kind {
+        NodeKind::Scalar(_) => (1, 0),
+        NodeKind::Seq(items) => items.iter().fold((1, 1), |(n, d), c| {
+            let (cn, cd) = measure(c);
+            (n + cn, d.max(cd + 1))
+        }),
+        NodeKind::Map(m) => m.iter().fold((1, 1), |(n, d), (_, c)| {
+            let (cn, cd) = measure(c);
+            (n + cn, d.max(cd + 1))
+        }),
+    }
+}
+
 /// Parses one YAML document into a located tree.
 pub fn parse(file: Arc<SourceFile>) -> Result<Node, Diagnostic> {
     let text = file.text.clone();
@@ -214,6 +243,8 @@ pub fn parse(file: Arc<SourceFile>) -> Result<Node, Diagnostic> {
     let mut builder = Builder {
         file: file.clone(),
         anchors: HashMap::new(),
+        alias_nodes: 0,
+        depth: 0,
     };
     let mut root: Option<Node> = None;
     loop {
@@ -269,9 +300,20 @@ fn scan_error(file: &Arc<SourceFile>, e: &saphyr_parser::ScanError) -> Diagnosti
     .hint("check the indentation and that every `key: value` pair has a space after the colon")
 }
 
+/// An anchored subtree with its size and depth, measured once when it is anchored.
+struct Anchored {
+    node: Node,
+    nodes: usize,
+    depth: usize,
+}
+
 struct Builder {
     file: Arc<SourceFile>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
+    /// Nodes copied by aliases so far (bounded by [`MAX_ALIAS_NODES`]).
+    alias_nodes: usize,
+    /// How many collections enclose the node being read.
+    depth: usize,
 }
 
 impl Builder {
@@ -316,15 +358,35 @@ impl Builder {
                 self.remember(anchor, &node);
                 Ok(node)
             }
-            Event::Alias(id) => match self.anchors.get(&id) {
-                Some(n) => {
-                    let mut n = n.clone();
-                    n.loc = loc;
-                    Ok(n)
+            Event::Alias(id) => {
+                let Some(a) = self.anchors.get(&id) else {
+                    return Err(Diagnostic::at(&loc, "alias refers to an unknown anchor"));
+                };
+                let name = alias_text(&self.file.text, &span);
+                if self.depth + a.depth > MAX_DEPTH {
+                    return Err(Diagnostic::at(
+                        &loc,
+                        format!("alias `{name}` nests the document deeper than {MAX_DEPTH} levels"),
+                    )
+                    .hint("aliases copy their anchor's whole subtree; flatten the structure"));
                 }
-                None => Err(Diagnostic::at(&loc, "alias refers to an unknown anchor")),
-            },
+                self.alias_nodes = self.alias_nodes.saturating_add(a.nodes);
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    return Err(Diagnostic::at(
+                        &loc,
+                        format!(
+                            "alias `{name}` copies {} nodes, and with the aliases before it this file's aliases would copy more than {MAX_ALIAS_NODES}",
+                            a.nodes
+                        ),
+                    )
+                    .hint("aliases of aliases grow exponentially; write the repeated part once (e.g. under `defaults:`) instead"));
+                }
+                let mut n = a.node.clone();
+                n.loc = loc;
+                Ok(n)
+            }
             Event::SequenceStart(anchor, _) => {
+                self.enter(&loc)?;
                 let mut items = Vec::new();
                 loop {
                     let (ev, span) = self.next(parser)?;
@@ -333,6 +395,7 @@ impl Builder {
                     }
                     items.push(self.node_from(ev, span, parser)?);
                 }
+                self.depth -= 1;
                 let node = Node {
                     kind: NodeKind::Seq(items),
                     loc,
@@ -342,7 +405,10 @@ impl Builder {
                 Ok(node)
             }
             Event::MappingStart(anchor, _) => {
+                self.enter(&loc)?;
                 let mut entries: Vec<(Key, Node)> = Vec::new();
+                // Names already set here, so that a large map is checked in linear time.
+                let mut names: HashSet<String> = HashSet::new();
                 let mut merged: Vec<(Key, Node)> = Vec::new();
                 loop {
                     let (ev, span) = self.next(parser)?;
@@ -379,7 +445,9 @@ impl Builder {
                         }
                         continue;
                     }
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
+                    if !names.insert(name.clone())
+                        && let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name)
+                    {
                         return Err(Diagnostic::at(
                             &key_node.loc,
                             format!("duplicate key `{name}`"),
@@ -398,10 +466,11 @@ impl Builder {
                     ));
                 }
                 for (k, v) in merged {
-                    if !entries.iter().any(|(e, _)| e.name == k.name) {
+                    if names.insert(k.name.clone()) {
                         entries.push((k, v));
                     }
                 }
+                self.depth -= 1;
                 let node = Node {
                     kind: NodeKind::Map(entries),
                     loc,
@@ -417,11 +486,45 @@ impl Builder {
         }
     }
 
+    /// Steps into a collection, refusing to go deeper than [`MAX_DEPTH`].
+    fn enter(&mut self, loc: &Loc) -> Result<(), Diagnostic> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Diagnostic::at(
+                loc,
+                format!("maps and lists nest deeper than {MAX_DEPTH} levels here"),
+            )
+            .hint(
+                "a pipeline needs only a few levels of nesting; check the indentation and brackets",
+            ));
+        }
+        Ok(())
+    }
+
     fn remember(&mut self, anchor: usize, node: &Node) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let (nodes, depth) = measure(node);
+            self.anchors.insert(
+                anchor,
+                Anchored {
+                    node: node.clone(),
+                    nodes,
+                    depth,
+                },
+            );
         }
     }
+}
+
+/// The alias as written (`*name`), from its span (whose positions count characters).
+fn alias_text(text: &str, span: &Span) -> String {
+    let (start, end) = (span.start.index(), span.end.index());
+    let s: String = text
+        .chars()
+        .skip(start)
+        .take(end.saturating_sub(start).min(80))
+        .collect();
+    if s.starts_with('*') { s } else { "*".into() }
 }
 
 #[cfg(test)]
@@ -466,5 +569,60 @@ mod tests {
             n.get("x").unwrap().to_json(),
             serde_json::json!({"lr": 0.2, "batch": 60})
         );
+    }
+
+    #[test]
+    fn alias_chains_are_bounded_at_the_alias() {
+        // Seven levels of ten would copy ten million nodes.
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (prev, cur) in ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g"])
+        {
+            let items = vec![format!("*{prev}"); 10].join(", ");
+            text.push_str(&format!("{cur}: &{cur} [{items}]\n"));
+        }
+        let e = p(&text).unwrap_err();
+        assert!(
+            e.message.starts_with("alias `*d` copies 11111 nodes"),
+            "{}",
+            e.message
+        );
+        let loc = e.loc.unwrap();
+        assert_eq!((loc.line, loc.col), (5, 36));
+    }
+
+    #[test]
+    fn ordinary_aliases_stay_well_within_the_bound() {
+        let mut text = String::from("base: &b {lr: 0.1, batch: 60, schedule: {kind: step}}\n");
+        for i in 0..500 {
+            text.push_str(&format!("s{i}: {{<<: *b, seed: {i}}}\n"));
+        }
+        let n = p(&text).unwrap();
+        assert_eq!(n.get("s499").unwrap().get("batch").unwrap().to_json(), 60);
+    }
+
+    #[test]
+    fn nesting_is_bounded_with_a_location() {
+        let ok = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(p(&ok).is_ok());
+        let deep = format!("a:\n  {}x", "- ".repeat(MAX_DEPTH + 1));
+        let e = p(&deep).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("maps and lists nest deeper than {MAX_DEPTH} levels here")
+        );
+        assert_eq!(e.loc.unwrap().line, 2);
+        // An alias that would carry a subtree past the bound is refused at the alias.
+        let nested = format!(
+            "x: &x {}1{}\ny: {}*x{}",
+            "[".repeat(40),
+            "]".repeat(40),
+            "[".repeat(30),
+            "]".repeat(30)
+        );
+        let e = p(&nested).unwrap_err();
+        assert!(e.message.starts_with("alias `*x` nests"), "{}", e.message);
+        assert_eq!(e.loc.unwrap().line, 2);
     }
 }

@@ -199,6 +199,16 @@ impl DataParams {
     pub fn check(&self) -> Result<(), String> {
         self.dir().map_err(|e| e.to_string())?;
         let src = self.dataset.source();
+        for (field, n) in [
+            ("train_subset", self.train_subset),
+            ("test_subset", self.test_subset),
+        ] {
+            if n == Some(0) {
+                return Err(format!(
+                    "`data.{field}: 0` leaves no samples; give a positive count or remove it"
+                ));
+            }
+        }
         if self.subset_balanced && self.train_subset.is_none() && self.test_subset.is_none() {
             return Err(
                 "`data.subset_balanced` applies to `train_subset` and `test_subset`; \

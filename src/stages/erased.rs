@@ -26,6 +26,8 @@ pub trait StageKind: Send + Sync {
     fn external_inputs(&self, params: &Value) -> Vec<PathBuf>;
     fn key_params(&self, params: Value) -> Value;
     fn check(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String>;
+    fn produces(&self) -> Option<&'static str>;
+    fn facts(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Value;
     fn run(&self, params: &Value, ctx: &mut StageContext) -> Result<(), StageError>;
 }
 
@@ -81,6 +83,15 @@ impl<S: Stage> StageKind for Typed<S> {
     fn check(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
         let p: S::Params = typed(params).map_err(|e| e.message)?;
         self.0.check(&p, inputs)
+    }
+    fn produces(&self) -> Option<&'static str> {
+        S::PRODUCES
+    }
+    fn facts(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Value {
+        match typed::<S::Params>(params) {
+            Ok(p) => self.0.facts(&p, inputs),
+            Err(_) => Value::Null,
+        }
     }
     fn run(&self, params: &Value, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: S::Params = typed(params).map_err(|e| StageError::Other(e.message))?;

@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::dataset::DataParams;
-use super::train::{require_models, round4};
-use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use super::model_facts::{ModelFacts, check_fits};
+use super::train::round4;
+use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::evaluate;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +37,7 @@ impl Stage for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
     const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[Role::one("model")];
+    const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
     const ABOUT: &'static str = "accuracy, loss and per-layer density on a split {split, data}";
 
     fn external_inputs(&self, p: &EvaluateParams) -> Vec<std::path::PathBuf> {
@@ -53,7 +54,15 @@ impl Stage for Evaluate {
         inputs: &[(String, Vec<UpstreamInfo>)],
     ) -> Result<(), String> {
         p.data.check()?;
-        require_models(inputs)
+        match ModelFacts::input(inputs, "model") {
+            Some((
+                from,
+                ModelFacts {
+                    spec: Some(spec), ..
+                },
+            )) => check_fits(&spec, &p.data, &from.name),
+            _ => Ok(()),
+        }
     }
 
     fn run(&self, p: &EvaluateParams, ctx: &mut StageContext) -> Result<(), StageError> {

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Role, Stage, StageContext, StageError};
+use serde_json::Value;
+
+use super::model_facts::ModelFacts;
+use super::{MODEL, Role, Stage, StageContext, StageError};
 use crate::nn::{Checkpoint, InitScheme, Mask, ModelSpec, init_weights};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -27,7 +30,12 @@ impl Stage for Init {
     const KIND: &'static str = "init";
     const VERSION: u32 = 1;
     const ROLES: &'static [Role] = &[];
+    const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "a seeded untrained network θ0 {model, init, seed}";
+
+    fn facts(&self, p: &InitParams, _inputs: &[(String, Vec<super::UpstreamInfo>)]) -> Value {
+        ModelFacts::of_spec(Some(p.model.clone())).to_value()
+    }
 
     fn check(
         &self,

@@ -12,6 +12,7 @@ mod erased;
 
 pub mod evaluate;
 pub mod init;
+pub mod model_facts;
 pub mod prune;
 pub mod reinit;
 pub mod rewind;
@@ -33,6 +34,9 @@ pub struct Role {
     pub required: bool,
     /// A list of stages (gathered, e.g. rows of a table) rather than one.
     pub many: bool,
+    /// The artifact the slot takes (`"model"`), checked at plan time against what the
+    /// producing kind declares in [`Stage::PRODUCES`]; `None` takes anything.
+    pub accepts: Option<&'static str>,
 }
 
 impl Role {
@@ -41,6 +45,7 @@ impl Role {
             name,
             required: true,
             many: false,
+            accepts: None,
         }
     }
     pub const fn optional(name: &'static str) -> Role {
@@ -48,9 +53,31 @@ impl Role {
             name,
             required: false,
             many: false,
+            accepts: None,
+        }
+    }
+    /// An optional slot taking a list of stages.
+    pub const fn many(name: &'static str) -> Role {
+        Role {
+            name,
+            required: false,
+            many: true,
+            accepts: None,
+        }
+    }
+    /// The same slot, taking only `artifact`.
+    pub const fn taking(self, artifact: &'static str) -> Role {
+        Role {
+            accepts: Some(artifact),
+            ..self
         }
     }
 }
+
+/// The artifact of the model-producing kinds: a checkpoint (`model.*`) that `train`,
+/// `prune`, `rewind`, `reinit` and `evaluate` consume. A kind defined outside the crate that
+/// writes one declares `PRODUCES = Some(MODEL)` and can feed them.
+pub const MODEL: &str = "model";
 
 /// What a stage can learn about the stages it consumes before anything runs, so that
 /// cross-stage mistakes (rewinding to an iteration that was never saved) fail at plan time.
@@ -59,6 +86,10 @@ pub struct UpstreamInfo {
     pub name: String,
     pub kind: String,
     pub params: Value,
+    /// What its kind declares it produces ([`Stage::PRODUCES`]).
+    pub produces: Option<&'static str>,
+    /// What its kind derived at plan time ([`Stage::facts`]): opaque to the engine.
+    pub facts: Value,
 }
 
 /// Errors a stage raises while running.
@@ -115,6 +146,16 @@ pub trait Stage: Send + Sync + 'static {
     /// directory) are removed here, their content being keyed through `external_inputs`.
     fn key_params(&self, params: Value) -> Value {
         params
+    }
+
+    /// The artifact this kind produces, that other kinds' roles may take (see [`Role::accepts`]).
+    const PRODUCES: Option<&'static str> = None;
+
+    /// Facts about the output known at plan time (for a model: its architecture and the
+    /// iterations a training saves), from the parameters and the inputs' own facts. The
+    /// engine passes them, unread, to the consuming stages' `check`.
+    fn facts(&self, _params: &Self::Params, _inputs: &[(String, Vec<UpstreamInfo>)]) -> Value {
+        Value::Null
     }
 
     /// Checks that need the consumed stages' kinds and parameters.

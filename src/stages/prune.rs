@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::train::{require_models, round4};
-use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use super::model_facts::ModelFacts;
+use super::train::round4;
+use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
+use crate::nn::filter_prune::prune_filters;
 use crate::nn::{Checkpoint, PruneMethod, PruneScope, prune};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -106,9 +108,9 @@ impl Stage for Prune {
     type Params = PruneParams;
     const KIND: &'static str = "prune";
     const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[Role::one("model")];
-    const ABOUT: &'static str =
-        "removes a fraction of the surviving weights {method, scope, fraction, layers}";
+    const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
+    const PRODUCES: Option<&'static str> = Some(MODEL);
+    const ABOUT: &'static str = "removes a fraction of the surviving weights, or whole filters {method, scope, fraction, layers}";
 
     fn check(&self, p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
         if !(0.0..=1.0).contains(&p.fraction) {
@@ -122,7 +124,26 @@ impl Stage for Prune {
                 return Err(format!("`layers.{name}` must be between 0 and 1, got {f}"));
             }
         }
-        require_models(inputs)
+        if p.method == PruneMethod::Filter && p.scope == PruneScope::Global {
+            return Err(
+                "`method: filter` ranks filters within each conv (L1 norms of different layers \
+                 are not comparable); use `scope: layerwise`"
+                    .into(),
+            );
+        }
+        if let Some(spec) = ModelFacts::spec_of(inputs, "model") {
+            layer_rates(
+                &p.layers,
+                p.fraction,
+                &spec.layer_names(),
+                &spec.output_layer(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn facts(&self, _p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+        ModelFacts::of_spec(ModelFacts::spec_of(inputs, "model")).to_value()
     }
 
     fn run(&self, p: &PruneParams, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -131,14 +152,22 @@ impl Stage for Prune {
         let output = input.spec.output_layer();
         let rates =
             layer_rates(&p.layers, p.fraction, &names, &output).map_err(StageError::Other)?;
-        let mask = prune(
-            &input.weights,
-            &input.mask,
-            p.method,
-            p.scope,
-            &rates,
-            p.seed,
-        )?;
+        let mask = if p.method == PruneMethod::Filter {
+            let (mask, filters) = prune_filters(&input.spec, &input.weights, &input.mask, &rates)?;
+            for f in filters {
+                ctx.set_metric(&format!("filters_{}", f.conv), f.after as u64);
+            }
+            mask
+        } else {
+            prune(
+                &input.weights,
+                &input.mask,
+                p.method,
+                p.scope,
+                &rates,
+                p.seed,
+            )?
+        };
         let weights = input.weights.masked(&mask);
         let density = mask.density();
         for (n, d) in names.iter().zip(&density) {

@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::init::kaiming_normal;
-use super::train::{require_models, round4};
-use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use super::model_facts::ModelFacts;
+use super::train::round4;
+use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::{Checkpoint, InitScheme, Mask, forward_flops, init_weights};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,16 +41,18 @@ impl Stage for Reinit {
     type Params = ReinitParams;
     const KIND: &'static str = "reinit";
     const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[Role::one("mask")];
+    const ROLES: &'static [Role] = &[Role::one("mask").taking(MODEL)];
+    const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str =
         "the mask with fresh random weights (Rethinking's control) {init, seed, budget}";
 
-    fn check(
-        &self,
-        _p: &ReinitParams,
-        inputs: &[(String, Vec<UpstreamInfo>)],
-    ) -> Result<(), String> {
-        require_models(inputs)
+    fn facts(&self, p: &ReinitParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+        ModelFacts {
+            spec: ModelFacts::spec_of(inputs, "mask"),
+            checkpoints: None,
+            length_scaled: p.budget == Budget::SameFlops,
+        }
+        .to_value()
     }
 
     fn run(&self, p: &ReinitParams, ctx: &mut StageContext) -> Result<(), StageError> {

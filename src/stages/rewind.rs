@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::train::{require_models, round4};
-use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use super::model_facts::ModelFacts;
+use super::train::round4;
+use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::Checkpoint;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -21,7 +22,11 @@ impl Stage for Rewind {
     type Params = RewindParams;
     const KIND: &'static str = "rewind";
     const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[Role::one("weights"), Role::one("mask")];
+    const ROLES: &'static [Role] = &[
+        Role::one("weights").taking(MODEL),
+        Role::one("mask").taking(MODEL),
+    ];
+    const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str =
         "survivors of `mask` rewound to `weights` at `iteration` (0 = θ0) {iteration}";
 
@@ -30,18 +35,19 @@ impl Stage for Rewind {
         p: &RewindParams,
         inputs: &[(String, Vec<UpstreamInfo>)],
     ) -> Result<(), String> {
-        require_models(inputs)?;
-        let Some((_, ups)) = inputs.iter().find(|(r, _)| r == "weights") else {
+        let Some((w, facts)) = ModelFacts::input(inputs, "weights") else {
             return Ok(());
         };
-        let Some(w) = ups.first() else { return Ok(()) };
-        if w.kind == "train" {
-            let saved: Vec<u64> = w
-                .params
-                .get("save_at")
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default();
+        if let (Some(a), Some(b)) = (&facts.spec, ModelFacts::spec_of(inputs, "mask"))
+            && *a != b
+        {
+            return Err(format!(
+                "`weights` (`{}`) and `mask` are models of different architectures; rewind \
+                 needs a mask of the same model",
+                w.name
+            ));
+        }
+        if let Some(saved) = facts.checkpoints {
             if !saved.contains(&p.iteration) {
                 return Err(format!(
                     "rewinds to iteration {} of `{}`, which saves only {:?}; add {} to its `save_at`",
@@ -55,6 +61,14 @@ impl Stage for Rewind {
             ));
         }
         Ok(())
+    }
+
+    fn facts(
+        &self,
+        _p: &RewindParams,
+        inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> serde_json::Value {
+        ModelFacts::of_spec(ModelFacts::spec_of(inputs, "weights")).to_value()
     }
 
     fn run(&self, p: &RewindParams, ctx: &mut StageContext) -> Result<(), StageError> {

@@ -9,7 +9,8 @@ use std::ops::ControlFlow;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::DataParams;
-use super::{Role, Stage, StageContext, StageError, UpstreamInfo};
+use super::model_facts::{ModelFacts, check_fits};
+use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::{Checkpoint, LrSchedule, OptimizerKind, TrainConfig, TrainData, train};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -35,9 +36,16 @@ pub struct TrainParams {
     pub schedule: LrSchedule,
     #[serde(default)]
     pub warmup: u64,
-    /// Iterations at which to keep a checkpoint (0 = the weights training started from).
+    /// Iterations at which to keep a checkpoint (the input's step = the weights training
+    /// started from).
     #[serde(default)]
     pub save_at: Vec<u64>,
+    /// Count iterations from 0 whatever step the input model is at (fine-tuning a pruned
+    /// network for `iterations` more steps). By default a model saved at step k (a late
+    /// rewind) continues at k: it trains iterations k..`iterations` with the batches and
+    /// learning rates of those iterations, as open_lth does.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restart: bool,
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
     /// Seed of the data order.
@@ -45,6 +53,10 @@ pub struct TrainParams {
     pub seed: u64,
     #[serde(default)]
     pub data: DataParams,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn adam() -> OptimizerKind {
@@ -65,29 +77,14 @@ fn default_eval_every() -> u64 {
 
 pub struct Train;
 
-pub(crate) fn model_producer(kind: &str) -> bool {
-    matches!(kind, "init" | "train" | "prune" | "rewind" | "reinit")
-}
-
-pub(crate) fn require_models(inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
-    for (role, ups) in inputs {
-        for u in ups {
-            if !model_producer(&u.kind) {
-                return Err(format!(
-                    "input `{role}` is `{}`, a stage of kind `{}`, which produces no model; use an init, train, prune, rewind or reinit stage",
-                    u.name, u.kind
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Stage for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[Role::one("model")];
+    /// 2: a model saved at step k continues at k (late rewinding trains k..T) instead of
+    /// restarting the count at 0; every train key changed with it, on purpose.
+    const VERSION: u32 = 2;
+    const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
+    const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data}";
 
     fn external_inputs(&self, p: &TrainParams) -> Vec<std::path::PathBuf> {
@@ -114,8 +111,33 @@ impl Stage for Train {
         if p.eval_every == 0 {
             return Err("`eval_every` must be at least 1".into());
         }
+        if !(0.0..1.0).contains(&p.momentum) {
+            return Err(format!("`momentum` must be in [0, 1), got {}", p.momentum));
+        }
         p.data.check()?;
-        require_models(inputs)
+        let Some((from, facts)) = ModelFacts::input(inputs, "model") else {
+            return Ok(());
+        };
+        if let Some(spec) = &facts.spec {
+            check_fits(spec, &p.data, &from.name)?;
+        }
+        if let (Some(n), false) = (p.iterations, facts.length_scaled)
+            && let Some(&k) = p.save_at.iter().find(|&&k| k > n)
+        {
+            return Err(format!(
+                "`save_at` has iteration {k}, past the end of training ({n} iterations)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn facts(&self, p: &TrainParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+        ModelFacts {
+            spec: ModelFacts::spec_of(inputs, "model"),
+            checkpoints: Some(p.save_at.clone()),
+            length_scaled: false,
+        }
+        .to_value()
     }
 
     fn run(&self, p: &TrainParams, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -132,10 +154,19 @@ impl Stage for Train {
         if let Some(scale) = input.metrics.get("budget_scale").and_then(|v| v.as_f64()) {
             iterations = (iterations as f64 * scale).round() as u64;
         }
+        let start_step = if p.restart { 0 } else { start.step };
+        if start_step > iterations {
+            return Err(StageError::Other(format!(
+                "the input model `{}` is at step {start_step}, past the end of this training \
+                 ({iterations} iterations); raise `iterations`, or set `restart: true` to train \
+                 it for {iterations} more steps",
+                input.name
+            )));
+        }
         for &k in &p.save_at {
-            if k > iterations {
+            if k > iterations || k < start_step {
                 return Err(StageError::Other(format!(
-                    "save_at {k} is past the end of training ({iterations} iterations)"
+                    "save_at {k} is outside this training's iterations {start_step}..={iterations}"
                 )));
             }
         }
@@ -151,7 +182,7 @@ impl Stage for Train {
             save_at: p.save_at.clone(),
             eval_every: p.eval_every,
             data_seed: p.seed,
-            start_step: 0,
+            start_step,
         };
         let data = TrainData {
             train: &splits.train,

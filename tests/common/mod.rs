@@ -127,3 +127,28 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// One line per stage: name (and, with `keys`, the key's first 12 characters) and metrics,
+/// fractional numbers rounded to 4 decimals for readability (determinism is checked bit for
+/// bit by the tests themselves).
+pub fn metrics_summary(o: &RunOutcome, keys: bool) -> String {
+    o.records
+        .iter()
+        .map(|r| {
+            let mut m = r.metrics.clone();
+            if let Some(obj) = m.as_object_mut() {
+                for v in obj.values_mut() {
+                    if let Some(f) = v.as_f64().filter(|f| f.fract() != 0.0) {
+                        *v = serde_json::json!((f * 1e4).round() / 1e4);
+                    }
+                }
+            }
+            if keys {
+                format!("{} {} {}", r.name, &r.key[..12], m)
+            } else {
+                format!("{} {}", r.name, m)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

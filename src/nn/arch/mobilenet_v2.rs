@@ -67,17 +67,10 @@ impl MobileNetV2Spec {
                 self.width, self.classes
             ));
         }
-        let conv = |name: String, c_in, c_out, kernel, stride, groups| Op::Conv {
-            name,
-            c_in,
-            c_out,
-            kernel,
-            stride,
-            padding: kernel / 2,
-            groups,
-            bias: false,
+        let conv = |name: String, c_in, c_out, kernel, stride, groups| {
+            Op::conv(name, c_in, c_out, kernel, stride, groups)
         };
-        let bn = |name: String, channels| Op::BatchNorm { name, channels };
+        let bn = |name: String, channels| Op::batch_norm(name, channels);
         let stem = divisible(32.0 * self.width);
         let mut ops = vec![
             conv("conv1".into(), self.input[0], stem, 3, 1, 1),
@@ -131,18 +124,13 @@ impl MobileNetV2Spec {
             bn("bn2".into(), last),
             Op::Relu6,
             Op::GlobalAvgPool,
-            Op::Linear {
-                name: "fc".into(),
-                d_in: last,
-                d_out: self.classes,
-                bias: true,
-            },
         ]);
-        Ok(Program {
-            input: self.input,
+        Ok(Program::with_classifier(
+            self.input,
             ops,
-            output: "fc".into(),
-        })
+            last,
+            self.classes,
+        ))
     }
 }
 

@@ -115,20 +115,12 @@ impl ResnetSpec {
             return Err("resnet `width` and `classes` must be > 0".into());
         }
         let blocks = self.block_list()?;
-        let conv = |name: String, c_in, c_out, kernel, stride| Op::Conv {
-            name,
-            c_in,
-            c_out,
-            kernel,
-            stride,
-            padding: kernel / 2,
-            groups: 1,
-            bias: false,
+        let conv = |name: String, c_in, c_out, kernel, stride| {
+            Op::conv(name, c_in, c_out, kernel, stride, 1)
         };
-        let bn = |name: String, channels| Op::BatchNorm { name, channels };
         let mut ops = vec![
             conv("conv1".into(), self.input[0], self.width, 3, 1),
-            bn("bn1".into(), self.width),
+            Op::batch_norm("bn1", self.width),
             Op::Relu,
         ];
         let mut last = self.width;
@@ -142,10 +134,10 @@ impl ResnetSpec {
             let n = &b.name;
             let body = vec![
                 conv(format!("{n}.conv1"), b.c_in, b.c_out, 3, b.stride),
-                bn(format!("{n}.bn1"), b.c_out),
+                Op::batch_norm(format!("{n}.bn1"), b.c_out),
                 Op::Relu,
                 conv(format!("{n}.conv2"), b.c_out, b.c_out, 3, 1),
-                bn(format!("{n}.bn2"), b.c_out),
+                Op::batch_norm(format!("{n}.bn2"), b.c_out),
             ];
             let shortcut = if b.stride == 1 && b.c_in == b.c_out {
                 Shortcut::Identity
@@ -159,7 +151,7 @@ impl ResnetSpec {
                     ShortcutOption::B => Shortcut::Projection {
                         ops: vec![
                             conv(format!("{n}.shortcut.0"), b.c_in, b.c_out, 1, b.stride),
-                            bn(format!("{n}.shortcut.1"), b.c_out),
+                            Op::batch_norm(format!("{n}.shortcut.1"), b.c_out),
                         ],
                     },
                 }
@@ -173,17 +165,12 @@ impl ResnetSpec {
             last = b.c_out;
         }
         ops.push(Op::GlobalAvgPool);
-        ops.push(Op::Linear {
-            name: "fc".into(),
-            d_in: last,
-            d_out: self.classes,
-            bias: true,
-        });
-        Ok(Program {
-            input: self.input,
+        Ok(Program::with_classifier(
+            self.input,
             ops,
-            output: "fc".into(),
-        })
+            last,
+            self.classes,
+        ))
     }
 }
 

@@ -77,20 +77,8 @@ impl VggSpec {
             }
             k += 1;
             let w = ((v as f64 * self.width).round() as usize).max(1);
-            ops.push(Op::Conv {
-                name: format!("conv{k}"),
-                c_in: c,
-                c_out: w,
-                kernel: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-                bias: false,
-            });
-            ops.push(Op::BatchNorm {
-                name: format!("bn{k}"),
-                channels: w,
-            });
+            ops.push(Op::conv(format!("conv{k}"), c, w, 3, 1, 1));
+            ops.push(Op::batch_norm(format!("bn{k}"), w));
             ops.push(Op::Relu);
             c = w;
         }
@@ -101,17 +89,12 @@ impl VggSpec {
         }
         .activation_width()?;
         ops.push(Op::Flatten);
-        ops.push(Op::Linear {
-            name: "fc".into(),
-            d_in,
-            d_out: self.classes,
-            bias: true,
-        });
-        Ok(Program {
-            input: self.input,
+        Ok(Program::with_classifier(
+            self.input,
             ops,
-            output: "fc".into(),
-        })
+            d_in,
+            self.classes,
+        ))
     }
 }
 
