@@ -1288,6 +1288,39 @@ fn check_upstream(
     errors.extend(problems.into_diagnostics());
 }
 
+/// Every input is of the artifact its role takes.
+fn accepted(
+    roles: &[Role],
+    inputs: &[(String, Vec<UpstreamInfo>)],
+    registry: &Registry,
+) -> Result<(), String> {
+    for (role, ups) in inputs {
+        let Some(want) = roles
+            .iter()
+            .find(|r| r.name == role)
+            .and_then(|r| r.accepts)
+        else {
+            continue;
+        };
+        if let Some(u) = ups.iter().find(|u| u.produces != Some(want)) {
+            let makers: Vec<&str> = registry
+                .iter()
+                .filter(|k| k.produces() == Some(want))
+                .map(|k| k.kind())
+                .collect();
+            return Err(format!(
+                "input `{role}` is `{}`, a stage of kind `{}`, which produces {}; `{role}` \
+                 takes a {want}, which stages of kind {} produce",
+                u.name,
+                u.kind,
+                u.produces.unwrap_or("nothing it can take"),
+                makers.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1327,37 +1360,4 @@ mod tests {
             "stages `imp.1.train`, `imp.2.train`, `imp.3.train`, `imp.4.train` and 3 more"
         );
     }
-}
-
-/// Every input is of the artifact its role takes.
-fn accepted(
-    roles: &[Role],
-    inputs: &[(String, Vec<UpstreamInfo>)],
-    registry: &Registry,
-) -> Result<(), String> {
-    for (role, ups) in inputs {
-        let Some(want) = roles
-            .iter()
-            .find(|r| r.name == role)
-            .and_then(|r| r.accepts)
-        else {
-            continue;
-        };
-        if let Some(u) = ups.iter().find(|u| u.produces != Some(want)) {
-            let makers: Vec<&str> = registry
-                .iter()
-                .filter(|k| k.produces() == Some(want))
-                .map(|k| k.kind())
-                .collect();
-            return Err(format!(
-                "input `{role}` is `{}`, a stage of kind `{}`, which produces {}; `{role}` \
-                 takes a {want}, which stages of kind {} produce",
-                u.name,
-                u.kind,
-                u.produces.unwrap_or("nothing it can take"),
-                makers.join(", ")
-            ));
-        }
-    }
-    Ok(())
 }
