@@ -5,6 +5,13 @@
 //! (`Flex`, and `Autodiff<Flex>` for training) may override them with faster kernels, each
 //! checked against these defaults in tests. Models call only these functions for
 //! convolutions, batch norm and pooling, so a faster kernel speeds every family up at once.
+//!
+//! Why an extension trait rather than a patched burn-flex: the kernels live in this crate
+//! (no fork of burn to carry across upgrades), each is one autodiff node with a hand-written
+//! backward pass, and other backends (CUDA) keep burn's kernels untouched. The cost is that
+//! only models built on these functions (all of `pipe`'s) get the speed; burn's own modules
+//! do not. The same kernels would fit burn-flex's `conv2d_x_backward` /
+//! `conv2d_weight_backward` overrides upstream.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
