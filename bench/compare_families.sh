@@ -4,6 +4,8 @@
 # ratio pipe / PyTorch (< 1: pipe is faster), with each model's parameters and forward FLOPs.
 #
 # Usage: bench/compare_families.sh [BATCH=128] [STEPS=5]     (ONLY=conv4_32,resnet20_32 to pick)
+#        PIPE_NN_OPS=reference bench/compare_families.sh   (pipe on burn's generic conv, batch-norm
+#        and pooling ops instead of its CPU kernels, src/nn/ops)
 # Needs python3 with torch (`pip install torch`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +16,7 @@ python3 -c 'import torch' 2>/dev/null || { echo "install PyTorch: pip install to
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 cargo build --release --locked -q --example family_step
-pipe_out="$(target/release/examples/family_step "$out" "$batch" "$steps")"
+pipe_out="$("${CARGO_TARGET_DIR:-target}/release/examples/family_step" "$out" "$batch" "$steps")"
 names="$(awk '$1 == "BENCH" {print $2}' <<<"$pipe_out")"
 # shellcheck disable=SC2086
 torch_out="$(python3 bench/torch_family_step.py "$out" "$threads" "$batch" "$steps" $names)"

@@ -5,12 +5,55 @@
 //! (`Flex`, and `Autodiff<Flex>` for training) may override them with faster kernels, each
 //! checked against these defaults in tests. Models call only these functions for
 //! convolutions, batch norm and pooling, so a faster kernel speeds every family up at once.
+//!
+//! Why an extension trait rather than a patched burn-flex: the kernels live in this crate
+//! (no fork of burn to carry across upgrades), each is one autodiff node with a hand-written
+//! backward pass, and other backends (CUDA) keep burn's kernels untouched. The cost is that
+//! only models built on these functions (all of `pipe`'s) get the speed; burn's own modules
+//! do not. The same kernels would fit burn-flex's `conv2d_x_backward` /
+//! `conv2d_weight_backward` overrides upstream.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::module;
-use burn::tensor::ops::ConvOptions;
+
+mod batch_norm;
+mod conv;
+mod pool;
+mod raw;
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+/// The environment variable that, set to `reference`, makes the CPU backend run burn's
+/// generic operations instead of its kernels (to time one against the other in the same
+/// binary, or to bisect a numeric difference).
+pub const OPS_ENV: &str = "PIPE_NN_OPS";
+
+thread_local! {
+    /// Set by [`with_reference_ops`] for the calling thread.
+    static REFERENCE_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the CPU backend's [`NnBackend`] methods run burn's generic operations on this
+/// thread: inside [`with_reference_ops`], or everywhere with `PIPE_NN_OPS=reference`.
+pub fn reference_ops() -> bool {
+    static FROM_ENV: OnceLock<bool> = OnceLock::new();
+    REFERENCE_HERE.get()
+        || *FROM_ENV.get_or_init(|| std::env::var(OPS_ENV).is_ok_and(|v| v == "reference"))
+}
+
+/// Runs `f` with the CPU backend on burn's generic operations (on this thread only), for
+/// comparing whole models with and without the kernels.
+pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = REFERENCE_HERE.replace(true);
+    let out = f();
+    REFERENCE_HERE.set(before);
+    out
+}
 
 /// Geometry of a 2-D convolution (square kernels are the only ones the families use, but
 /// the shape comes from the weight tensor).
@@ -32,8 +75,8 @@ pub struct BatchNormTrain<B: Backend> {
     pub var: Tensor<B, 1>,
 }
 
-/// Convolutions, batch norm and pooling. Every method has burn's generic implementation as
-/// its default.
+/// Convolutions, batch norm and pooling. Every method has burn's generic implementation
+/// ([`reference`]) as its default.
 pub trait NnBackend: Backend {
     /// `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in / groups, k, k]`, `bias` `[c_out]`.
     fn nn_conv2d(
@@ -42,35 +85,19 @@ pub trait NnBackend: Backend {
         bias: Option<Tensor<Self, 1>>,
         g: Conv2dGeometry,
     ) -> Tensor<Self, 4> {
-        module::conv2d(
-            x,
-            weight,
-            bias,
-            ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], g.groups),
-        )
+        reference::conv2d(x, weight, bias, g)
     }
 
     /// Normalises each channel with its batch statistics, then scales by `gamma` and shifts
-    /// by `beta` (all `[c]`).
+    /// by `beta` (all `[c]`). The CPU kernels return the statistics as constants (no
+    /// gradient flows through them); they only feed the running statistics.
     fn nn_batch_norm_train(
         x: Tensor<Self, 4>,
         gamma: Tensor<Self, 1>,
         beta: Tensor<Self, 1>,
         eps: f64,
     ) -> BatchNormTrain<Self> {
-        let [n, c, h, w] = x.dims();
-        // [c, n·h·w] view: statistics per row.
-        let rows = x.clone().swap_dims(0, 1).reshape([c, n * h * w]);
-        let mean = rows.clone().mean_dim(1);
-        let centred = rows - mean.clone();
-        let var = centred.clone().powi_scalar(2).mean_dim(1);
-        let inv_std = (var.clone() + eps).sqrt().recip();
-        let y = centred * inv_std * gamma.reshape([c, 1]) + beta.reshape([c, 1]);
-        BatchNormTrain {
-            output: y.reshape([c, n, h, w]).swap_dims(0, 1),
-            mean: mean.reshape([c]),
-            var: var.reshape([c]),
-        }
+        reference::batch_norm_train(x, gamma, beta, eps)
     }
 
     /// Normalises each channel with given (running) statistics.
@@ -82,31 +109,180 @@ pub trait NnBackend: Backend {
         var: Tensor<Self, 1>,
         eps: f64,
     ) -> Tensor<Self, 4> {
-        let c = x.dims()[1];
-        let scale = gamma / (var + eps).sqrt();
-        let shift = beta - mean * scale.clone();
-        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+        reference::batch_norm_eval(x, gamma, beta, mean, var, eps)
     }
 
-    /// Max pooling with a `kernel`×`kernel` window.
+    /// Max pooling with a `kernel`×`kernel` window (`2·padding ≤ kernel`).
     fn nn_max_pool2d(
         x: Tensor<Self, 4>,
         kernel: usize,
         stride: usize,
         padding: usize,
     ) -> Tensor<Self, 4> {
-        module::max_pool2d(x, [kernel; 2], [stride; 2], [padding; 2], [1, 1], false)
+        reference::max_pool2d(x, kernel, stride, padding)
+    }
+
+    /// Average pooling with a `kernel`×`kernel` window (`2·padding ≤ kernel`); padded
+    /// positions count towards the divisor, as in PyTorch's default.
+    fn nn_avg_pool2d(
+        x: Tensor<Self, 4>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Tensor<Self, 4> {
+        reference::avg_pool2d(x, kernel, stride, padding)
     }
 
     /// Mean over each channel's whole plane: `[n, c, h, w]` → `[n, c]`.
     fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
-        let [n, c, h, w] = x.dims();
-        x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+        reference::global_avg_pool(x)
     }
 }
 
-impl NnBackend for Flex {}
-impl NnBackend for Autodiff<Flex> {}
+/// The CPU backend's kernels (element types other than `f32` take the defaults).
+impl NnBackend for Flex {
+    fn nn_conv2d(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 1>>,
+        g: Conv2dGeometry,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::conv2d(x, weight, bias, g);
+        }
+        conv::flex(x, weight, bias, g)
+    }
+
+    fn nn_batch_norm_train(
+        x: Tensor<Self, 4>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        eps: f64,
+    ) -> BatchNormTrain<Self> {
+        if reference_ops() {
+            return reference::batch_norm_train(x, gamma, beta, eps);
+        }
+        batch_norm::flex_train(x, gamma, beta, eps)
+    }
+
+    fn nn_batch_norm_eval(
+        x: Tensor<Self, 4>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        mean: Tensor<Self, 1>,
+        var: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::batch_norm_eval(x, gamma, beta, mean, var, eps);
+        }
+        batch_norm::flex_eval(x, gamma, beta, mean, var, eps)
+    }
+
+    fn nn_max_pool2d(
+        x: Tensor<Self, 4>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::max_pool2d(x, kernel, stride, padding);
+        }
+        pool::flex(x, pool::Kind::Max, kernel, stride, padding)
+    }
+
+    fn nn_avg_pool2d(
+        x: Tensor<Self, 4>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::avg_pool2d(x, kernel, stride, padding);
+        }
+        pool::flex(x, pool::Kind::Avg, kernel, stride, padding)
+    }
+
+    fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
+        if reference_ops() {
+            return reference::global_avg_pool(x);
+        }
+        pool::flex_global_avg(x)
+    }
+}
+
+/// The CPU kernels as single autodiff operations with hand-written backward passes.
+impl NnBackend for Autodiff<Flex> {
+    fn nn_conv2d(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 1>>,
+        g: Conv2dGeometry,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::conv2d(x, weight, bias, g);
+        }
+        conv::autodiff(x, weight, bias, g)
+    }
+
+    fn nn_batch_norm_train(
+        x: Tensor<Self, 4>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        eps: f64,
+    ) -> BatchNormTrain<Self> {
+        if reference_ops() {
+            return reference::batch_norm_train(x, gamma, beta, eps);
+        }
+        batch_norm::autodiff_train(x, gamma, beta, eps)
+    }
+
+    fn nn_batch_norm_eval(
+        x: Tensor<Self, 4>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        mean: Tensor<Self, 1>,
+        var: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::batch_norm_eval(x, gamma, beta, mean, var, eps);
+        }
+        batch_norm::autodiff_eval(x, gamma, beta, mean, var, eps)
+    }
+
+    fn nn_max_pool2d(
+        x: Tensor<Self, 4>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::max_pool2d(x, kernel, stride, padding);
+        }
+        pool::autodiff(x, pool::Kind::Max, kernel, stride, padding)
+    }
+
+    fn nn_avg_pool2d(
+        x: Tensor<Self, 4>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Tensor<Self, 4> {
+        if reference_ops() {
+            return reference::avg_pool2d(x, kernel, stride, padding);
+        }
+        pool::autodiff(x, pool::Kind::Avg, kernel, stride, padding)
+    }
+
+    fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
+        if reference_ops() {
+            return reference::global_avg_pool(x);
+        }
+        pool::autodiff_global_avg(x)
+    }
+}
+
 #[cfg(feature = "cuda")]
 impl NnBackend for burn::backend::Cuda {}
 #[cfg(feature = "cuda")]

@@ -1,0 +1,691 @@
+//! 2-D convolution on the CPU: forward, input gradient, weight and bias gradients, over
+//! `f32` buffers in NCHW order, and its registration with Flex and `Autodiff<Flex>`.
+//!
+//! Dense and grouped convolutions unfold the input (im2col) and multiply with `gemm`;
+//! depthwise ones (one input and one output channel per group) run a direct loop per plane,
+//! where a product with one output row would waste `gemm`. Work is split over images (forward
+//! and input gradient) or over fixed slices of the batch (weight gradient), never inside a
+//! sum whose order would then depend on the thread count: every output has the same bits with
+//! any number of threads.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Tensor, TensorPrimitive};
+use rayon::prelude::*;
+
+use super::Conv2dGeometry;
+use super::raw::{self, Dense, Mat, matmul, valid_range};
+
+/// Columns of the unfolded input a product is given at least: images with small planes
+/// (late VGG layers, 4×4) are stacked side by side up to this, so that one product does many
+/// images instead of streaming the whole weight once per image.
+const TARGET_COLS: usize = 512;
+
+/// Most `f32`s the weight gradient's per-slice partial sums may take together (16 MiB).
+const PARTIAL_BUDGET: usize = 4 << 20;
+
+/// Most slices of the batch the weight gradient is split into.
+const MAX_PARTS: usize = 16;
+
+/// Shapes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvDims {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+    pub o_h: usize,
+    pub o_w: usize,
+}
+
+/// Why a convolution's shapes do not fit together (a model-construction bug, reported by
+/// the panic message burn's own ops would give too).
+fn bad_shapes(x: [usize; 4], weight: [usize; 4], g: Conv2dGeometry) -> String {
+    format!("conv2d: input {x:?} and weight {weight:?} do not fit {g:?}")
+}
+
+impl ConvDims {
+    pub(crate) fn new(x: [usize; 4], weight: [usize; 4], g: Conv2dGeometry) -> Self {
+        let [n, c_in, h, w] = x;
+        let [c_out, cig, k_h, k_w] = weight;
+        assert!(
+            g.groups > 0
+                && g.stride > 0
+                && c_in == cig * g.groups
+                && c_out % g.groups == 0
+                && h + 2 * g.padding >= k_h
+                && w + 2 * g.padding >= k_w,
+            "{}",
+            bad_shapes(x, weight, g)
+        );
+        ConvDims {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            k_h,
+            k_w,
+            stride: g.stride,
+            pad: g.padding,
+            groups: g.groups,
+            o_h: (h + 2 * g.padding - k_h) / g.stride + 1,
+            o_w: (w + 2 * g.padding - k_w) / g.stride + 1,
+        }
+    }
+
+    fn cig(&self) -> usize {
+        self.c_in / self.groups
+    }
+    fn cog(&self) -> usize {
+        self.c_out / self.groups
+    }
+    /// Rows of the unfolded input per group: `c_in/groups · k_h · k_w`.
+    fn kdim(&self) -> usize {
+        self.cig() * self.k_h * self.k_w
+    }
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    fn p(&self) -> usize {
+        self.o_h * self.o_w
+    }
+    fn depthwise(&self) -> bool {
+        self.cig() == 1 && self.cog() == 1
+    }
+    /// 1×1, stride 1, no padding: the unfolded input is the input.
+    fn pointwise(&self) -> bool {
+        self.k_h == 1 && self.k_w == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Images per product (see [`TARGET_COLS`]).
+    fn wave(&self) -> usize {
+        TARGET_COLS
+            .div_ceil(self.p().max(1))
+            .clamp(1, self.n.max(1))
+    }
+    pub(crate) fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.o_h, self.o_w]
+    }
+}
+
+/// Whether a product should thread inside itself: only when the outer split leaves cores idle.
+/// (This changes no bits, see [`matmul`].)
+fn thread_inside(tasks: usize) -> bool {
+    tasks < rayon::current_num_threads()
+}
+
+/// Unfolds group `g` of one image `x` (`[c_in, h, w]`) into rows `(ci, ky, kx)` of `col`
+/// (row stride `ld`), columns `off .. off + o_h·o_w`.
+fn im2col(x: &[f32], d: &ConvDims, g: usize, col: &mut [f32], ld: usize, off: usize) {
+    let (hw, ow, s) = (d.hw(), d.o_w, d.stride);
+    for ci in 0..d.cig() {
+        let plane = &x[(g * d.cig() + ci) * hw..][..hw];
+        for ky in 0..d.k_h {
+            let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
+            for kx in 0..d.k_w {
+                let r = (ci * d.k_h + ky) * d.k_w + kx;
+                let row = &mut col[r * ld + off..][..d.p()];
+                let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
+                row[..y_lo * ow].fill(0.0);
+                row[y_hi * ow..].fill(0.0);
+                for oy in y_lo..y_hi {
+                    let src = &plane[(oy * s + ky - d.pad) * d.w..][..d.w];
+                    let dst = &mut row[oy * ow..][..ow];
+                    dst[..x_lo].fill(0.0);
+                    dst[x_hi..].fill(0.0);
+                    if x_lo < x_hi {
+                        let first = x_lo * s + kx - d.pad;
+                        if s == 1 {
+                            dst[x_lo..x_hi].copy_from_slice(&src[first..first + x_hi - x_lo]);
+                        } else {
+                            for (o, v) in dst[x_lo..x_hi].iter_mut().enumerate() {
+                                *v = src[first + o * s];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the unfolded gradient `col` (layout as in [`im2col`]) back onto group `g` of one
+/// image's input gradient `dx`.
+fn col2im(col: &[f32], ld: usize, off: usize, d: &ConvDims, g: usize, dx: &mut [f32]) {
+    let (hw, ow, s) = (d.hw(), d.o_w, d.stride);
+    for ci in 0..d.cig() {
+        let plane = &mut dx[(g * d.cig() + ci) * hw..][..hw];
+        for ky in 0..d.k_h {
+            let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
+            for kx in 0..d.k_w {
+                let r = (ci * d.k_h + ky) * d.k_w + kx;
+                let row = &col[r * ld + off..][..d.p()];
+                let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
+                if x_lo >= x_hi {
+                    continue;
+                }
+                let first = x_lo * s + kx - d.pad;
+                for oy in y_lo..y_hi {
+                    let dst = &mut plane[(oy * s + ky - d.pad) * d.w..][..d.w];
+                    let src = &row[oy * ow + x_lo..oy * ow + x_hi];
+                    if s == 1 {
+                        for (a, b) in dst[first..first + src.len()].iter_mut().zip(src) {
+                            *a += b;
+                        }
+                    } else {
+                        for (o, b) in src.iter().enumerate() {
+                            dst[first + o * s] += b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scratch buffers of one worker, reused across the images it handles.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    mat: Vec<f32>,
+}
+
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// Copies group `g` of the images `imgs` of an NCHW-like buffer (`c` channels of `p`
+/// elements per image) into `[c/groups, imgs·p]`, images side by side.
+fn stack(src: &[f32], c: usize, p: usize, cg: usize, g: usize, imgs: usize, dst: &mut [f32]) {
+    let ld = imgs * p;
+    for i in 0..imgs {
+        for r in 0..cg {
+            dst[r * ld + i * p..][..p].copy_from_slice(&src[(i * c + g * cg + r) * p..][..p]);
+        }
+    }
+}
+
+/// Inverse of [`stack`]: writes `[c/groups, imgs·p]` back into the images' channels.
+fn unstack(src: &[f32], c: usize, p: usize, cg: usize, g: usize, imgs: usize, dst: &mut [f32]) {
+    let ld = imgs * p;
+    for i in 0..imgs {
+        for r in 0..cg {
+            dst[(i * c + g * cg + r) * p..][..p].copy_from_slice(&src[r * ld + i * p..][..p]);
+        }
+    }
+}
+
+/// `y = conv(x, weight) + bias`, `[n, c_out, o_h, o_w]`.
+pub(crate) fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &ConvDims) -> Vec<f32> {
+    let (p, kd, cog) = (d.p(), d.kdim(), d.cog());
+    let mut out = vec![0f32; d.n * d.c_out * p];
+    if out.is_empty() {
+        return out;
+    }
+    if d.depthwise() {
+        out.par_chunks_mut(p).enumerate().for_each(|(plane, y)| {
+            let c = plane % d.c_out;
+            let x = &x[(plane / d.c_out * d.c_in + c) * d.hw()..][..d.hw()];
+            depthwise_forward(x, &weight[c * d.k_h * d.k_w..][..d.k_h * d.k_w], d, y);
+        });
+    } else {
+        let nb = d.wave();
+        let waves = d.n.div_ceil(nb);
+        let threaded = thread_inside(waves);
+        let img_in = d.c_in * d.hw();
+        out.par_chunks_mut(nb * d.c_out * p)
+            .enumerate()
+            .for_each_init(Scratch::default, |s, (wi, y)| {
+                let imgs = y.len() / (d.c_out * p);
+                let x = &x[wi * nb * img_in..][..imgs * img_in];
+                let ld = imgs * p;
+                for g in 0..d.groups {
+                    let w_g = Mat::rows(&weight[g * cog * kd..][..cog * kd], kd);
+                    let col: &[f32] = if d.pointwise() && imgs == 1 {
+                        &x[g * kd * p..][..kd * p]
+                    } else {
+                        let col = sized(&mut s.col, kd * ld);
+                        for i in 0..imgs {
+                            im2col(&x[i * img_in..][..img_in], d, g, col, ld, i * p);
+                        }
+                        col
+                    };
+                    if imgs == 1 {
+                        let dst = &mut y[g * cog * p..][..cog * p];
+                        matmul(cog, p, kd, dst, p, false, w_g, Mat::rows(col, p), threaded);
+                    } else {
+                        let tmp = sized(&mut s.mat, cog * ld);
+                        matmul(
+                            cog,
+                            ld,
+                            kd,
+                            tmp,
+                            ld,
+                            false,
+                            w_g,
+                            Mat::rows(col, ld),
+                            threaded,
+                        );
+                        unstack(tmp, d.c_out, p, cog, g, imgs, y);
+                    }
+                }
+            });
+    }
+    if let Some(bias) = bias {
+        out.par_chunks_mut(p).enumerate().for_each(|(plane, y)| {
+            let b = bias[plane % d.c_out];
+            y.iter_mut().for_each(|v| *v += b);
+        });
+    }
+    out
+}
+
+/// `dL/dx` from `dy` (`[n, c_out, o_h, o_w]`).
+pub(crate) fn input_grad(dy: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
+    let (p, kd, cog, hw) = (d.p(), d.kdim(), d.cog(), d.hw());
+    let mut dx = vec![0f32; d.n * d.c_in * hw];
+    if dx.is_empty() {
+        return dx;
+    }
+    if d.depthwise() {
+        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dx)| {
+            let c = plane % d.c_in;
+            let dy = &dy[(plane / d.c_in * d.c_out + c) * p..][..p];
+            depthwise_input_grad(dy, &weight[c * d.k_h * d.k_w..][..d.k_h * d.k_w], d, dx);
+        });
+        return dx;
+    }
+    let nb = d.wave();
+    let threaded = thread_inside(d.n.div_ceil(nb));
+    let img_out = d.c_out * p;
+    dx.par_chunks_mut(nb * d.c_in * hw)
+        .enumerate()
+        .for_each_init(Scratch::default, |s, (wi, dx)| {
+            let imgs = dx.len() / (d.c_in * hw);
+            let dy = &dy[wi * nb * img_out..][..imgs * img_out];
+            let ld = imgs * p;
+            for g in 0..d.groups {
+                // The weight transposed: [kd, cog].
+                let w_t = Mat::transposed(&weight[g * cog * kd..][..cog * kd], kd);
+                let dy_g: &[f32] = if imgs == 1 {
+                    &dy[g * cog * p..][..cog * p]
+                } else {
+                    let m = sized(&mut s.mat, cog * ld);
+                    stack(dy, d.c_out, p, cog, g, imgs, m);
+                    m
+                };
+                if d.pointwise() && imgs == 1 {
+                    let dst = &mut dx[g * kd * hw..][..kd * hw];
+                    matmul(kd, p, cog, dst, p, false, w_t, Mat::rows(dy_g, p), threaded);
+                } else {
+                    let col = sized(&mut s.col, kd * ld);
+                    matmul(
+                        kd,
+                        ld,
+                        cog,
+                        col,
+                        ld,
+                        false,
+                        w_t,
+                        Mat::rows(dy_g, ld),
+                        threaded,
+                    );
+                    for i in 0..imgs {
+                        col2im(
+                            col,
+                            ld,
+                            i * p,
+                            d,
+                            g,
+                            &mut dx[i * d.c_in * hw..][..d.c_in * hw],
+                        );
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// `dL/dweight` (`[c_out, c_in/groups, k_h, k_w]`) from `x` and `dy`.
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], d: &ConvDims) -> Vec<f32> {
+    weight_grad_split(x, dy, d, PARTIAL_BUDGET)
+}
+
+/// [`weight_grad`] with the partial-sum budget as a parameter, so that tests reach every
+/// split with small shapes.
+///
+/// The batch is cut into slices fixed by the shapes alone (never by the thread count); each
+/// slice sums its images in order into its own partial gradient, and the partials are added
+/// in slice order.
+pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usize) -> Vec<f32> {
+    let (p, kd, cog, hw) = (d.p(), d.kdim(), d.cog(), d.hw());
+    let wsize = d.c_out * kd;
+    if wsize == 0 || d.n == 0 {
+        return vec![0f32; wsize];
+    }
+    if d.depthwise() {
+        let kk = d.k_h * d.k_w;
+        let mut dw = vec![0f32; wsize];
+        dw.par_chunks_mut(kk).enumerate().for_each(|(c, dw)| {
+            let mut acc = vec![0f64; kk];
+            for i in 0..d.n {
+                let x = &x[(i * d.c_in + c) * hw..][..hw];
+                let dy = &dy[(i * d.c_out + c) * p..][..p];
+                depthwise_weight_grad(x, dy, d, &mut acc);
+            }
+            for (w, a) in dw.iter_mut().zip(acc) {
+                *w = a as f32;
+            }
+        });
+        return dw;
+    }
+    let parts = (budget / wsize).clamp(1, d.n.min(MAX_PARTS));
+    let threaded = thread_inside(parts);
+    let nb = d.wave();
+    let (img_in, img_out) = (d.c_in * hw, d.c_out * p);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let (first, end) = (part * d.n / parts, (part + 1) * d.n / parts);
+            let mut acc = vec![0f32; wsize];
+            let mut s = Scratch::default();
+            let mut start = first;
+            while start < end {
+                let imgs = nb.min(end - start);
+                let ld = imgs * p;
+                let x = &x[start * img_in..][..imgs * img_in];
+                let dy = &dy[start * img_out..][..imgs * img_out];
+                for g in 0..d.groups {
+                    let col = sized(&mut s.col, kd * ld);
+                    for i in 0..imgs {
+                        im2col(&x[i * img_in..][..img_in], d, g, col, ld, i * p);
+                    }
+                    let dy_g: &[f32] = if imgs == 1 {
+                        &dy[g * cog * p..][..cog * p]
+                    } else {
+                        let m = sized(&mut s.mat, cog * ld);
+                        stack(dy, d.c_out, p, cog, g, imgs, m);
+                        m
+                    };
+                    let dst = &mut acc[g * cog * kd..][..cog * kd];
+                    let (lhs, rhs) = (Mat::rows(dy_g, ld), Mat::transposed(col, ld));
+                    matmul(cog, kd, ld, dst, kd, true, lhs, rhs, threaded);
+                }
+                start += imgs;
+            }
+            acc
+        })
+        .collect();
+    sum_in_order(partials)
+}
+
+/// Element-wise sum of equally long buffers, always in the order given.
+fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+    let mut total = parts.remove(0);
+    if parts.is_empty() {
+        return total;
+    }
+    total
+        .par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            for part in &parts {
+                for (t, v) in chunk.iter_mut().zip(&part[ci * 4096..]) {
+                    *t += v;
+                }
+            }
+        });
+    total
+}
+
+/// `dL/dbias`: `dy` summed over images and positions, per output channel.
+pub(crate) fn bias_grad(dy: &[f32], d: &ConvDims) -> Vec<f32> {
+    let p = d.p();
+    (0..d.c_out)
+        .into_par_iter()
+        .map(|c| {
+            let total: f64 = (0..d.n)
+                .map(|i| raw::sum(&dy[(i * d.c_out + c) * p..][..p]))
+                .sum();
+            total as f32
+        })
+        .collect()
+}
+
+/// One channel plane of a depthwise convolution: `y += Σ_taps w · x(shifted)`.
+fn depthwise_forward(x: &[f32], w: &[f32], d: &ConvDims, y: &mut [f32]) {
+    let (ow, s) = (d.o_w, d.stride);
+    for ky in 0..d.k_h {
+        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
+        for kx in 0..d.k_w {
+            let wv = w[ky * d.k_w + kx];
+            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
+            if x_lo >= x_hi {
+                continue;
+            }
+            let first = x_lo * s + kx - d.pad;
+            for oy in y_lo..y_hi {
+                let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
+                let dst = &mut y[oy * ow + x_lo..oy * ow + x_hi];
+                if s == 1 {
+                    for (o, v) in dst.iter_mut().zip(&src[first..]) {
+                        *o += wv * v;
+                    }
+                } else {
+                    for (j, o) in dst.iter_mut().enumerate() {
+                        *o += wv * src[first + j * s];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One channel plane of a depthwise convolution's input gradient.
+fn depthwise_input_grad(dy: &[f32], w: &[f32], d: &ConvDims, dx: &mut [f32]) {
+    let (ow, s) = (d.o_w, d.stride);
+    for ky in 0..d.k_h {
+        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
+        for kx in 0..d.k_w {
+            let wv = w[ky * d.k_w + kx];
+            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
+            if x_lo >= x_hi {
+                continue;
+            }
+            let first = x_lo * s + kx - d.pad;
+            for oy in y_lo..y_hi {
+                let dst = &mut dx[(oy * s + ky - d.pad) * d.w..][..d.w];
+                let src = &dy[oy * ow + x_lo..oy * ow + x_hi];
+                if s == 1 {
+                    for (a, g) in dst[first..].iter_mut().zip(src) {
+                        *a += wv * g;
+                    }
+                } else {
+                    for (j, g) in src.iter().enumerate() {
+                        dst[first + j * s] += wv * g;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds one image's contribution to a depthwise channel's weight gradient (`acc`, per tap).
+fn depthwise_weight_grad(x: &[f32], dy: &[f32], d: &ConvDims, acc: &mut [f64]) {
+    let (ow, s) = (d.o_w, d.stride);
+    for ky in 0..d.k_h {
+        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
+        for kx in 0..d.k_w {
+            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
+            if x_lo >= x_hi {
+                continue;
+            }
+            let first = x_lo * s + kx - d.pad;
+            let mut total = 0f64;
+            for oy in y_lo..y_hi {
+                let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
+                let g = &dy[oy * ow + x_lo..oy * ow + x_hi];
+                total += if s == 1 {
+                    raw::dot(g, &src[first..first + g.len()])
+                } else {
+                    g.iter()
+                        .enumerate()
+                        .map(|(j, &g)| f64::from(g * src[first + j * s]))
+                        .sum()
+                };
+            }
+            acc[ky * d.k_w + kx] += total;
+        }
+    }
+}
+
+// ---- burn registration ----
+
+/// Flex's forward: `None` when the kernel does not handle the element type.
+pub(crate) fn flex_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    g: Conv2dGeometry,
+) -> Option<FlexTensor> {
+    if !raw::is_f32(x) || !raw::is_f32(weight) || bias.is_some_and(|b| !raw::is_f32(b)) {
+        return None;
+    }
+    let d = ConvDims::new(raw::dims4(x), raw::dims4(weight), g);
+    let (xs, ws) = (Dense::new(x), Dense::new(weight));
+    let bs = bias.map(Dense::new);
+    let y = forward(xs.f32s(), ws.f32s(), bs.as_ref().map(Dense::f32s), &d);
+    Some(raw::from_vec(y, &d.out_shape()))
+}
+
+pub(crate) fn flex(
+    x: Tensor<Flex, 4>,
+    weight: Tensor<Flex, 4>,
+    bias: Option<Tensor<Flex, 1>>,
+    g: Conv2dGeometry,
+) -> Tensor<Flex, 4> {
+    let (xp, wp) = (
+        x.clone().into_primitive().tensor(),
+        weight.clone().into_primitive().tensor(),
+    );
+    let bp = bias.clone().map(|b| b.into_primitive().tensor());
+    match flex_forward(&xp, &wp, bp.as_ref(), g) {
+        Some(y) => raw::tensor(y),
+        None => super::reference::conv2d(x, weight, bias, g),
+    }
+}
+
+/// What the backward pass needs: the forward's input and weight.
+#[derive(Clone, Debug)]
+struct ConvState {
+    x: FlexTensor,
+    weight: FlexTensor,
+    dims: ConvDims,
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl ConvBackward {
+    /// Registers the gradients of the parents that need one (`parents`: x, weight, bias).
+    fn grads(
+        state: ConvState,
+        dy: FlexTensor,
+        parents: [Option<NodeId>; 3],
+        grads: &mut Gradients,
+    ) {
+        let dy = Dense::new(&dy);
+        let d = &state.dims;
+        let [px, pw, pb] = parents;
+        if let Some(id) = px {
+            let dx = input_grad(dy.f32s(), Dense::new(&state.weight).f32s(), d);
+            grads.register::<Flex>(id, raw::from_vec(dx, &[d.n, d.c_in, d.h, d.w]));
+        }
+        if let Some(id) = pw {
+            let dw = weight_grad(Dense::new(&state.x).f32s(), dy.f32s(), d);
+            let shape = [d.c_out, d.cig(), d.k_h, d.k_w];
+            grads.register::<Flex>(id, raw::from_vec(dw, &shape));
+        }
+        if let Some(id) = pb {
+            grads.register::<Flex>(id, raw::from_vec(bias_grad(dy.f32s(), d), &[d.c_out]));
+        }
+    }
+}
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        let [px, pw] = ops.parents.map(|p| p.map(|n| n.id));
+        Self::grads(ops.state, dy, [px, pw, None], grads);
+    }
+}
+
+impl Backward<Flex, 3> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        Self::grads(ops.state, dy, ops.parents.map(|p| p.map(|n| n.id)), grads);
+    }
+}
+
+type Ad = Autodiff<Flex>;
+
+pub(crate) fn autodiff(
+    x: Tensor<Ad, 4>,
+    weight: Tensor<Ad, 4>,
+    bias: Option<Tensor<Ad, 1>>,
+    g: Conv2dGeometry,
+) -> Tensor<Ad, 4> {
+    let xa = x.clone().into_primitive().tensor();
+    let wa = weight.clone().into_primitive().tensor();
+    let ba = bias.clone().map(|b| b.into_primitive().tensor());
+    let Some(y) = flex_forward(
+        &xa.primitive,
+        &wa.primitive,
+        ba.as_ref().map(|b| &b.primitive),
+        g,
+    ) else {
+        return super::reference::conv2d(x, weight, bias, g);
+    };
+    let state = || ConvState {
+        x: xa.primitive.clone(),
+        weight: wa.primitive.clone(),
+        dims: ConvDims::new(raw::dims4(&xa.primitive), raw::dims4(&wa.primitive), g),
+    };
+    let out = match &ba {
+        None => match ConvBackward
+            .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+        Some(b) => match ConvBackward
+            .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}

@@ -1,0 +1,303 @@
+//! Plain `f32` buffers in and out of Flex's tensor primitive, and the small numeric helpers
+//! the kernels share (a matrix product and sums whose rounding does not depend on threads).
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+
+/// A Flex tensor's primitive, for a kernel.
+pub(crate) fn primitive<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+    t.into_primitive().tensor()
+}
+
+/// A kernel's result as a tensor.
+pub(crate) fn tensor<const D: usize>(p: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// Whether the kernels handle this tensor (they are written for `f32`; other element types
+/// take burn's generic operations).
+pub(crate) fn is_f32(t: &FlexTensor) -> bool {
+    t.dtype() == DType::F32
+}
+
+/// The tensor's elements in row-major order. Copies only when the tensor is a strided view.
+pub(crate) struct Dense(FlexTensor);
+
+impl Dense {
+    pub(crate) fn new(t: &FlexTensor) -> Self {
+        Dense(t.to_contiguous())
+    }
+
+    pub(crate) fn f32s(&self) -> &[f32] {
+        self.0
+            .as_slice::<f32>()
+            .expect("an f32 tensor made contiguous is an f32 slice")
+    }
+}
+
+/// A contiguous `f32` tensor of `shape` over `data`, without copying.
+pub(crate) fn from_vec(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+    FlexTensor::from_data(TensorData::new(data, shape.to_vec()))
+}
+
+/// A contiguous `f32` tensor shaped like `like` over `data`, without copying.
+pub(crate) fn from_vec_like(data: Vec<f32>, like: &FlexTensor) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, like.shape()))
+}
+
+/// The four dimensions of a rank-4 primitive.
+pub(crate) fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// One operand of [`matmul`]: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    pub(crate) fn rows(data: &'a [f32], rs: usize) -> Self {
+        Mat { data, rs, cs: 1 }
+    }
+
+    /// The transpose of a row-major matrix with row stride `rs`.
+    pub(crate) fn transposed(data: &'a [f32], rs: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: rs,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `dst += …` with `accumulate`; `dst` is row-major with
+/// row stride `dst_rs`.
+///
+/// Threads inside the product (`threaded`) change only who computes which block of `dst`:
+/// each element's sum runs over `k` in blocks fixed by the cache sizes, so the bits are the
+/// same with any number of threads (checked in the tests).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    threaded: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..][..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k) && rhs.fits(k, n),
+        "matmul operands smaller than their shapes"
+    );
+    let parallelism = if threaded {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertion above keeps every element gemm reads or writes inside the three
+    // slices; `dst` is borrowed mutably, so it overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Lanes of the sums below: independent partial sums let the compiler use vector registers
+/// without reordering anything, so the result is the same on every CPU and thread count.
+const LANES: usize = 8;
+
+/// `Σ xs` in `f64`, from `f32` partial sums over lanes.
+pub(crate) fn sum(xs: &[f32]) -> f64 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    lanes_total(&acc, tail.iter().copied())
+}
+
+/// `Σ (x − mean)²` in `f64`.
+pub(crate) fn sum_sq_dev(xs: &[f32], mean: f32) -> f64 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            let d = c[l] - mean;
+            acc[l] += d * d;
+        }
+    }
+    lanes_total(
+        &acc,
+        tail.iter().map(|&x| {
+            let d = x - mean;
+            d * d
+        }),
+    )
+}
+
+/// `Σ a·b` in `f64`.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let tail = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y);
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    lanes_total(&acc, tail)
+}
+
+/// `Σ dy·(x − mean)` in `f64`.
+pub(crate) fn dot_dev(dy: &[f32], x: &[f32], mean: f32) -> f64 {
+    debug_assert_eq!(dy.len(), x.len());
+    let mut acc = [0f32; LANES];
+    let cd = dy.chunks_exact(LANES);
+    let cx = x.chunks_exact(LANES);
+    let tail = cd
+        .remainder()
+        .iter()
+        .zip(cx.remainder())
+        .map(|(d, x)| d * (x - mean));
+    for (d, x) in cd.zip(cx) {
+        for l in 0..LANES {
+            acc[l] += d[l] * (x[l] - mean);
+        }
+    }
+    lanes_total(&acc, tail)
+}
+
+fn lanes_total(acc: &[f32; LANES], tail: impl Iterator<Item = f32>) -> f64 {
+    let lanes: f64 = acc.iter().map(|&a| f64::from(a)).sum();
+    lanes + tail.map(f64::from).sum::<f64>()
+}
+
+/// Output positions `o` (of `outputs`) whose input position `o·stride + offset − pad` lies in
+/// `0..len`, as a range.
+pub(crate) fn valid_range(
+    offset: usize,
+    pad: usize,
+    stride: usize,
+    len: usize,
+    outputs: usize,
+) -> (usize, usize) {
+    // o·stride ≥ pad − offset
+    let lo = if pad > offset {
+        (pad - offset).div_ceil(stride)
+    } else {
+        0
+    };
+    // o·stride + offset − pad ≤ len − 1
+    let hi = if len + pad > offset {
+        ((len - 1 + pad - offset) / stride + 1).min(outputs)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_range_matches_a_scan() {
+        for stride in 1..4usize {
+            for pad in 0..3 {
+                for offset in 0..4 {
+                    for len in 1..7usize {
+                        let outputs = (len + 2 * pad).saturating_sub(offset) / stride + 1;
+                        let scan: Vec<usize> = (0..outputs)
+                            .filter(|&o| {
+                                let i = (o * stride + offset) as isize - pad as isize;
+                                i >= 0 && i < len as isize
+                            })
+                            .collect();
+                        let (lo, hi) = valid_range(offset, pad, stride, len, outputs);
+                        assert_eq!(
+                            (lo..hi).collect::<Vec<_>>(),
+                            scan,
+                            "{stride} {pad} {offset} {len}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sums_agree_with_f64_arithmetic() {
+        let xs: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let ys: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let exact: f64 = xs.iter().map(|&x| f64::from(x)).sum();
+        assert!((sum(&xs) - exact).abs() < 1e-5);
+        let m = 0.25f32;
+        let exact: f64 = xs.iter().map(|&x| (f64::from(x) - 0.25).powi(2)).sum();
+        assert!((sum_sq_dev(&xs, m) - exact).abs() < 1e-5);
+        let exact: f64 = xs
+            .iter()
+            .zip(&ys)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum();
+        assert!((dot(&xs, &ys) - exact).abs() < 1e-5);
+        let exact: f64 = xs
+            .iter()
+            .zip(&ys)
+            .map(|(&x, &y)| f64::from(y) * (f64::from(x) - 0.25))
+            .sum();
+        assert!((dot_dev(&ys, &xs, m) - exact).abs() < 1e-5);
+    }
+}

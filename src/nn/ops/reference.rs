@@ -1,0 +1,83 @@
+//! burn's own generic operations for every [`NnBackend`](super::NnBackend) method: the trait's
+//! defaults (what the CUDA backend runs), the fallback of the CPU kernels for element types
+//! other than `f32`, and the reference the CPU kernels are tested and benchmarked against.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::module;
+use burn::tensor::ops::ConvOptions;
+
+use super::{BatchNormTrain, Conv2dGeometry};
+
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    g: Conv2dGeometry,
+) -> Tensor<B, 4> {
+    module::conv2d(
+        x,
+        weight,
+        bias,
+        ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], g.groups),
+    )
+}
+
+pub fn batch_norm_train<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> BatchNormTrain<B> {
+    let [n, c, h, w] = x.dims();
+    // [c, n·h·w] view: statistics per row.
+    let rows = x.swap_dims(0, 1).reshape([c, n * h * w]);
+    let mean = rows.clone().mean_dim(1);
+    let centred = rows - mean.clone();
+    let var = centred.clone().powi_scalar(2).mean_dim(1);
+    let inv_std = (var.clone() + eps).sqrt().recip();
+    let y = centred * inv_std * gamma.reshape([c, 1]) + beta.reshape([c, 1]);
+    BatchNormTrain {
+        output: y.reshape([c, n, h, w]).swap_dims(0, 1),
+        mean: mean.reshape([c]),
+        var: var.reshape([c]),
+    }
+}
+
+pub fn batch_norm_eval<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    mean: Tensor<B, 1>,
+    var: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 4> {
+    let c = x.dims()[1];
+    let scale = gamma / (var + eps).sqrt();
+    let shift = beta - mean * scale.clone();
+    x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+}
+
+pub fn max_pool2d<B: Backend>(
+    x: Tensor<B, 4>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Tensor<B, 4> {
+    module::max_pool2d(x, [kernel; 2], [stride; 2], [padding; 2], [1, 1], false)
+}
+
+/// Padded positions count towards the divisor (PyTorch's default, `count_include_pad`).
+pub fn avg_pool2d<B: Backend>(
+    x: Tensor<B, 4>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Tensor<B, 4> {
+    module::avg_pool2d(x, [kernel; 2], [stride; 2], [padding; 2], true, false)
+}
+
+pub fn global_avg_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}
