@@ -19,14 +19,6 @@ pub enum ConvLayer {
     Pool(String),
 }
 
-fn default_input() -> [usize; 3] {
-    [3, 32, 32]
-}
-
-fn default_classes() -> usize {
-    10
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConvnetSpec {
@@ -35,10 +27,10 @@ pub struct ConvnetSpec {
     /// Hidden fully-connected widths after flattening.
     #[serde(default)]
     pub fc: Vec<usize>,
-    #[serde(default = "default_classes")]
+    #[serde(default = "super::default_classes")]
     pub classes: usize,
     /// Input `[channels, height, width]`.
-    #[serde(default = "default_input")]
+    #[serde(default = "super::default_input")]
     pub input: [usize; 3],
     /// Batch norm after every convolution (then the convolutions have no bias).
     #[serde(default)]

@@ -12,14 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::program::{Op, Program, Shortcut};
 
-fn default_input() -> [usize; 3] {
-    [3, 32, 32]
-}
-
-fn default_classes() -> usize {
-    10
-}
-
 fn default_width() -> f64 {
     1.0
 }
@@ -29,9 +21,9 @@ fn default_width() -> f64 {
 pub struct MobileNetV2Spec {
     #[serde(default = "default_width")]
     pub width: f64,
-    #[serde(default = "default_classes")]
+    #[serde(default = "super::default_classes")]
     pub classes: usize,
-    #[serde(default = "default_input")]
+    #[serde(default = "super::default_input")]
     pub input: [usize; 3],
 }
 

@@ -20,6 +20,16 @@ pub use mobilenet_v2::MobileNetV2Spec;
 pub use resnet::{ResnetSpec, ShortcutOption};
 pub use vgg::VggSpec;
 
+/// The input every family defaults to: CIFAR's `[3, 32, 32]`.
+pub(crate) fn default_input() -> [usize; 3] {
+    [3, 32, 32]
+}
+
+/// The output width every family defaults to: 10 classes.
+pub(crate) fn default_classes() -> usize {
+    10
+}
+
 /// A model architecture, serialised with an `arch` tag, e.g.
 /// `{"arch": "mlp", "widths": [784, 300, 100, 10]}` or `{"arch": "resnet", "depth": 20}`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

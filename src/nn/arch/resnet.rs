@@ -33,14 +33,6 @@ pub struct BlockSpec {
     pub stride: usize,
 }
 
-fn default_input() -> [usize; 3] {
-    [3, 32, 32]
-}
-
-fn default_classes() -> usize {
-    10
-}
-
 fn default_width() -> usize {
     16
 }
@@ -56,9 +48,9 @@ pub struct ResnetSpec {
     pub width: usize,
     #[serde(default)]
     pub shortcut: ShortcutOption,
-    #[serde(default = "default_classes")]
+    #[serde(default = "super::default_classes")]
     pub classes: usize,
-    #[serde(default = "default_input")]
+    #[serde(default = "super::default_input")]
     pub input: [usize; 3],
     /// The blocks, explicitly (instead of `depth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

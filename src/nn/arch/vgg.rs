@@ -7,14 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::program::{Op, Program};
 
-fn default_input() -> [usize; 3] {
-    [3, 32, 32]
-}
-
-fn default_classes() -> usize {
-    10
-}
-
 fn default_width() -> f64 {
     1.0
 }
@@ -24,9 +16,9 @@ fn default_width() -> f64 {
 pub struct VggSpec {
     /// 11, 13, 16 or 19.
     pub depth: usize,
-    #[serde(default = "default_classes")]
+    #[serde(default = "super::default_classes")]
     pub classes: usize,
-    #[serde(default = "default_input")]
+    #[serde(default = "super::default_input")]
     pub input: [usize; 3],
     /// Multiplier of every conv width (rounded, at least 1), for reduced-scale runs.
     #[serde(default = "default_width", skip_serializing_if = "is_one")]

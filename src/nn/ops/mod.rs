@@ -139,149 +139,101 @@ pub trait NnBackend: Backend {
     }
 }
 
-/// The CPU backend's kernels (element types other than `f32` take the defaults).
-impl NnBackend for Flex {
-    fn nn_conv2d(
-        x: Tensor<Self, 4>,
-        weight: Tensor<Self, 4>,
-        bias: Option<Tensor<Self, 1>>,
-        g: Conv2dGeometry,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::conv2d(x, weight, bias, g);
-        }
-        conv::flex(x, weight, bias, g)
-    }
+/// Implements [`NnBackend`] for a CPU backend with the given kernels, each falling back to
+/// burn's generic ops while [`reference_ops`] is set (for before/after timings and tests).
+macro_rules! cpu_kernels {
+    ($backend:ty, $conv:path, $bn_train:path, $bn_eval:path, $pool:path, $global_avg:path) => {
+        impl NnBackend for $backend {
+            fn nn_conv2d(
+                x: Tensor<Self, 4>,
+                weight: Tensor<Self, 4>,
+                bias: Option<Tensor<Self, 1>>,
+                g: Conv2dGeometry,
+            ) -> Tensor<Self, 4> {
+                if reference_ops() {
+                    return reference::conv2d(x, weight, bias, g);
+                }
+                $conv(x, weight, bias, g)
+            }
 
-    fn nn_batch_norm_train(
-        x: Tensor<Self, 4>,
-        gamma: Tensor<Self, 1>,
-        beta: Tensor<Self, 1>,
-        eps: f64,
-    ) -> BatchNormTrain<Self> {
-        if reference_ops() {
-            return reference::batch_norm_train(x, gamma, beta, eps);
-        }
-        batch_norm::flex_train(x, gamma, beta, eps)
-    }
+            fn nn_batch_norm_train(
+                x: Tensor<Self, 4>,
+                gamma: Tensor<Self, 1>,
+                beta: Tensor<Self, 1>,
+                eps: f64,
+            ) -> BatchNormTrain<Self> {
+                if reference_ops() {
+                    return reference::batch_norm_train(x, gamma, beta, eps);
+                }
+                $bn_train(x, gamma, beta, eps)
+            }
 
-    fn nn_batch_norm_eval(
-        x: Tensor<Self, 4>,
-        gamma: Tensor<Self, 1>,
-        beta: Tensor<Self, 1>,
-        mean: Tensor<Self, 1>,
-        var: Tensor<Self, 1>,
-        eps: f64,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::batch_norm_eval(x, gamma, beta, mean, var, eps);
-        }
-        batch_norm::flex_eval(x, gamma, beta, mean, var, eps)
-    }
+            fn nn_batch_norm_eval(
+                x: Tensor<Self, 4>,
+                gamma: Tensor<Self, 1>,
+                beta: Tensor<Self, 1>,
+                mean: Tensor<Self, 1>,
+                var: Tensor<Self, 1>,
+                eps: f64,
+            ) -> Tensor<Self, 4> {
+                if reference_ops() {
+                    return reference::batch_norm_eval(x, gamma, beta, mean, var, eps);
+                }
+                $bn_eval(x, gamma, beta, mean, var, eps)
+            }
 
-    fn nn_max_pool2d(
-        x: Tensor<Self, 4>,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::max_pool2d(x, kernel, stride, padding);
-        }
-        pool::flex(x, pool::Kind::Max, kernel, stride, padding)
-    }
+            fn nn_max_pool2d(
+                x: Tensor<Self, 4>,
+                kernel: usize,
+                stride: usize,
+                padding: usize,
+            ) -> Tensor<Self, 4> {
+                if reference_ops() {
+                    return reference::max_pool2d(x, kernel, stride, padding);
+                }
+                $pool(x, pool::Kind::Max, kernel, stride, padding)
+            }
 
-    fn nn_avg_pool2d(
-        x: Tensor<Self, 4>,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::avg_pool2d(x, kernel, stride, padding);
-        }
-        pool::flex(x, pool::Kind::Avg, kernel, stride, padding)
-    }
+            fn nn_avg_pool2d(
+                x: Tensor<Self, 4>,
+                kernel: usize,
+                stride: usize,
+                padding: usize,
+            ) -> Tensor<Self, 4> {
+                if reference_ops() {
+                    return reference::avg_pool2d(x, kernel, stride, padding);
+                }
+                $pool(x, pool::Kind::Avg, kernel, stride, padding)
+            }
 
-    fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
-        if reference_ops() {
-            return reference::global_avg_pool(x);
+            fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
+                if reference_ops() {
+                    return reference::global_avg_pool(x);
+                }
+                $global_avg(x)
+            }
         }
-        pool::flex_global_avg(x)
-    }
+    };
 }
 
-/// The CPU kernels as single autodiff operations with hand-written backward passes.
-impl NnBackend for Autodiff<Flex> {
-    fn nn_conv2d(
-        x: Tensor<Self, 4>,
-        weight: Tensor<Self, 4>,
-        bias: Option<Tensor<Self, 1>>,
-        g: Conv2dGeometry,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::conv2d(x, weight, bias, g);
-        }
-        conv::autodiff(x, weight, bias, g)
-    }
-
-    fn nn_batch_norm_train(
-        x: Tensor<Self, 4>,
-        gamma: Tensor<Self, 1>,
-        beta: Tensor<Self, 1>,
-        eps: f64,
-    ) -> BatchNormTrain<Self> {
-        if reference_ops() {
-            return reference::batch_norm_train(x, gamma, beta, eps);
-        }
-        batch_norm::autodiff_train(x, gamma, beta, eps)
-    }
-
-    fn nn_batch_norm_eval(
-        x: Tensor<Self, 4>,
-        gamma: Tensor<Self, 1>,
-        beta: Tensor<Self, 1>,
-        mean: Tensor<Self, 1>,
-        var: Tensor<Self, 1>,
-        eps: f64,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::batch_norm_eval(x, gamma, beta, mean, var, eps);
-        }
-        batch_norm::autodiff_eval(x, gamma, beta, mean, var, eps)
-    }
-
-    fn nn_max_pool2d(
-        x: Tensor<Self, 4>,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::max_pool2d(x, kernel, stride, padding);
-        }
-        pool::autodiff(x, pool::Kind::Max, kernel, stride, padding)
-    }
-
-    fn nn_avg_pool2d(
-        x: Tensor<Self, 4>,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Tensor<Self, 4> {
-        if reference_ops() {
-            return reference::avg_pool2d(x, kernel, stride, padding);
-        }
-        pool::autodiff(x, pool::Kind::Avg, kernel, stride, padding)
-    }
-
-    fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
-        if reference_ops() {
-            return reference::global_avg_pool(x);
-        }
-        pool::autodiff_global_avg(x)
-    }
-}
+// The CPU backend's kernels (element types other than `f32` take the defaults).
+cpu_kernels!(
+    Flex,
+    conv::flex,
+    batch_norm::flex_train,
+    batch_norm::flex_eval,
+    pool::flex,
+    pool::flex_global_avg
+);
+// The same kernels as single autodiff operations with hand-written backward passes.
+cpu_kernels!(
+    Autodiff<Flex>,
+    conv::autodiff,
+    batch_norm::autodiff_train,
+    batch_norm::autodiff_eval,
+    pool::autodiff,
+    pool::autodiff_global_avg
+);
 
 #[cfg(feature = "cuda")]
 impl NnBackend for burn::backend::Cuda {}
