@@ -48,6 +48,14 @@ fn records(cache: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The id a `pipe run` names in its last line (`run ID: 0 ran, …`); run ids sort by the
+/// second they started, so `-2`/`last` could not tell two runs of one second apart.
+fn run_id(o: &Output) -> String {
+    let out = stdout(o);
+    let last = out.lines().rfind(|l| l.starts_with("run ")).unwrap();
+    last["run ".len()..].split(':').next().unwrap().to_string()
+}
+
 fn metric(rec: &Value, stage: &str, m: &str) -> f64 {
     rec["stages"]
         .as_array()
@@ -192,7 +200,8 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
     )));
 
     // `pipe diff` shows the claim whose outcome and right side changed, and nothing else.
-    let diff = pipe(&cache, &["diff", "-2", "last", "--json"]);
+    let (a, b) = (run_id(&strict), run_id(&lowered));
+    let diff = pipe(&cache, &["diff", &a, &b, "--json"]);
     let rows: Value = serde_json::from_slice(&diff.stdout).unwrap();
     let rows: Vec<(&str, &str, &Value, &Value)> = rows
         .as_array()
@@ -224,7 +233,7 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
             ),
         ]
     );
-    let text = stdout(&pipe(&cache, &["diff", "-2", "last"]));
+    let text = stdout(&pipe(&cache, &["diff", &a, &b]));
     assert!(
         text.lines()
             .any(|l| l.contains("claim accuracy_above_two") && l.contains("outcome")
@@ -232,7 +241,7 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
                 && l.contains("held")),
         "{text}"
     );
-    let md = stdout(&pipe(&cache, &["diff", "-2", "last", "--md"]));
+    let md = stdout(&pipe(&cache, &["diff", &a, &b, "--md"]));
     assert!(
         md.contains("| claim accuracy_above_two | right | 2 | 0 | -2 |"),
         "{md}"

@@ -235,7 +235,7 @@ struct Checker<'a> {
     errors: Vec<Diagnostic>,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
     fn err(&mut self, loc: &Loc, msg: String, hint: String) {
         self.errors
             .push(Diagnostic::at(loc, format!("claim `{}`: {msg}", self.claim)).hint(hint));
@@ -280,9 +280,9 @@ impl Checker<'_> {
         }
     }
 
-    fn matched(&mut self, pattern: &str, at: &Loc) -> Vec<&Instance> {
-        let m: Vec<&Instance> = self
-            .instances
+    fn matched(&mut self, pattern: &str, at: &Loc) -> Vec<&'a Instance> {
+        let instances: &'a [Instance] = self.instances;
+        let m: Vec<&'a Instance> = instances
             .iter()
             .filter(|i| glob_match(pattern, &i.name))
             .collect();
@@ -636,6 +636,10 @@ mod tests {
         assert_eq!(Agg::parse("median").map(Agg::as_str), Some("median"));
     }
 
+    fn refs(v: &[Instance]) -> Vec<&Instance> {
+        v.iter().collect()
+    }
+
     #[test]
     fn wins_pair_on_shared_sweep_values_and_levels() {
         let a = [
@@ -647,7 +651,6 @@ mod tests {
             inst("eval_std[lr=0.1,seed=2]", &[("lr", "0.1"), ("seed", "2")], None),
             inst("eval_std[lr=0.1,seed=1]", &[("lr", "0.1"), ("seed", "1")], None),
         ];
-        let refs = |v: &[Instance]| v.iter().collect::<Vec<_>>();
         assert_eq!(
             pair(&refs(&a), &refs(&b)).unwrap(),
             vec![
