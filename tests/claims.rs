@@ -134,11 +134,19 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["a"].as_str().unwrap().into(), p["b"].as_str().unwrap().into()))
+        .map(|p| {
+            (
+                p["a"].as_str().unwrap().into(),
+                p["b"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         pairs,
-        [0, 1].map(|s| (format!("eval_dense[seed={s}]"), format!("eval_init[seed={s}]")))
+        [0, 1].map(|s| (
+            format!("eval_dense[seed={s}]"),
+            format!("eval_init[seed={s}]")
+        ))
     );
 
     // The record: every claim, in the order written (included file first), with its outcome.
@@ -151,7 +159,10 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
     assert_eq!(
         names,
         [
-            ("untrained_is_far_from_perfect", included["outcome"].as_str().unwrap()),
+            (
+                "untrained_is_far_from_perfect",
+                included["outcome"].as_str().unwrap()
+            ),
             ("accuracy_is_a_fraction", "held"),
             ("accuracy_above_two", "failed"),
             ("training_never_hurts", "held"),
@@ -167,7 +178,10 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
 
     // `pipe claims` prints the last run's lines again.
     let again = stdout(&pipe(&cache, &["claims"]));
-    assert!(again.contains(&held_line) && again.contains(&failed_line), "{again}");
+    assert!(
+        again.contains(&held_line) && again.contains(&failed_line),
+        "{again}"
+    );
     assert_eq!(again.lines().count(), 4, "{again}");
 
     // 2. --strict-claims: all cache hits, the failed claim makes the exit code 1.
@@ -235,10 +249,10 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
     );
     let text = stdout(&pipe(&cache, &["diff", &a, &b]));
     assert!(
-        text.lines()
-            .any(|l| l.contains("claim accuracy_above_two") && l.contains("outcome")
-                && l.contains("failed")
-                && l.contains("held")),
+        text.lines().any(|l| l.contains("claim accuracy_above_two")
+            && l.contains("outcome")
+            && l.contains("failed")
+            && l.contains("held")),
         "{text}"
     );
     let md = stdout(&pipe(&cache, &["diff", &a, &b, "--md"]));

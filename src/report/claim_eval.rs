@@ -220,7 +220,9 @@ fn evaluate_side(side: &Side, stages: &[StageRecord]) -> SideResult {
             if pairs.is_empty() {
                 return unknown(
                     head,
-                    format!("`{a}` and `{b}` have no stages with the same level and shared sweep values to pair"),
+                    format!(
+                        "`{a}` and `{b}` have no stages with the same level and shared sweep values to pair"
+                    ),
                 );
             }
             let mut out = Vec::new();
@@ -386,12 +388,20 @@ mod tests {
     #[test]
     fn a_claim_holds_fails_or_is_unknown_with_its_reason() {
         let stages = vec![
-            rec("e1", StageStatus::Ran, json!({"acc": 0.5, "nested": {"x": 2}})),
+            rec(
+                "e1",
+                StageStatus::Ran,
+                json!({"acc": 0.5, "nested": {"x": 2}}),
+            ),
             rec("e2", StageStatus::Hit, json!({"acc": 0.7})),
             rec("e3", StageStatus::Failed, Value::Null),
         ];
         let held = evaluate(
-            &[claim(metric(&["e1", "e2"], Agg::Mean), Op::Gt, Side::Number(0.5))],
+            &[claim(
+                metric(&["e1", "e2"], Agg::Mean),
+                Op::Gt,
+                Side::Number(0.5),
+            )],
             &stages,
         );
         assert_eq!(held[0].outcome, Outcome::Held);
@@ -403,12 +413,20 @@ mod tests {
             "claim c: held  0.6 > 0.5  (left = mean of acc over 2 stages `e*`: e1 0.5, e2 0.7; 0.6 ± 0.1414 (n=2); right = 0.5)"
         );
         let failed = evaluate(
-            &[claim(metric(&["e1", "e2"], Agg::Max), Op::Gt, Side::Number(2.0))],
+            &[claim(
+                metric(&["e1", "e2"], Agg::Max),
+                Op::Gt,
+                Side::Number(2.0),
+            )],
             &stages,
         );
         assert_eq!(failed[0].outcome, Outcome::Failed);
         let unknown = evaluate(
-            &[claim(metric(&["e1", "e3"], Agg::Mean), Op::Gt, Side::Number(0.0))],
+            &[claim(
+                metric(&["e1", "e3"], Agg::Mean),
+                Op::Gt,
+                Side::Number(0.0),
+            )],
             &stages,
         );
         assert_eq!(unknown[0].outcome, Outcome::Unknown);

@@ -146,8 +146,7 @@ impl Agg {
                 if n < 2 {
                     0.0
                 } else {
-                    (values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64)
-                        .sqrt()
+                    (values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
                 }
             }
             Agg::Count => unreachable!("handled above"),
@@ -212,8 +211,11 @@ fn pattern_hint(p: &str, names: &[&str]) -> String {
         .or_else(|| {
             // The part before the first `*` usually names the stage; compare names with it.
             let stem = p.split('*').next().unwrap_or(p);
-            did_you_mean(stem, names.iter().map(|&n| n.split('[').next().unwrap_or(n)))
-                .map(|m| format!("did you mean `{m}*`? "))
+            did_you_mean(
+                stem,
+                names.iter().map(|&n| n.split('[').next().unwrap_or(n)),
+            )
+            .map(|m| format!("did you mean `{m}*`? "))
         })
         .unwrap_or_default();
     let mut list = names
@@ -323,10 +325,16 @@ impl<'a> Checker<'a> {
         };
         if let Some(w) = node.get("wins") {
             if map.len() > 1 {
-                let other = map.iter().find(|(k, _)| k.name != "wins").expect("two keys");
+                let other = map
+                    .iter()
+                    .find(|(k, _)| k.name != "wins")
+                    .expect("two keys");
                 self.err(
                     &other.0.loc,
-                    format!("a `wins` side takes nothing beside `wins`, found `{}`", other.0.name),
+                    format!(
+                        "a `wins` side takes nothing beside `wins`, found `{}`",
+                        other.0.name
+                    ),
                     "put `metric` and `lower_is_better` inside `wins: {...}`".into(),
                 );
             }
@@ -355,7 +363,10 @@ impl<'a> Checker<'a> {
             Some(v) => number(v).or_else(|| {
                 self.err(
                     &v.loc,
-                    format!("`{field}` must be a finite number, found `{}`", v.display_text()),
+                    format!(
+                        "`{field}` must be a finite number, found `{}`",
+                        v.display_text()
+                    ),
                     format!("e.g. `{field}: {default}`"),
                 );
                 None
@@ -632,7 +643,10 @@ mod tests {
             (Agg::Min.apply(&v), Agg::Max.apply(&v), Agg::Sum.apply(&v)),
             (Some(1.0), Some(4.0), Some(10.0))
         );
-        assert_eq!((Agg::Count.apply(&[]), Agg::Mean.apply(&[])), (Some(0.0), None));
+        assert_eq!(
+            (Agg::Count.apply(&[]), Agg::Mean.apply(&[])),
+            (Some(0.0), None)
+        );
         assert_eq!(Agg::parse("median").map(Agg::as_str), Some("median"));
     }
 
@@ -648,8 +662,16 @@ mod tests {
             inst("eval_repr[seed=3]", &[("seed", "3")], None),
         ];
         let b = [
-            inst("eval_std[lr=0.1,seed=2]", &[("lr", "0.1"), ("seed", "2")], None),
-            inst("eval_std[lr=0.1,seed=1]", &[("lr", "0.1"), ("seed", "1")], None),
+            inst(
+                "eval_std[lr=0.1,seed=2]",
+                &[("lr", "0.1"), ("seed", "2")],
+                None,
+            ),
+            inst(
+                "eval_std[lr=0.1,seed=1]",
+                &[("lr", "0.1"), ("seed", "1")],
+                None,
+            ),
         ];
         assert_eq!(
             pair(&refs(&a), &refs(&b)).unwrap(),
@@ -659,8 +681,14 @@ mod tests {
             ]
         );
         // Stages of a level group pair on their level too.
-        let la = [inst("imp.1.eval_a", &[], Some(1)), inst("imp.2.eval_a", &[], Some(2))];
-        let lb = [inst("imp.2.eval_b", &[], Some(2)), inst("imp.1.eval_b", &[], Some(1))];
+        let la = [
+            inst("imp.1.eval_a", &[], Some(1)),
+            inst("imp.2.eval_a", &[], Some(2)),
+        ];
+        let lb = [
+            inst("imp.2.eval_b", &[], Some(2)),
+            inst("imp.1.eval_b", &[], Some(1)),
+        ];
         assert_eq!(
             pair(&refs(&la), &refs(&lb)).unwrap(),
             vec![
