@@ -84,7 +84,11 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plots: Vec<PlotSpec>,
     /// The outcome of each claim the pipeline states (`claims:`), evaluated after the run.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::report::claim_eval::lenient"
+    )]
     pub claims: Vec<ClaimResult>,
 }
 

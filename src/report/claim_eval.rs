@@ -87,6 +87,20 @@ pub struct ClaimResult {
     pub right: SideResult,
 }
 
+/// Reads a record's `claims` leniently: entries in another shape (records written by other
+/// tools, which `pipe report` still shows from the raw JSON) are left out rather than making
+/// the whole record unreadable.
+pub fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ClaimResult>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(match v {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|i| serde_json::from_value(i).ok())
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
 /// A metric of a record: the key itself, or a path into nested objects (`single.median`).
 pub fn metric_of(metrics: &Value, name: &str) -> Option<f64> {
     if let Some(v) = metrics.get(name) {
