@@ -71,9 +71,9 @@ fn tiny_luck_pipeline_runs_and_is_deterministic() {
 #[test]
 fn bad_luck_pipelines_fail_at_plan_time() {
     let dir = tempfile::tempdir().unwrap();
-    let plan_err = |set: &[&str]| -> String {
+    let plan_files = |files: &[std::path::PathBuf], set: &[&str]| -> String {
         let reg = registry();
-        match pipe::spec::load(&tiny(), &overrides(set), &reg) {
+        match pipe::spec::load(files, &overrides(set), &reg) {
             Err(e) => e.to_string(),
             Ok(p) => {
                 let store = pipe::cache::Store::open(dir.path()).unwrap();
@@ -81,11 +81,19 @@ fn bad_luck_pipelines_fail_at_plan_time() {
             }
         }
     };
+    let plan_err = |set: &[&str]| plan_files(&tiny(), set);
     let e = plan_err(&["stages.data.train=600000000"]);
     assert!(e.contains("the limit is 2 GiB: use fewer samples"), "{e}");
     let e = plan_err(&["stages.init.model.widths=[5, 12, 8, 3]"]);
     assert!(e.contains("maps 5 inputs to 3 outputs, but `data` has 4 inputs"), "{e}");
-    let e = plan_err(&["stages.student.data.train_subset=10"]);
+    // A `data:` block beside the `data` input would be ignored: refused.
+    let text = std::fs::read_to_string(&tiny()[0]).unwrap().replace(
+        "    eval_every: 32\n",
+        "    eval_every: 32\n    data: {train_subset: 10}\n",
+    );
+    let both = dir.path().join("both.yaml");
+    std::fs::write(&both, text).unwrap();
+    let e = plan_files(&[both], &[]);
     assert!(e.contains("replaces the `data:` parameter"), "{e}");
     let e = plan_err(&["stages.teacher.widths=[1, 5, 3]"]);
     assert!(e.contains("only 4 distinct non-zero rows"), "{e}");
