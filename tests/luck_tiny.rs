@@ -24,9 +24,16 @@ fn tiny_luck_pipeline_runs_and_is_deterministic() {
     assert_ok(&a);
     let b = run(c2.path(), &tiny(), &[]);
     let metrics = |o: &pipe::exec::RunOutcome| {
-        o.records.iter().map(|r| r.metrics.clone()).collect::<Vec<_>>()
+        o.records
+            .iter()
+            .map(|r| r.metrics.clone())
+            .collect::<Vec<_>>()
     };
-    assert_eq!(metrics(&a), metrics(&b), "same seeds, same numbers, bit for bit");
+    assert_eq!(
+        metrics(&a),
+        metrics(&b),
+        "same seeds, same numbers, bit for bit"
+    );
 
     let data = get(&a, "data");
     assert_eq!(
@@ -35,7 +42,10 @@ fn tiny_luck_pipeline_runs_and_is_deterministic() {
     );
     // MSE training lowers the held-out MSE; regression has no accuracy.
     let (before, after) = (get(&a, "eval_init"), get(&a, "eval_student"));
-    let (l0, l1) = (before["loss"].as_f64().unwrap(), after["loss"].as_f64().unwrap());
+    let (l0, l1) = (
+        before["loss"].as_f64().unwrap(),
+        after["loss"].as_f64().unwrap(),
+    );
     assert!(l1 < l0 * 0.5, "held-out MSE {l0} -> {l1}");
     assert!(after.get("accuracy").is_none());
     let student = get(&a, "student");
@@ -48,7 +58,10 @@ fn tiny_luck_pipeline_runs_and_is_deterministic() {
     for layer in ["layer1", "layer2"] {
         let max = own[layer]["best_max"].as_f64().unwrap();
         assert!((max - 1.0).abs() < 1e-6, "{layer}: {max}");
-        assert_eq!(own[layer]["fanout_ratio"].is_null(), own[layer]["fanout_unmatched"].is_null());
+        assert_eq!(
+            own[layer]["fanout_ratio"].is_null(),
+            own[layer]["fanout_unmatched"].is_null()
+        );
     }
     let corr = get(&a, "corr");
     for layer in ["layer1", "layer2"] {
@@ -58,14 +71,22 @@ fn tiny_luck_pipeline_runs_and_is_deterministic() {
             m["best_mean"].as_f64().unwrap(),
             m["best_max"].as_f64().unwrap(),
         );
-        assert!(-1.0 <= lo && lo <= mean && mean <= hi && hi <= 1.0 + 1e-9, "{m}");
+        assert!(
+            -1.0 <= lo && lo <= mean && mean <= hi && hi <= 1.0 + 1e-9,
+            "{m}"
+        );
         assert!(m["init_rank_mean"].as_f64().unwrap() >= 0.0);
     }
     assert_eq!(corr["samples"], 64);
 
     // A second run is all hits.
     let again = run(c1.path(), &tiny(), &[]);
-    assert!(again.records.iter().all(|r| r.status == pipe::cache::StageStatus::Hit));
+    assert!(
+        again
+            .records
+            .iter()
+            .all(|r| r.status == pipe::cache::StageStatus::Hit)
+    );
 }
 
 #[test]
@@ -77,7 +98,10 @@ fn bad_luck_pipelines_fail_at_plan_time() {
             Err(e) => e.to_string(),
             Ok(p) => {
                 let store = pipe::cache::Store::open(dir.path()).unwrap();
-                pipe::exec::plan(p, &reg, &store).err().map(|e| e.to_string()).unwrap_or_default()
+                pipe::exec::plan(p, &reg, &store)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
             }
         }
     };
@@ -85,7 +109,10 @@ fn bad_luck_pipelines_fail_at_plan_time() {
     let e = plan_err(&["stages.data.train=600000000"]);
     assert!(e.contains("the limit is 2 GiB: use fewer samples"), "{e}");
     let e = plan_err(&["stages.init.model.widths=[5, 12, 8, 3]"]);
-    assert!(e.contains("maps 5 inputs to 3 outputs, but `data` has 4 inputs"), "{e}");
+    assert!(
+        e.contains("maps 5 inputs to 3 outputs, but `data` has 4 inputs"),
+        "{e}"
+    );
     // A `data:` block beside the `data` input would be ignored: refused.
     let text = std::fs::read_to_string(&tiny()[0]).unwrap().replace(
         "    eval_every: 32\n",
@@ -98,5 +125,8 @@ fn bad_luck_pipelines_fail_at_plan_time() {
     let e = plan_err(&["stages.teacher.widths=[1, 5, 3]"]);
     assert!(e.contains("only 4 distinct non-zero rows"), "{e}");
     let e = plan_err(&["stages.corr.samples=65"]);
-    assert!(e.contains("`samples: 65` but `data` has 64 held-out samples"), "{e}");
+    assert!(
+        e.contains("`samples: 65` but `data` has 64 held-out samples"),
+        "{e}"
+    );
 }

@@ -189,7 +189,10 @@ pub fn match_layer(
         student_nodes: student.nodes,
         best_min: nodes.iter().map(|m| m.corr).fold(f64::INFINITY, f64::min),
         best_mean: nodes.iter().map(|m| m.corr).sum::<f64>() / t,
-        best_max: nodes.iter().map(|m| m.corr).fold(f64::NEG_INFINITY, f64::max),
+        best_max: nodes
+            .iter()
+            .map(|m| m.corr)
+            .fold(f64::NEG_INFINITY, f64::max),
         init_rank_mean: mean_of(&|m| m.init_rank.map(|r| r as f64)),
         init_rank_lt10: mean_of(&|m| m.init_rank.map(|r| f64::from(u8::from(r < 10)))),
         init_best_mean: mean_of(&|m| m.init_best),
@@ -222,8 +225,14 @@ mod tests {
             [t[1], 2.0 * t[0] + 1.0, t[0], t[2], 7.0]
         };
         let student: Vec<f32> = (0..4).flat_map(cols).collect();
-        let t = Acts { data: &TEACHER, nodes: 3 };
-        let s = Acts { data: &student, nodes: 5 };
+        let t = Acts {
+            data: &TEACHER,
+            nodes: 3,
+        };
+        let s = Acts {
+            data: &student,
+            nodes: 5,
+        };
         let c = correlations(t, s);
         // Teacher node 0 is student 1 (an affine copy) and student 2: both correlate 1; the
         // first wins.

@@ -172,32 +172,56 @@ mod tests {
 
     #[test]
     fn mse_is_the_mean_over_every_element() {
-        let o = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), &FlexDevice);
+        let o = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
+            &FlexDevice,
+        );
         let t = Objective::Mse
-            .targets::<Flex>(&BatchTargets::Values(vec![0.0, 2.0, 1.0, 0.0]), 2, &FlexDevice)
+            .targets::<Flex>(
+                &BatchTargets::Values(vec![0.0, 2.0, 1.0, 0.0]),
+                2,
+                &FlexDevice,
+            )
             .unwrap();
         let l = Objective::Mse.loss(o, t).into_scalar().elem::<f64>();
         // (1 + 0 + 4 + 16) / 4
         assert_eq!(l, 5.25);
         let mut sums = EvalSums::default();
-        Objective::Mse.accumulate(&[1.0, 2.0], &BatchTargets::Values(vec![0.0, 2.0]), &mut sums);
-        Objective::Mse.accumulate(&[3.0, 4.0], &BatchTargets::Values(vec![1.0, 0.0]), &mut sums);
+        Objective::Mse.accumulate(
+            &[1.0, 2.0],
+            &BatchTargets::Values(vec![0.0, 2.0]),
+            &mut sums,
+        );
+        Objective::Mse.accumulate(
+            &[3.0, 4.0],
+            &BatchTargets::Values(vec![1.0, 0.0]),
+            &mut sums,
+        );
         let (loss, acc) = sums.finish(Objective::Mse, 2);
         assert_eq!(loss, 5.25);
         assert!(acc.is_nan());
         // The wrong kind of targets builds nothing.
-        assert!(Objective::Mse
-            .targets::<Flex>(&BatchTargets::Classes(vec![1]), 2, &FlexDevice)
-            .is_none());
+        assert!(
+            Objective::Mse
+                .targets::<Flex>(&BatchTargets::Classes(vec![1]), 2, &FlexDevice)
+                .is_none()
+        );
     }
 
     #[test]
     fn targets_must_fit_the_outputs() {
         use crate::data::Inputs;
-        let s = Split::new(Inputs::f32(vec![0.0; 4], [2, 1, 1]), Targets::values(vec![0.0; 6], 3)).unwrap();
+        let s = Split::new(
+            Inputs::f32(vec![0.0; 4], [2, 1, 1]),
+            Targets::values(vec![0.0; 6], 3),
+        )
+        .unwrap();
         assert_eq!(Objective::of(&s), Objective::Mse);
         assert!(Objective::check(&s, 3, "training").is_ok());
         let e = Objective::check(&s, 4, "training").unwrap_err().to_string();
-        assert!(e.contains("3 regression targets per sample but the model has 4 outputs"), "{e}");
+        assert!(
+            e.contains("3 regression targets per sample but the model has 4 outputs"),
+            "{e}"
+        );
     }
 }

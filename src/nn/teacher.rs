@@ -75,10 +75,12 @@ pub fn teacher_draws(widths: &[usize], seed: u64) -> Result<Vec<TeacherDraw>, Nn
             let mut seen: HashSet<Vec<u8>> = HashSet::new();
             seen.insert(vec![2; d_in]); // grid index 2 is 0: the all-zero row is excluded
             let rows = (0..d_out)
-                .map(|_| loop {
-                    let row: Vec<u8> = (0..d_in).map(|_| rng.random_range(0..5u8)).collect();
-                    if seen.insert(row.clone()) {
-                        break row;
+                .map(|_| {
+                    loop {
+                        let row: Vec<u8> = (0..d_in).map(|_| rng.random_range(0..5u8)).collect();
+                        if seen.insert(row.clone()) {
+                            break row;
+                        }
                     }
                 })
                 .collect();
@@ -100,7 +102,10 @@ pub fn teacher_weights(widths: &[usize], seed: u64) -> Result<Weights, NnError> 
         let mut w = vec![0f32; d_in * d_out];
         let mut b = vec![0f32; d_out];
         for (j, row) in draw.rows.iter().enumerate() {
-            let vals: Vec<f64> = row.iter().map(|&g| TEACHER_GRID[g as usize] as f64).collect();
+            let vals: Vec<f64> = row
+                .iter()
+                .map(|&g| TEACHER_GRID[g as usize] as f64)
+                .collect();
             let norm = vals.iter().map(|v| v * v).sum::<f64>().sqrt() + TEACHER_NORM_EPS;
             for (i, v) in vals.iter().enumerate() {
                 w[i * d_out + j] = (v / norm) as f32;
@@ -206,12 +211,19 @@ mod tests {
             // Before normalisation: grid rows, distinct, none all zero; biases in [−.5, .5).
             let distinct: HashSet<&Vec<u8>> = draw.rows.iter().collect();
             assert_eq!((draw.rows.len(), distinct.len()), (d_out, d_out));
-            assert!(draw.rows.iter().all(|r| r.len() == d_in && r.iter().all(|&g| g < 5)));
+            assert!(
+                draw.rows
+                    .iter()
+                    .all(|r| r.len() == d_in && r.iter().all(|&g| g < 5))
+            );
             assert!(draw.rows.iter().all(|r| r.iter().any(|&g| g != 2)));
             assert!(draw.bias.iter().all(|b| (-0.5..0.5).contains(b)));
             let (wk, bk) = (&w.params[2 * k].data, &w.params[2 * k + 1].data);
             for (j, row) in draw.rows.iter().enumerate() {
-                let vals: Vec<f64> = row.iter().map(|&g| TEACHER_GRID[g as usize] as f64).collect();
+                let vals: Vec<f64> = row
+                    .iter()
+                    .map(|&g| TEACHER_GRID[g as usize] as f64)
+                    .collect();
                 let n = vals.iter().map(|v| v * v).sum::<f64>().sqrt() + TEACHER_NORM_EPS;
                 for (i, v) in vals.iter().enumerate() {
                     assert_eq!(wk[i * d_out + j], (v / n) as f32);
@@ -270,8 +282,7 @@ mod tests {
             ],
             buffers: vec![],
         };
-        let out =
-            mlp_layer_outputs(&spec, &w, &Mask::dense(&spec), &[1.0, 2.0, 3.0, 0.0]).unwrap();
+        let out = mlp_layer_outputs(&spec, &w, &Mask::dense(&spec), &[1.0, 2.0, 3.0, 0.0]).unwrap();
         // Sample (1, 2): h = relu(1 − 2 + .5, 4 − 1) = (0, 3); y = 9 − 2 = 7.
         // Sample (3, 0): h = relu(3.5, −1) = (3.5, 0); y = 3.5 − 2 = 1.5.
         assert_eq!(out, vec![vec![0.0, 3.0, 3.5, 0.0], vec![7.0, 1.5]]);

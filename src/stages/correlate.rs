@@ -62,11 +62,18 @@ impl Stage for Correlate {
         if let Some(n) = p.samples
             && n < 2
         {
-            return Err(format!("`samples: {n}`: a correlation needs at least 2 samples"));
+            return Err(format!(
+                "`samples: {n}`: a correlation needs at least 2 samples"
+            ));
         }
         let mut depth: Option<((usize, usize), String)> = None;
         for role in ["teacher", "student", "init"] {
-            let Some((from, ModelFacts { spec: Some(spec), .. })) = ModelFacts::input(inputs, role)
+            let Some((
+                from,
+                ModelFacts {
+                    spec: Some(spec), ..
+                },
+            )) = ModelFacts::input(inputs, role)
             else {
                 continue;
             };
@@ -150,9 +157,18 @@ impl Stage for Correlate {
         let student_w = student.weights.masked(&student.mask);
         let mut layers: Vec<LayerMatch> = Vec::new();
         for l in 0..th.len() {
-            let t = Acts { data: &t_out[l], nodes: th[l] };
-            let s = Acts { data: &s_out[l], nodes: sh[l] };
-            let i = i_out.as_ref().map(|o| Acts { data: &o[l], nodes: sh[l] });
+            let t = Acts {
+                data: &t_out[l],
+                nodes: th[l],
+            };
+            let s = Acts {
+                data: &s_out[l],
+                nodes: sh[l],
+            };
+            let i = i_out.as_ref().map(|o| Acts {
+                data: &o[l],
+                nodes: sh[l],
+            });
             let fanout = fanout_norms(&student_w.params[2 * (l + 1)].data, sh[l]);
             layers.push(match_layer(l + 1, t, s, i, fanout));
         }

@@ -141,7 +141,10 @@ impl Stage for TeacherData {
         }
         let (d_in, d_out) = (meta.d_in, meta.d_out);
         let mut summary = (0f64, 0f64, 0usize);
-        for (stream, (split, n)) in [("train", p.train), ("eval", p.eval)].into_iter().enumerate() {
+        for (stream, (split, n)) in [("train", p.train), ("eval", p.eval)]
+            .into_iter()
+            .enumerate()
+        {
             let x = gaussian_inputs(n, d_in, p.std, p.seed, stream as u64);
             let mut y = Vec::with_capacity(n * d_out);
             for rows in chunks(n) {
@@ -207,7 +210,13 @@ pub fn read_generated(entry: &InputEntry, with_train: bool) -> Result<GeneratedD
     }
     let read = |split: &str, n: usize| -> Result<Split, StageError> {
         let (fx, fy) = split_files(split);
-        Ok(read_split(&entry.file(&fx)?, &entry.file(&fy)?, n, meta.d_in, meta.d_out)?)
+        Ok(read_split(
+            &entry.file(&fx)?,
+            &entry.file(&fy)?,
+            n,
+            meta.d_in,
+            meta.d_out,
+        )?)
     };
     let train = if with_train {
         Some(read("train", meta.train)?)
@@ -220,7 +229,10 @@ pub fn read_generated(entry: &InputEntry, with_train: bool) -> Result<GeneratedD
 }
 
 /// The facts of the generated dataset bound to `role`, when known at plan time.
-pub fn generated_facts(inputs: &[(String, Vec<UpstreamInfo>)], role: &str) -> Option<(String, GeneratedMeta)> {
+pub fn generated_facts(
+    inputs: &[(String, Vec<UpstreamInfo>)],
+    role: &str,
+) -> Option<(String, GeneratedMeta)> {
     let u = inputs.iter().find(|(r, _)| r == role)?.1.first()?;
     let meta = serde_json::from_value(u.facts.clone()).ok()?;
     Some((u.name.clone(), meta))
@@ -241,9 +253,11 @@ pub fn check_generated_fits(
     inputs: &[(String, Vec<UpstreamInfo>)],
 ) -> Result<(), String> {
     if *data != DataParams::default() {
-        return Err("the `data` input (a generated dataset) replaces the `data:` parameter; \
+        return Err(
+            "the `data` input (a generated dataset) replaces the `data:` parameter; \
                     remove `data:` from this stage (and from its defaults)"
-            .into());
+                .into(),
+        );
     }
     let (Some(spec), Some((name, meta))) = (spec, generated_facts(inputs, "data")) else {
         return Ok(());
