@@ -5,7 +5,7 @@
 //! before a byte is read); the JSON says what the bytes are.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -85,8 +85,8 @@ pub fn read_f32(path: &Path, count: usize) -> Result<Vec<f32>, DataError> {
 /// Reads one split of `n` samples: inputs of shape `[d_in, 1, 1]`, `d_out` regression values
 /// each.
 pub fn read_split(
-    x: &PathBuf,
-    y: &PathBuf,
+    x: &Path,
+    y: &Path,
     n: usize,
     d_in: usize,
     d_out: usize,
