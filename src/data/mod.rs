@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod cifar10;
 pub mod fashion_mnist;
+pub mod generated;
 pub mod idx;
 pub mod loader;
 pub mod mnist;

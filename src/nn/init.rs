@@ -9,7 +9,7 @@ use super::program::ParamRole;
 use super::weights::{Named, Param};
 use super::{ModelSpec, Weights};
 
-/// Initialisation schemes for the weights (biases are always zero).
+/// Initialisation schemes for the weights (biases are zero, except under `torch_default`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum InitScheme {
@@ -21,10 +21,16 @@ pub enum InitScheme {
     XavierNormal,
     /// U(-b, b) with b = sqrt(6 / (fan_in + fan_out)).
     XavierUniform,
+    /// PyTorch's default for `nn.Linear` and `nn.Conv2d` (`reset_parameters`): weights AND
+    /// biases from U(-b, b) with b = 1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5)). The
+    /// student of Tian et al. 2019 starts this way.
+    TorchDefault,
 }
 
 pub(crate) const DOMAIN_INIT: u64 = 0x494e_4954_5745_4947; // "INITWEIG"
 pub(crate) const DOMAIN_PRUNE: u64 = 0x5052_554e_4552_4e44; // "PRUNERND"
+/// Biases drawn by [`InitScheme::TorchDefault`], one stream per layer.
+pub(crate) const DOMAIN_INIT_BIAS: u64 = 0x494e_4954_4249_4153; // "INITBIAS"
 
 /// A ChaCha8 generator keyed by `(seed, domain)` on stream `stream`: one
 /// independent stream per layer (or per purpose) from a single user seed.
@@ -42,13 +48,16 @@ pub(crate) fn stream_rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
 /// order (`[out, in, kh, kw]` for a conv, `[in, out]` for a linear layer), so the result
 /// depends only on the arguments. Fans are PyTorch's: a conv's fan-in is `in/groups · k²`.
 ///
-/// Biases are zero. PyTorch's `nn.Linear` default draws them from
+/// Biases are zero (except under [`InitScheme::TorchDefault`], which draws the bias of weight
+/// `k` from U(±1/sqrt(fan_in)) on its own stream of `(seed, k)`). PyTorch's `nn.Linear` default draws them from
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the lottery-ticket reference code
 /// (and most pruning work) starts them at zero, which also makes a random
 /// re-initialisation differ from the original only in the weights. Batch norm starts at
 /// scale 1, shift 0, running mean 0 and variance 1, as in PyTorch.
 pub fn init_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64) -> Weights {
     let mut k = 0u64;
+    // The fan-in of the last weight: a bias follows its weight in program order.
+    let mut last_fan_in = 0usize;
     let params = spec
         .params()
         .into_iter()
@@ -58,13 +67,19 @@ pub fn init_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64) -> Weights 
                 ParamRole::ConvWeight | ParamRole::LinearWeight => {
                     let mut rng = stream_rng(seed, DOMAIN_INIT, k);
                     k += 1;
+                    last_fan_in = p.fan_in;
                     let (fi, fo) = (p.fan_in as f64, p.fan_out as f64);
                     match scheme {
                         InitScheme::KaimingNormal => normal(&mut rng, (2.0 / fi).sqrt(), n),
                         InitScheme::XavierNormal => normal(&mut rng, (2.0 / (fi + fo)).sqrt(), n),
                         InitScheme::KaimingUniform => uniform(&mut rng, (6.0 / fi).sqrt(), n),
                         InitScheme::XavierUniform => uniform(&mut rng, (6.0 / (fi + fo)).sqrt(), n),
+                        InitScheme::TorchDefault => uniform(&mut rng, (1.0 / fi).sqrt(), n),
                     }
+                }
+                ParamRole::Bias if scheme == InitScheme::TorchDefault && last_fan_in > 0 => {
+                    let mut rng = stream_rng(seed, DOMAIN_INIT_BIAS, k - 1);
+                    uniform(&mut rng, (1.0 / last_fan_in as f64).sqrt(), n)
                 }
                 ParamRole::BnWeight => vec![1.0; n],
                 ParamRole::Bias | ParamRole::BnBias => vec![0.0; n],
@@ -170,6 +185,29 @@ mod tests {
         check(
             InitScheme::XavierUniform,
             (6.0 / fan_sum).sqrt() / 3f64.sqrt(),
+        );
+    }
+
+    #[test]
+    fn torch_default_draws_weights_and_biases_within_one_over_sqrt_fan_in() {
+        let s = ModelSpec::mlp(vec![400, 100, 10]);
+        let w = init_weights(&s, InitScheme::TorchDefault, 7);
+        assert_eq!(w, init_weights(&s, InitScheme::TorchDefault, 7));
+        for (p, fan_in) in w.params.iter().zip([400f64, 400.0, 100.0, 100.0]) {
+            let b = (1.0 / fan_in).sqrt();
+            assert!(p.data.iter().all(|&x| (x as f64).abs() <= b), "{}", p.name);
+            // U(-b, b) has std b / sqrt(3); 100 biases are a rough sample.
+            let tol = if p.data.len() >= 1000 { 0.03 } else { 0.25 };
+            let got = std_of(&p.data) / (b / 3f64.sqrt());
+            assert!((got - 1.0).abs() < tol, "{}: {got}", p.name);
+        }
+        // Other schemes keep the biases at zero.
+        let ku = init_weights(&s, InitScheme::KaimingUniform, 7);
+        assert!(ku.params[1].data.iter().all(|&x| x == 0.0));
+        assert!(w.params[1].data.iter().all(|&x| x != 0.0));
+        assert_eq!(
+            serde_json::to_string(&InitScheme::TorchDefault).unwrap(),
+            "\"torch_default\""
         );
     }
 

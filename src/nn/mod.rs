@@ -7,17 +7,20 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod correlate;
 pub mod device;
 pub mod filter_prune;
 pub mod flops;
 pub mod host;
 pub mod init;
 pub mod net;
+pub mod objective;
 pub mod ops;
 pub mod program;
 pub mod prune;
 pub mod schedule;
 pub mod step_timing;
+pub mod teacher;
 pub mod train;
 pub mod weights;
 

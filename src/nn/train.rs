@@ -15,13 +15,13 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::device::{BackendTask, DeviceSpec, dispatch};
 use super::net::{BN_MOMENTUM, BnMode, Net, Plan, buffers_to_device, from_net, to_net};
+use super::objective::{EvalSums, Objective, one_hot};
 use super::ops::NnBackend;
 use super::schedule::{LrSchedule, lr_at};
 use super::{Mask, ModelSpec, NnError, Weights};
@@ -133,6 +133,7 @@ pub struct TrainSession<B: AutodiffBackend> {
     device: B::Device,
     spec: ModelSpec,
     classes: usize,
+    objective: Objective,
 }
 
 impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
@@ -178,7 +179,14 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
             device,
             spec: spec.clone(),
             classes: spec.output_dim(),
+            objective: Objective::CrossEntropy,
         })
+    }
+
+    /// The same session minimising `objective` (cross-entropy unless set).
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
     }
 
     /// The current model.
@@ -195,13 +203,40 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
     /// at learning rate `lr`. Returns the batch's mean cross-entropy (before
     /// the step) as a device scalar; reading it is up to the caller.
     pub fn step(&mut self, images: Vec<f32>, labels: &[u8], lr: f64) -> Tensor<B::InnerBackend, 1> {
+        let y = Tensor::<B, 2>::from_data(one_hot(labels, self.classes), &self.device);
+        self.step_on(images, labels.len(), y, Objective::CrossEntropy, lr)
+    }
+
+    /// One optimiser step of the session's objective on a batch of `targets` (class labels
+    /// or regression values, as the objective expects; the splits are checked for that before
+    /// training). Returns the batch's mean loss as [`TrainSession::step`] does.
+    pub fn step_targets(
+        &mut self,
+        images: Vec<f32>,
+        targets: &BatchTargets,
+        lr: f64,
+    ) -> Tensor<B::InnerBackend, 1> {
+        let objective = self.objective;
+        let y = objective
+            .targets::<B>(targets, self.classes, &self.device)
+            .expect("the splits' targets were checked against the objective");
+        let n = y.dims()[0];
+        self.step_on(images, n, y, objective, lr)
+    }
+
+    fn step_on(
+        &mut self,
+        images: Vec<f32>,
+        n: usize,
+        y: Tensor<B, 2>,
+        objective: Objective,
+        lr: f64,
+    ) -> Tensor<B::InnerBackend, 1> {
         let model = self.model.take().expect("model present between steps");
-        let n = labels.len();
         let [c, h, w] = self.plan.input();
         let x = Tensor::<B, 4>::from_data(TensorData::new(images, [n, c, h, w]), &self.device);
-        let y = Tensor::<B, 2>::from_data(one_hot(labels, self.classes), &self.device);
         let (logits, stats) = model.forward(&self.plan, x, &BnMode::Batch);
-        let loss = cross_entropy(logits, y);
+        let loss = objective.loss(logits, y);
         // Running statistics as PyTorch keeps them: the unbiased batch variance, momentum 0.1.
         for (k, st) in stats.into_iter().enumerate() {
             let unbias = st.count as f64 / (st.count.max(2) - 1) as f64;
@@ -221,29 +256,13 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
     }
 }
 
-fn one_hot(labels: &[u8], classes: usize) -> TensorData {
-    let mut v = vec![0f32; labels.len() * classes];
-    for (i, &l) in labels.iter().enumerate() {
-        v[i * classes + l as usize] = 1.0;
-    }
-    TensorData::new(v, [labels.len(), classes])
-}
-
-/// Mean cross-entropy of `logits` against one-hot `targets`.
-fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 1> {
-    let n = logits.dims()[0] as f64;
-    (log_softmax(logits, 1) * targets)
-        .sum()
-        .mul_scalar(-1.0 / n)
-}
-
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.into_scalar().elem::<f64>()
 }
 
-/// Mean cross-entropy and accuracy of `model` on `split`, in batches of
-/// [`EVAL_BATCH`]. Logits come back to the host and the loss is computed
-/// there in f64 (numerically stable log-sum-exp).
+/// Mean loss and accuracy of `model` on `split`, in batches of [`EVAL_BATCH`]. Outputs come
+/// back to the host and the loss is computed there in f64 (a numerically stable log-sum-exp
+/// for cross-entropy). Under MSE the accuracy is `NaN`.
 fn eval_split<B: NnBackend>(
     model: &Net<B>,
     plan: &Plan,
@@ -252,7 +271,8 @@ fn eval_split<B: NnBackend>(
     device: &B::Device,
 ) -> (f64, f64) {
     let [c, h, w] = plan.input();
-    let (mut loss, mut correct) = (0f64, 0usize);
+    let objective = Objective::of(split);
+    let mut sums = EvalSums::default();
     let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
     for start in (0..split.n).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(split.n);
@@ -267,26 +287,9 @@ fn eval_split<B: NnBackend>(
             .into_data()
             .to_vec::<f32>()
             .expect("f32 logits");
-        let classes = logits.len() / (end - start);
-        let labels = targets.labels().unwrap_or_default();
-        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&v| (v as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            loss += lse - row[label as usize] as f64;
-            // First maximum wins ties.
-            let pred = row
-                .iter()
-                .enumerate()
-                .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
-            correct += usize::from(pred == label as usize);
-        }
+        objective.accumulate(&logits, &targets, &mut sums);
     }
-    (loss / split.n as f64, correct as f64 / split.n as f64)
+    sums.finish(objective, split.n)
 }
 
 fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnError> {
@@ -315,18 +318,7 @@ fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnErro
             spec.input_dim()
         )));
     }
-    let Some(labels) = split.labels() else {
-        return Err(NnError::Shape(format!(
-            "{what} split has regression targets; this model is trained on class labels"
-        )));
-    };
-    if let Some(&l) = labels.iter().find(|&&l| l as usize >= spec.output_dim()) {
-        return Err(NnError::Shape(format!(
-            "{what} split has label {l} but the model has {} outputs",
-            spec.output_dim()
-        )));
-    }
-    Ok(())
+    Objective::check(split, spec.output_dim(), what)
 }
 
 fn check_config(cfg: &TrainConfig) -> Result<(), NnError> {
@@ -383,6 +375,15 @@ pub fn train(
     check_split(spec, data.train, "training")?;
     check_split(spec, data.val, "validation")?;
     check_split(spec, data.test, "test")?;
+    let objective = Objective::of(data.train);
+    for (split, what) in [(data.val, "validation"), (data.test, "test")] {
+        if split.n > 0 && Objective::of(split) != objective {
+            return Err(NnError::Invalid(format!(
+                "the {what} split's targets are not of the training split's kind (class \
+                 labels or regression values)"
+            )));
+        }
+    }
     if data.test.n == 0 {
         return Err(NnError::Invalid("the test split is empty".into()));
     }
@@ -425,7 +426,9 @@ impl BackendTask for TrainTask<'_, '_> {
             cfg,
             on_progress,
         } = self;
-        let mut session = TrainSession::<B>::new(spec, init, mask, cfg, device.clone())?;
+        let objective = Objective::of(data.train);
+        let mut session = TrainSession::<B>::new(spec, init, mask, cfg, device.clone())?
+            .with_objective(objective);
         let mut order = BatchOrder::new(data.train.n, cfg.batch, cfg.data_seed, cfg.start_step)?;
         let mut save_at = cfg.save_at.clone();
         save_at.sort_unstable();
@@ -473,17 +476,19 @@ impl BackendTask for TrainTask<'_, '_> {
                 &mut images,
                 &mut targets,
             );
-            let labels = targets.labels().unwrap_or_default();
             let inner = session.model().valid();
             let [c, h, w] = session.plan.input();
+            let y = objective
+                .targets(&targets, spec.output_dim(), &device)
+                .expect("the splits' targets were checked against the objective");
+            let n = y.dims()[0];
             let x = Tensor::from_data(
-                TensorData::new(std::mem::take(&mut images), [labels.len(), c, h, w]),
+                TensorData::new(std::mem::take(&mut images), [n, c, h, w]),
                 &device,
             );
-            let y = Tensor::from_data(one_hot(labels, spec.output_dim()), &device);
             // Batch statistics, as the training step sees them (not recorded).
             let (logits, _) = inner.forward(&session.plan, x, &BnMode::Batch);
-            scalar(cross_entropy(logits, y))
+            scalar(objective.loss(logits, y))
         };
         let mut curve = vec![point(&session, cfg.start_step, first_loss)];
 
@@ -505,8 +510,7 @@ impl BackendTask for TrainTask<'_, '_> {
                 &mut targets,
             );
             let lr = lr_at(cfg.lr, &cfg.schedule, cfg.warmup, it, total);
-            let labels = targets.labels().unwrap_or_default();
-            let loss = session.step(std::mem::take(&mut images), labels, lr);
+            let loss = session.step_targets(std::mem::take(&mut images), &targets, lr);
             let done = it + 1;
             since_point += 1;
             if done % LOSS_READ_EVERY == 0 {
@@ -562,8 +566,9 @@ impl BackendTask for TrainTask<'_, '_> {
     }
 }
 
-/// Mean cross-entropy and accuracy (in [0, 1]) of `weights` under `mask` on
-/// `split`, on the non-autodiff backend of `device`.
+/// Mean loss and accuracy (in [0, 1]) of `weights` under `mask` on `split`, on the
+/// non-autodiff backend of `device`. The loss is the split's objective (cross-entropy for
+/// class labels; MSE for regression targets, whose accuracy is `NaN`).
 pub fn evaluate(
     spec: &ModelSpec,
     weights: &Weights,
@@ -609,6 +614,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::data::{Inputs, Targets};
+    use crate::nn::objective::cross_entropy;
     use crate::nn::program::ParamRole;
     use crate::nn::weights::Param as HostParam;
     use crate::nn::{InitScheme, init_weights};

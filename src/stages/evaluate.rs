@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::DataParams;
 use super::model_facts::{ModelFacts, check_fits};
+use super::teacher_data::{check_generated_fits, data_input, read_generated};
 use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
+use crate::data::generated::DATASET;
 use crate::nn::evaluate;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +39,13 @@ impl Stage for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
     const VERSION: u32 = 1;
-    const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
-    const ABOUT: &'static str = "accuracy, loss and per-layer density on a split {split, data}";
+    /// `data` (optional): a generated dataset (`teacher_data`) instead of the `data:`
+    /// parameter; `split: train` reads its training split, `val` and `test` its held-out one.
+    const ROLES: &'static [Role] = &[
+        Role::one("model").taking(MODEL),
+        Role::optional("data").taking(DATASET),
+    ];
+    const ABOUT: &'static str = "accuracy, loss and per-layer density on a split {split, data}; inputs: model, data (optional: a generated dataset; loss = MSE, no accuracy)";
 
     fn external_inputs(&self, p: &EvaluateParams) -> Vec<std::path::PathBuf> {
         p.data.files()
@@ -54,6 +61,14 @@ impl Stage for Evaluate {
         inputs: &[(String, Vec<UpstreamInfo>)],
     ) -> Result<(), String> {
         p.data.check()?;
+        if data_input(inputs) {
+            return match ModelFacts::input(inputs, "model") {
+                Some((from, facts)) => {
+                    check_generated_fits(&p.data, facts.spec.as_ref(), &from.name, inputs)
+                }
+                None => Ok(()),
+            };
+        }
         match ModelFacts::input(inputs, "model") {
             Some((
                 from,
@@ -68,14 +83,26 @@ impl Stage for Evaluate {
     fn run(&self, p: &EvaluateParams, ctx: &mut StageContext) -> Result<(), StageError> {
         let input = ctx.input("model")?.clone();
         let m = input.load_model()?;
-        let splits = ctx.data().load(&p.data)?;
-        let split = match p.split {
-            SplitName::Train => &splits.train,
-            SplitName::Val => &splits.val,
-            SplitName::Test => &splits.test,
+        let (loss, acc) = match ctx.inputs("data") {
+            [] => {
+                let splits = ctx.data().load(&p.data)?;
+                let split = match p.split {
+                    SplitName::Train => &splits.train,
+                    SplitName::Val => &splits.val,
+                    SplitName::Test => &splits.test,
+                };
+                evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
+            }
+            _ => {
+                let g = read_generated(ctx.input("data")?, p.split == SplitName::Train)?;
+                let split = g.train.as_ref().unwrap_or(&g.eval);
+                evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
+            }
         };
-        let (loss, acc) = evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?;
-        ctx.set_metric("accuracy", acc);
+        // Regression targets (MSE) have no accuracy.
+        if acc.is_finite() {
+            ctx.set_metric("accuracy", acc);
+        }
         ctx.set_metric("loss", loss);
         ctx.set_metric("remaining_pct", round4(m.mask.remaining_fraction() * 100.0));
         ctx.set_metric("weights_remaining", m.mask.kept() as u64);

@@ -10,12 +10,15 @@ mod context;
 pub mod dataset;
 mod erased;
 
+pub mod correlate;
 pub mod evaluate;
 pub mod init;
 pub mod model_facts;
 pub mod prune;
 pub mod reinit;
 pub mod rewind;
+pub mod teacher;
+pub mod teacher_data;
 pub mod train;
 
 use std::path::PathBuf;
@@ -191,6 +194,9 @@ impl Registry {
         r.register(rewind::Rewind);
         r.register(reinit::Reinit);
         r.register(evaluate::Evaluate);
+        r.register(teacher::Teacher);
+        r.register(teacher_data::TeacherData);
+        r.register(correlate::Correlate);
         r
     }
 

@@ -8,9 +8,11 @@ use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
-use super::dataset::DataParams;
+use super::dataset::{DataParams, Splits};
 use super::model_facts::{ModelFacts, check_fits};
+use super::teacher_data::{check_generated_fits, data_input, read_generated};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
+use crate::data::generated::DATASET;
 use crate::nn::{Checkpoint, LrSchedule, OptimizerKind, TrainConfig, TrainData, train};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -51,6 +53,7 @@ pub struct TrainParams {
     /// Seed of the data order.
     #[serde(default)]
     pub seed: u64,
+    /// The dataset (ignored, and to be left out, when the `data` input is given).
     #[serde(default)]
     pub data: DataParams,
 }
@@ -83,9 +86,15 @@ impl Stage for Train {
     /// 2: a model saved at step k continues at k (late rewinding trains k..T) instead of
     /// restarting the count at 0; every train key changed with it, on purpose.
     const VERSION: u32 = 2;
-    const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
+    /// `data` (optional): a generated dataset (`teacher_data`) to train on instead of the
+    /// `data:` parameter: its training split, its held-out split for validation and test, and
+    /// the MSE objective (its targets are regression values).
+    const ROLES: &'static [Role] = &[
+        Role::one("model").taking(MODEL),
+        Role::optional("data").taking(DATASET),
+    ];
     const PRODUCES: Option<&'static str> = Some(MODEL);
-    const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data}";
+    const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data}; inputs: model, data (optional: a generated dataset, trained with MSE)";
 
     fn external_inputs(&self, p: &TrainParams) -> Vec<std::path::PathBuf> {
         p.data.files()
@@ -118,7 +127,9 @@ impl Stage for Train {
         let Some((from, facts)) = ModelFacts::input(inputs, "model") else {
             return Ok(());
         };
-        if let Some(spec) = &facts.spec {
+        if data_input(inputs) {
+            check_generated_fits(&p.data, facts.spec.as_ref(), &from.name, inputs)?;
+        } else if let Some(spec) = &facts.spec {
             check_fits(spec, &p.data, &from.name)?;
         }
         if let (Some(n), false) = (p.iterations, facts.length_scaled)
@@ -143,7 +154,18 @@ impl Stage for Train {
     fn run(&self, p: &TrainParams, ctx: &mut StageContext) -> Result<(), StageError> {
         let input = ctx.input("model")?.clone();
         let start = input.load_model()?;
-        let splits = ctx.data().load(&p.data)?;
+        let splits = match ctx.inputs("data") {
+            [] => ctx.data().load(&p.data)?,
+            _ => {
+                let g = read_generated(ctx.input("data")?, true)?;
+                let train = g.train.expect("asked for the training split");
+                std::sync::Arc::new(Splits {
+                    train,
+                    val: g.eval.clone(),
+                    test: g.eval,
+                })
+            }
+        };
         let per_epoch = (splits.train.n / p.batch).max(1) as u64;
         let mut iterations = match (p.iterations, p.epochs) {
             (Some(i), _) => i,
@@ -246,16 +268,21 @@ impl Stage for Train {
             "remaining_pct",
             round4(start.mask.remaining_fraction() * 100.0),
         );
+        // Under MSE there is no accuracy (NaN): those metrics are left out.
         if let Some(last) = out.curve.last() {
-            ctx.set_metric("test_acc", last.test_acc);
+            if last.test_acc.is_finite() {
+                ctx.set_metric("test_acc", last.test_acc);
+            }
             ctx.set_metric("test_loss", last.test_loss);
-            if let Some(v) = last.val_acc {
+            if let Some(v) = last.val_acc.filter(|v| v.is_finite()) {
                 ctx.set_metric("val_acc", v);
             }
         }
         if let Some(es) = &out.early_stop {
             ctx.set_metric("early_stop_iteration", es.iteration);
-            ctx.set_metric("early_stop_test_acc", es.test_acc);
+            if es.test_acc.is_finite() {
+                ctx.set_metric("early_stop_test_acc", es.test_acc);
+            }
         }
         Ok(())
     }
