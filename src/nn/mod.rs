@@ -16,6 +16,8 @@ pub mod net;
 pub mod ops;
 pub mod program;
 pub mod prune;
+pub mod qr;
+pub mod repr;
 pub mod schedule;
 pub mod step_timing;
 pub mod train;

@@ -15,6 +15,8 @@ pub mod init;
 pub mod model_facts;
 pub mod prune;
 pub mod reinit;
+pub mod repr_drop;
+pub mod repr_reinit;
 pub mod rewind;
 pub mod train;
 
@@ -191,6 +193,8 @@ impl Registry {
         r.register(rewind::Rewind);
         r.register(reinit::Reinit);
         r.register(evaluate::Evaluate);
+        r.register(repr_drop::ReprDrop);
+        r.register(repr_reinit::ReprReinit);
         r
     }
 
