@@ -229,3 +229,26 @@ impl Stage for ReprDrop {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_conv_is_ranked_only_when_asked() {
+        let spec: ModelSpec = serde_json::from_str(
+            r#"{"arch":"convnet","layers":[32,"M",32,"M",32,"M"],"fc":[]}"#,
+        )
+        .unwrap();
+        let names = |l: Vec<ConvFilters>| l.into_iter().map(|c| c.conv).collect::<Vec<_>>();
+        assert_eq!(names(ranked_layers(&spec, None, false).unwrap()), ["conv2", "conv3"]);
+        assert_eq!(
+            names(ranked_layers(&spec, None, true).unwrap()),
+            ["conv1", "conv2", "conv3"]
+        );
+        let listed = ["conv3".to_string(), "conv1".to_string()];
+        assert_eq!(names(ranked_layers(&spec, Some(&listed), false).unwrap()), ["conv3", "conv1"]);
+        let e = ranked_layers(&spec, Some(&["fc".to_string()]), false).unwrap_err();
+        assert!(e.contains("`fc`, which is no dense conv layer") && e.contains("conv1, conv2, conv3"), "{e}");
+    }
+}
