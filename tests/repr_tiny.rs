@@ -69,11 +69,17 @@ fn drop_train_reinit_train_end_to_end() {
 
     let s1 = checkpoint(cache, &o, "s1", "model");
     let at_drop = checkpoint(cache, &o, "drop", "at_drop");
-    assert_eq!(at_drop.weights, s1.weights, "the prune-time values are kept");
+    assert_eq!(
+        at_drop.weights, s1.weights,
+        "the prune-time values are kept"
+    );
     let s2 = checkpoint(cache, &o, "s2", "model");
     assert_eq!(s2.step, 7, "4 steps, then 3 more");
     let drop_model = checkpoint(cache, &o, "drop", "model");
-    assert_eq!(s2.mask, drop_model.mask, "the drop's mask survives training");
+    assert_eq!(
+        s2.mask, drop_model.mask,
+        "the drop's mask survives training"
+    );
     for (conv, d) in &drops {
         for &f in d {
             assert!(filter(&s2.weights, conv, f).iter().all(|&x| x == 0.0));
@@ -82,7 +88,10 @@ fn drop_train_reinit_train_end_to_end() {
         }
         // The survivors trained.
         let kept = (0..6).find(|f| !d.contains(f)).unwrap();
-        assert_ne!(filter(&s2.weights, conv, kept), filter(&s1.weights, conv, kept));
+        assert_ne!(
+            filter(&s2.weights, conv, kept),
+            filter(&s1.weights, conv, kept)
+        );
     }
 
     // Re-introduced: dense again, orthogonal to the survivors and to the old values.

@@ -509,8 +509,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = sample();
         save_checkpoint(dir.path(), "old", &c).unwrap();
-        assert!(load_checkpoint(dir.path(), "old").unwrap().mask.extra.is_empty());
-        c.mask.extra.insert("fc1.bias".into(), vec![true, false, true, true]);
+        assert!(
+            load_checkpoint(dir.path(), "old")
+                .unwrap()
+                .mask
+                .extra
+                .is_empty()
+        );
+        c.mask
+            .extra
+            .insert("fc1.bias".into(), vec![true, false, true, true]);
         c.weights.apply_mask(&c.mask);
         save_checkpoint(dir.path(), "ckpt", &c).unwrap();
         let back = load_checkpoint(dir.path(), "ckpt").unwrap();

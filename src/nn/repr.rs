@@ -439,7 +439,11 @@ mod tests {
         let mut l = layers.clone();
         l[0].candidate[1] = false;
         let (d, _) = choose_drops(&l, 0.3);
-        assert_eq!(d, vec![vec![], vec![0, 2]], "round(0.3 · 7) = 2 → 0.9, 0.85");
+        assert_eq!(
+            d,
+            vec![vec![], vec![0, 2]],
+            "round(0.3 · 7) = 2 → 0.9, 0.85"
+        );
     }
 
     #[test]
@@ -502,10 +506,16 @@ mod tests {
                 assert!(report.iter().all(|r| r.max_abs_cos < 1e-5), "{report:?}");
             }
             for (c, d) in convs.iter().zip(&drops) {
-                let k = out.params.iter().position(|p| p.name == format!("{}.weight", c.conv));
+                let k = out
+                    .params
+                    .iter()
+                    .position(|p| p.name == format!("{}.weight", c.conv));
                 let data = &out.params[k.unwrap()].data;
                 let row = |src: &[f32], f: usize| -> Vec<f64> {
-                    src[f * c.fan_in..(f + 1) * c.fan_in].iter().map(|&x| x as f64).collect()
+                    src[f * c.fan_in..(f + 1) * c.fan_in]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .collect()
                 };
                 let bound = 1.0 / (c.fan_in as f64).sqrt() + 1e-7;
                 for &f in d {
@@ -546,15 +556,17 @@ mod tests {
         let drops = vec![vec![0, 5, 11], vec![]];
         let mask = drop_mask(&spec, &Mask::dense(&spec), &convs, &drops).unwrap();
         let now = w.masked(&mask);
-        let (out, report) =
-            reintroduce(&now, &w, &convs, &drops, ReinitScale::Clamp, 1).unwrap();
+        let (out, report) = reintroduce(&now, &w, &convs, &drops, ReinitScale::Clamp, 1).unwrap();
         // 12 rows in R^9: the null space is empty, every dropped filter falls back to U(±1/3).
         assert_eq!((report[0].null_dim, report[0].fallback), (0, 3));
         for f in [0, 5, 11] {
             let r = &out.params[0].data[f * 9..(f + 1) * 9];
             assert!(r.iter().all(|x| x.abs() <= 1.0 / 3.0 + 1e-7) && r.iter().any(|&x| x != 0.0));
         }
-        assert_eq!(out.params[1].data[0], 0.0, "bias of a re-introduced filter is 0");
+        assert_eq!(
+            out.params[1].data[0], 0.0,
+            "bias of a re-introduced filter is 0"
+        );
         // The mask comes back dense.
         let back = restore_mask(&spec, &mask, &Mask::dense(&spec), &convs, &drops).unwrap();
         assert_eq!(back, Mask::dense(&spec));

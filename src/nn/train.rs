@@ -858,7 +858,10 @@ mod tests {
         let id = session.model().params[i].id;
         let state = o.to_record().get(&id)?.clone().into_state::<1>();
         let item = serde_json::to_value(state.into_item::<FullPrecisionSettings>()).unwrap();
-        let bytes = item.pointer("/momentum/velocity/bytes")?.as_array()?.clone();
+        let bytes = item
+            .pointer("/momentum/velocity/bytes")?
+            .as_array()?
+            .clone();
         let bytes: Vec<u8> = bytes.iter().map(|b| b.as_u64().unwrap() as u8).collect();
         Some(
             bytes
@@ -893,18 +896,20 @@ mod tests {
                 masked_params.extend([0, 1, 2]);
             } else {
                 mask.layers[1][0..36].fill(false);
-                mask.extra.insert("conv2.bias".into(), vec![false, true, true]);
+                mask.extra
+                    .insert("conv2.bias".into(), vec![false, true, true]);
                 masked_params.extend([2, 3]);
             }
             let mut c = cfg(OptimizerKind::Sgd, 6);
             c.momentum = 0.9;
             c.weight_decay = 1e-2;
             c.lr = 0.1;
-            let mut session =
-                TrainSession::<Ad>::new(&spec, &init, &mask, &c, FlexDevice).unwrap();
+            let mut session = TrainSession::<Ad>::new(&spec, &init, &mask, &c, FlexDevice).unwrap();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
             for _ in 0..6 {
-                let images: Vec<f32> = (0..8 * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let images: Vec<f32> = (0..8 * 16)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
                 let labels: Vec<u8> = (0..8).map(|i| (i % 3) as u8).collect();
                 session.step(images, &labels, 0.1);
             }

@@ -325,13 +325,15 @@ impl Mask {
     /// Whether every weight (and [`Mask::extra`] entry) this mask keeps is also kept by
     /// `other`.
     pub fn is_subset_of(&self, other: &Mask) -> bool {
-        let subset = |a: &[bool], b: &[bool]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| !x || y)
-        };
-        let extra_ok = other.extra.iter().all(|(name, b)| match self.extra.get(name) {
-            Some(a) => subset(a, b),
-            None => b.iter().all(|&y| y),
-        });
+        let subset =
+            |a: &[bool], b: &[bool]| a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| !x || y);
+        let extra_ok = other
+            .extra
+            .iter()
+            .all(|(name, b)| match self.extra.get(name) {
+                Some(a) => subset(a, b),
+                None => b.iter().all(|&y| y),
+            });
         extra_ok
             && self.layers.len() == other.layers.len()
             && self

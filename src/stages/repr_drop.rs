@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::model_facts::ModelFacts;
 use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::repr::{ConvFilters, RankedLayer, choose_drops, conv_layers, drop_mask, orthogonality};
+use crate::nn::repr::{
+    ConvFilters, RankedLayer, choose_drops, conv_layers, drop_mask, orthogonality,
+};
 use crate::nn::{Checkpoint, ModelSpec};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -70,7 +72,11 @@ pub(crate) fn ranked_layers(
                     format!(
                         "`layers` names `{n}`, which is no dense conv layer of this model (its \
                          conv layers: {})",
-                        convs.iter().map(|c| c.conv.as_str()).collect::<Vec<_>>().join(", ")
+                        convs
+                            .iter()
+                            .map(|c| c.conv.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 })
             })
@@ -211,10 +217,7 @@ impl Stage for ReprDrop {
         ctx.set_metric("dropped_filters", dropped as u64);
         ctx.set_metric("candidate_filters", candidates as u64);
         ctx.set_metric("capped_layers", capped.len() as u64);
-        ctx.set_metric(
-            "remaining_pct",
-            round4(mask.remaining_fraction() * 100.0),
-        );
+        ctx.set_metric("remaining_pct", round4(mask.remaining_fraction() * 100.0));
         ctx.write_json("dropped.json", &record)?;
         ctx.save_model("at_drop", &input)?;
         ctx.save_model(
@@ -236,19 +239,27 @@ mod tests {
 
     #[test]
     fn the_first_conv_is_ranked_only_when_asked() {
-        let spec: ModelSpec = serde_json::from_str(
-            r#"{"arch":"convnet","layers":[32,"M",32,"M",32,"M"],"fc":[]}"#,
-        )
-        .unwrap();
+        let spec: ModelSpec =
+            serde_json::from_str(r#"{"arch":"convnet","layers":[32,"M",32,"M",32,"M"],"fc":[]}"#)
+                .unwrap();
         let names = |l: Vec<ConvFilters>| l.into_iter().map(|c| c.conv).collect::<Vec<_>>();
-        assert_eq!(names(ranked_layers(&spec, None, false).unwrap()), ["conv2", "conv3"]);
+        assert_eq!(
+            names(ranked_layers(&spec, None, false).unwrap()),
+            ["conv2", "conv3"]
+        );
         assert_eq!(
             names(ranked_layers(&spec, None, true).unwrap()),
             ["conv1", "conv2", "conv3"]
         );
         let listed = ["conv3".to_string(), "conv1".to_string()];
-        assert_eq!(names(ranked_layers(&spec, Some(&listed), false).unwrap()), ["conv3", "conv1"]);
+        assert_eq!(
+            names(ranked_layers(&spec, Some(&listed), false).unwrap()),
+            ["conv3", "conv1"]
+        );
         let e = ranked_layers(&spec, Some(&["fc".to_string()]), false).unwrap_err();
-        assert!(e.contains("`fc`, which is no dense conv layer") && e.contains("conv1, conv2, conv3"), "{e}");
+        assert!(
+            e.contains("`fc`, which is no dense conv layer") && e.contains("conv1, conv2, conv3"),
+            "{e}"
+        );
     }
 }

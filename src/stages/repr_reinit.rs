@@ -127,8 +127,14 @@ impl Stage for ReprReinit {
                 ));
             }
         }
-        let (mut weights, report) =
-            reintroduce(&now.weights, &at_drop.weights, &convs, &drops, p.scale, p.seed)?;
+        let (mut weights, report) = reintroduce(
+            &now.weights,
+            &at_drop.weights,
+            &convs,
+            &drops,
+            p.scale,
+            p.seed,
+        )?;
         let mask = restore_mask(&now.spec, &now.mask, &at_drop.mask, &convs, &drops)?;
         // Elements pruned before the drop stay pruned in the re-introduced filters.
         weights.apply_mask(&mask);
@@ -174,10 +180,7 @@ impl Stage for ReprReinit {
         ctx.set_metric("reintroduced_filters", back as u64);
         ctx.set_metric("fallback_filters", fallback as u64);
         ctx.set_metric("max_abs_cos", max_cos);
-        ctx.set_metric(
-            "remaining_pct",
-            round4(mask.remaining_fraction() * 100.0),
-        );
+        ctx.set_metric("remaining_pct", round4(mask.remaining_fraction() * 100.0));
         ctx.save_model(
             "model",
             &Checkpoint {
