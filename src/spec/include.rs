@@ -26,6 +26,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "report",
     "plots",
     "resources",
+    "claims",
 ];
 
 pub struct Merged {
@@ -78,6 +79,8 @@ struct Loader {
     plots: Option<(Key, Node)>,
     /// Merged like `defaults`: the including file's requests win, field by field.
     resources: Vec<(Key, Node)>,
+    /// Claims of every file, merged into one namespace (a name defined twice is an error).
+    claims: Vec<(Key, Node)>,
     errors: Vec<Diagnostic>,
 }
 
@@ -96,6 +99,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         report: None,
         plots: None,
         resources: Vec::new(),
+        claims: Vec::new(),
         errors: Vec::new(),
     };
     let mut name = None;
@@ -141,6 +145,9 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
     top.extend(l.plots);
     if !l.resources.is_empty() {
         top.push((key("resources"), mk(l.resources)));
+    }
+    if !l.claims.is_empty() {
+        top.push((key("claims"), mk(l.claims)));
     }
     Ok(Merged {
         name,
@@ -340,6 +347,7 @@ impl Loader {
                 }
             }
         }
+        self.merge_claims(&root);
         // Views (`report:`, `plots:`): the including file's replace its includes'.
         for (k, v) in root.as_map().into_iter().flatten() {
             match k.name.as_str() {
@@ -353,6 +361,36 @@ impl Loader {
 }
 
 impl Loader {
+    /// Claims are merged, not replaced: a pipeline that includes others states their claims
+    /// too (`pipelines/seeds.yaml` states every paper's). Claim names are one namespace, like
+    /// stage names, so the same name in two files is an error naming both.
+    fn merge_claims(&mut self, root: &Node) {
+        let Some(c) = root.get("claims") else { return };
+        let Some(m) = c.as_map() else {
+            self.errors.push(expected_map("claims", c));
+            return;
+        };
+        for (k, v) in m {
+            match self.claims.iter().find(|(e, _)| e.name == k.name) {
+                Some((first, _)) => {
+                    let at = format!("{}:{}", first.loc.path().display(), first.loc.line);
+                    self.errors.push(
+                        Diagnostic::at(
+                            &k.loc,
+                            format!(
+                                "claim `{}` is defined in {} and in {at}",
+                                k.name,
+                                k.loc.path().display()
+                            ),
+                        )
+                        .hint("claims of included files share one namespace; rename one of them"),
+                    );
+                }
+                None => self.claims.push((k.clone(), v.clone())),
+            }
+        }
+    }
+
     /// The command line's layer (the top files' own defaults) and each file's inner layers.
     fn scoped_defaults(&self) -> (Vec<(Key, Node)>, DefaultScopes) {
         let mut top = Vec::new();
