@@ -6,7 +6,9 @@
 //!   `model.load_state_dict(safetensors.torch.load_file(path))` fills the equivalent
 //!   `torch.nn` module unchanged (`bench/torch_check.py` proves it for every family).
 //! * `<stem>.mask.safetensors`: the mask of each prunable parameter, u8 0/1, same name and
-//!   layout as the parameter (kept apart so that the state dict loads strictly).
+//!   layout as the parameter (kept apart so that the state dict loads strictly), and of each
+//!   bias or batch-norm parameter a filter-level mask covers ([`Mask::extra`]); a file
+//!   without those (every checkpoint before them) loads with none.
 //! * `<stem>.json`: the side-car — format version, model spec, its layer program, step,
 //!   seed, and per prunable parameter its shape and density.
 //!
@@ -203,6 +205,13 @@ pub fn save_checkpoint(dir: &Path, stem: &str, ckpt: &Checkpoint) -> Result<Vec<
                 Dtype::U8,
                 to_torch(p.role, &p.shape, &bytes),
             ));
+        } else if let Some(m) = ckpt.mask.extra.get(&p.name) {
+            masks.push((
+                p.name.clone(),
+                shape,
+                Dtype::U8,
+                m.iter().map(|&k| k as u8).collect(),
+            ));
         }
     }
     for pair in ckpt.weights.buffers.chunks(2) {
@@ -361,14 +370,18 @@ fn load_v2(
     let ms = SafeTensors::deserialize(&mask_bytes)
         .map_err(|e| format_err(&mask_path, format!("not a safetensors file: {e}")))?;
     let mut params = Vec::with_capacity(infos.len());
-    let mut mask = Vec::new();
+    let mut mask = Mask::default();
     for info in &infos {
         let shape = info.torch_shape();
         let data = f32s(tensor(&st, st_path, &info.name, Dtype::F32, &shape)?);
         if info.is_weight() {
             let m = tensor(&ms, &mask_path, &info.name, Dtype::U8, &shape)?;
             let m = from_torch(info.role, &info.shape, m);
-            mask.push(mask_bits(&mask_path, &info.name, &m)?);
+            mask.layers.push(mask_bits(&mask_path, &info.name, &m)?);
+        } else if ms.tensor(&info.name).is_ok() {
+            let m = tensor(&ms, &mask_path, &info.name, Dtype::U8, &shape)?;
+            mask.extra
+                .insert(info.name.clone(), mask_bits(&mask_path, &info.name, m)?);
         }
         params.push(Param {
             name: info.name.clone(),
@@ -389,7 +402,7 @@ fn load_v2(
     Ok(Checkpoint {
         spec: side.spec,
         weights: Weights { params, buffers },
-        mask: Mask { layers: mask },
+        mask,
         step: side.step,
         seed: side.seed,
     })
@@ -453,7 +466,7 @@ fn load_v1(
             params,
             buffers: vec![],
         },
-        mask: Mask { layers: mask },
+        mask: Mask::new(mask),
         step: side.step,
         seed: side.seed,
     })
@@ -489,6 +502,28 @@ mod tests {
             .chain(w.buffers.iter().flat_map(|b| &b.data))
             .map(|x| x.to_bits())
             .collect()
+    }
+
+    #[test]
+    fn filter_level_masks_round_trip_and_old_files_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = sample();
+        save_checkpoint(dir.path(), "old", &c).unwrap();
+        assert!(
+            load_checkpoint(dir.path(), "old")
+                .unwrap()
+                .mask
+                .extra
+                .is_empty()
+        );
+        c.mask
+            .extra
+            .insert("fc1.bias".into(), vec![true, false, true, true]);
+        c.weights.apply_mask(&c.mask);
+        save_checkpoint(dir.path(), "ckpt", &c).unwrap();
+        let back = load_checkpoint(dir.path(), "ckpt").unwrap();
+        assert_eq!(back.mask, c.mask);
+        assert_eq!(back.weights.params[1].data[1], 0.0);
     }
 
     #[test]

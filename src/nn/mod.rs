@@ -18,6 +18,8 @@ pub mod objective;
 pub mod ops;
 pub mod program;
 pub mod prune;
+pub mod qr;
+pub mod repr;
 pub mod schedule;
 pub mod step_timing;
 pub mod teacher;

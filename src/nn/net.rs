@@ -4,7 +4,10 @@
 //! layer shapes in the forward pass, so one module type serves every family and the
 //! optimiser sees exactly the parameters of [`Weights`]. A masked parameter carries a
 //! constant 0/1 tensor (not a parameter, not seen by the optimiser); the forward pass uses
-//! `W ⊙ M`, so the gradient of every masked weight is exactly zero.
+//! `W ⊙ M`, so the gradient of every masked weight is exactly zero. Biases and batch-norm
+//! parameters masked by [`Mask::extra`] (a dropped filter) go through the same product, so
+//! their gradients, and with them every optimiser state built from gradients (momentum, Adam's
+//! moments), stay exactly zero too.
 //!
 //! Convolutions, batch norm and pooling go through [`NnBackend`], so a faster kernel for a
 //! backend speeds every family up. Batch-norm running statistics are not module state: the
@@ -239,13 +242,17 @@ fn compile(ops: &[Op], next: &mut usize, bn: &mut usize) -> Vec<Step> {
 impl<B: NnBackend> Net<B> {
     /// Parameter `i`, masked, in its layer shape.
     fn weight<const D: usize>(&self, plan: &Plan, i: usize) -> Tensor<B, D> {
-        let w = match &self.masks[i] {
-            Some(m) => self.params[i].val() * m.clone(),
-            None => self.params[i].val(),
-        };
         let mut dims = [0usize; D];
         dims.copy_from_slice(&plan.shapes[i]);
-        w.reshape(dims)
+        self.value(i).reshape(dims)
+    }
+
+    /// Parameter `i`, masked, flat.
+    fn value(&self, i: usize) -> Tensor<B, 1> {
+        match &self.masks[i] {
+            Some(m) => self.params[i].val() * m.clone(),
+            None => self.params[i].val(),
+        }
     }
 
     /// Logits for a batch `[n, c, h, w]`, and (in [`BnMode::Batch`]) each batch norm's
@@ -278,18 +285,18 @@ impl<B: NnBackend> Net<B> {
                 } => Act::Map(B::nn_conv2d(
                     x.map(),
                     self.weight(plan, *weight),
-                    bias.map(|b| self.params[b].val()),
+                    bias.map(|b| self.value(b)),
                     *geometry,
                 )),
                 Step::Linear { weight, bias } => {
                     let mut y = x.flat().matmul(self.weight(plan, *weight));
                     if let Some(b) = bias {
-                        y = y + self.params[*b].val().unsqueeze_dim(0);
+                        y = y + self.value(*b).unsqueeze_dim(0);
                     }
                     Act::Flat(y)
                 }
                 Step::BatchNorm { gamma, beta, index } => {
-                    let (g, b) = (self.params[*gamma].val(), self.params[*beta].val());
+                    let (g, b) = (self.value(*gamma), self.value(*beta));
                     let x = x.map();
                     match mode {
                         BnMode::Batch => {
@@ -416,8 +423,9 @@ fn tensor1<B: Backend>(data: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     Tensor::from_data(TensorData::new(data, [n]), device)
 }
 
-/// Builds the module for `spec` with `mask` applied: masked weights are zeroed and every
-/// parameter that is not fully dense gets a constant mask tensor.
+/// Builds the module for `spec` with `mask` applied: masked weights (and biases and
+/// batch-norm parameters in [`Mask::extra`]) are zeroed and every parameter that is not fully
+/// dense gets a constant mask tensor.
 pub fn to_net<B: Backend>(
     spec: &ModelSpec,
     weights: &Weights,
@@ -431,10 +439,11 @@ pub fn to_net<B: Backend>(
     let mut masks = Vec::with_capacity(weights.params.len());
     for p in &weights.params {
         let m = if p.is_prunable() {
-            masks_left.next().filter(|m| m.iter().any(|&keep| !keep))
+            masks_left.next()
         } else {
-            None
-        };
+            mask.extra.get(&p.name)
+        }
+        .filter(|m| m.iter().any(|&keep| !keep));
         let data: Vec<f32> = match m {
             Some(m) => p
                 .data
@@ -536,9 +545,7 @@ mod tests {
         let back = from_net(&net, &[], &spec);
         assert_eq!(back, w.masked(&mask));
         assert_eq!(back.params[0].data[5], 0.0);
-        let bad = Mask {
-            layers: vec![vec![true; 12]],
-        };
+        let bad = Mask::new(vec![vec![true; 12]]);
         assert!(to_net::<Flex>(&spec, &w, &bad, &FlexDevice).is_err());
     }
 

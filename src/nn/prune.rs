@@ -221,9 +221,7 @@ mod tests {
     }
 
     fn dense(w: &Weights) -> Mask {
-        Mask {
-            layers: w.prunable().map(|l| vec![true; l.data.len()]).collect(),
-        }
+        Mask::new(w.prunable().map(|l| vec![true; l.data.len()]).collect())
     }
 
     const T: bool = true;
@@ -235,9 +233,7 @@ mod tests {
     fn layerwise_magnitude_counts_only_survivors_and_rounds_half_up() {
         // Index 3 was pruned earlier (its weight is 0 and must not be a candidate).
         let w = weights(&[&[0.5, -0.1, 0.3, 0.0, 0.2, -0.4]]);
-        let m = Mask {
-            layers: vec![vec![T, T, T, F, T, T]],
-        };
+        let m = Mask::new(vec![vec![T, T, T, F, T, T]]);
         // 5 survivors × 0.4 = 2: the two smallest survivors (|-0.1|, 0.2) go.
         let r = prune(&w, &m, Magnitude, Layerwise, &[0.4], 0).unwrap();
         assert_eq!(r.layers[0], vec![T, F, T, F, F, T]);
@@ -306,9 +302,7 @@ mod tests {
     #[test]
     fn global_ignores_pruned_weights() {
         let w = weights(&[&[0.0, 0.0, 0.5, 0.6], &[0.4, 0.7]]);
-        let m = Mask {
-            layers: vec![vec![F, F, T, T], vec![T, T]],
-        };
+        let m = Mask::new(vec![vec![F, F, T, T], vec![T, T]]);
         // 4 survivors × 0.5 = 2: 0.4 and 0.5; the zeros are not candidates.
         let r = prune(&w, &m, Magnitude, Global, &[0.5, 0.5], 0).unwrap();
         assert_eq!(r.layers, vec![vec![F, F, F, T], vec![F, T]]);
@@ -357,9 +351,7 @@ mod tests {
         assert!(prune(&w, &m, Magnitude, Layerwise, &[-0.1], 0).is_err());
         assert!(prune(&w, &m, Magnitude, Layerwise, &[f64::NAN], 0).is_err());
         assert!(prune(&w, &m, Magnitude, Layerwise, &[0.1, 0.2], 0).is_err());
-        let bad = Mask {
-            layers: vec![vec![T]],
-        };
+        let bad = Mask::new(vec![vec![T]]);
         assert!(matches!(
             prune(&w, &bad, Magnitude, Layerwise, &[0.5], 0),
             Err(NnError::Shape(_))

@@ -854,6 +854,90 @@ mod tests {
         }
     }
 
+    /// The SGD velocity of parameter `i` of the session's model (`None` before any step or
+    /// without momentum), read through the optimiser's record.
+    fn sgd_velocity(session: &TrainSession<Ad>, i: usize) -> Option<Vec<f32>> {
+        use burn::record::{FullPrecisionSettings, Record};
+        let Opt::Sgd(o) = &session.optim else {
+            panic!("an SGD session")
+        };
+        let id = session.model().params[i].id;
+        let state = o.to_record().get(&id)?.clone().into_state::<1>();
+        let item = serde_json::to_value(state.into_item::<FullPrecisionSettings>()).unwrap();
+        let bytes = item
+            .pointer("/momentum/velocity/bytes")?
+            .as_array()?
+            .clone();
+        let bytes: Vec<u8> = bytes.iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn filter_masks_keep_biases_batch_norm_and_momentum_at_zero() {
+        // conv1 (1→4) with batch norm, conv2 (4→3) with a bias: a RePr-style filter mask drops
+        // conv1's filter 2 (weights, bn1 scale and shift) and conv2's filter 0 (weights, bias).
+        let spec: ModelSpec = serde_json::from_str(
+            r#"{"arch":"convnet","layers":[4,"M"],"fc":[],"classes":3,"input":[1,4,4],"batch_norm":true}"#,
+        )
+        .unwrap();
+        let spec2: ModelSpec = serde_json::from_str(
+            r#"{"arch":"convnet","layers":[4,"M",3],"fc":[],"classes":3,"input":[1,4,4]}"#,
+        )
+        .unwrap();
+        for spec in [spec, spec2] {
+            let init = init_weights(&spec, InitScheme::KaimingNormal, 4);
+            let mut mask = Mask::dense(&spec);
+            let names: Vec<String> = init.params.iter().map(|p| p.name.clone()).collect();
+            let mut masked_params = Vec::new();
+            if names.contains(&"bn1.weight".to_string()) {
+                mask.layers[0][2 * 9..3 * 9].fill(false);
+                for n in ["bn1.weight", "bn1.bias"] {
+                    mask.extra.insert(n.into(), vec![true, true, false, true]);
+                }
+                masked_params.extend([0, 1, 2]);
+            } else {
+                mask.layers[1][0..36].fill(false);
+                mask.extra
+                    .insert("conv2.bias".into(), vec![false, true, true]);
+                masked_params.extend([2, 3]);
+            }
+            let mut c = cfg(OptimizerKind::Sgd, 6);
+            c.momentum = 0.9;
+            c.weight_decay = 1e-2;
+            c.lr = 0.1;
+            let mut session = TrainSession::<Ad>::new(&spec, &init, &mask, &c, FlexDevice).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            for _ in 0..6 {
+                let images: Vec<f32> = (0..8 * 16)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let labels: Vec<u8> = (0..8).map(|i| (i % 3) as u8).collect();
+                session.step(images, &labels, 0.1);
+            }
+            let w = session.weights();
+            for &i in &masked_params {
+                let m = mask.of_param(&init, i).unwrap().to_vec();
+                let v = sgd_velocity(&session, i).expect("momentum state after 6 steps");
+                let (mut moved, mut velocity_kept) = (false, false);
+                for (k, &keep) in m.iter().enumerate() {
+                    if keep {
+                        moved |= w.params[i].data[k] != init.params[i].data[k];
+                        velocity_kept |= v[k] != 0.0;
+                    } else {
+                        assert_eq!(w.params[i].data[k], 0.0, "{} [{k}]", names[i]);
+                        assert_eq!(v[k], 0.0, "velocity of {} [{k}]", names[i]);
+                    }
+                }
+                assert!(moved && velocity_kept, "{} trained", names[i]);
+            }
+        }
+    }
+
     #[test]
     fn resuming_at_start_step_reproduces_plain_sgd() {
         let f = fixture();
@@ -1023,9 +1107,7 @@ mod tests {
         assert!((loss - want).abs() < 1e-9, "{loss} vs {want}");
         assert_eq!(acc, 2.0 / 3.0);
         // Masking the diagonal makes every logit 0: loss ln 2, ties predict class 0.
-        let m = Mask {
-            layers: vec![vec![false, true, true, false]],
-        };
+        let m = Mask::new(vec![vec![false, true, true, false]]);
         let (loss, acc) = evaluate(&spec, &w, &m, &split, &DeviceSpec::Cpu).unwrap();
         assert!((loss - 2f64.ln()).abs() < 1e-9);
         assert_eq!(acc, 1.0 / 3.0);

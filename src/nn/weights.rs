@@ -7,8 +7,11 @@
 //! (checkpoints transpose them to PyTorch's `[out, in]`).
 //!
 //! [`Mask`] has one entry per *prunable* parameter (conv and linear weights), in program
-//! order, one bool per element (`true` = kept); biases and batch-norm parameters are never
-//! pruned element-wise. [`ModelSpec::prunable`] names the entries.
+//! order, one bool per element (`true` = kept); [`ModelSpec::prunable`] names the entries.
+//! Biases and batch-norm parameters are never pruned element-wise, but a whole filter can be
+//! switched off (RePr's drop): [`Mask::extra`] masks them by name, and is empty otherwise.
+
+use std::collections::BTreeMap;
 
 use super::program::ParamRole;
 use super::{ModelSpec, NnError};
@@ -47,9 +50,15 @@ pub struct Weights {
 
 /// Which weights are kept: one entry per prunable parameter (program order), one bool per
 /// element, `true` = kept.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Mask {
     pub layers: Vec<Vec<bool>>,
+    /// Masks of non-prunable parameters (a conv's bias, a batch norm's `weight` and `bias`)
+    /// by parameter name, one bool per element; a parameter not listed is kept whole. Filter-
+    /// level masking (RePr) fills it; every other mask leaves it empty, which is exactly the
+    /// behaviour before it existed. Masked entries are zero and get zero gradients, like
+    /// masked weights.
+    pub extra: BTreeMap<String, Vec<bool>>,
 }
 
 impl ModelSpec {
@@ -135,18 +144,27 @@ impl Weights {
         self.params.iter().find(|p| p.name == name)
     }
 
-    /// Zeroes every weight the mask removes (biases untouched).
+    /// Zeroes every weight the mask removes, and the biases and batch-norm parameters its
+    /// [`Mask::extra`] entries remove.
     ///
     /// Panics if the mask does not have the weights' shape.
     pub fn apply_mask(&mut self, mask: &Mask) {
         let n = self.prunable().count();
         assert_eq!(n, mask.layers.len(), "mask/weights layer count");
-        for (p, m) in self.prunable_mut().zip(&mask.layers) {
+        let zero = |p: &mut Param, m: &[bool]| {
             assert_eq!(p.data.len(), m.len(), "mask/weights shape of {}", p.name);
             for (w, &keep) in p.data.iter_mut().zip(m) {
                 if !keep {
                     *w = 0.0;
                 }
+            }
+        };
+        for (p, m) in self.prunable_mut().zip(&mask.layers) {
+            zero(p, m);
+        }
+        for p in self.params.iter_mut().filter(|p| !p.is_prunable()) {
+            if let Some(m) = mask.extra.get(&p.name) {
+                zero(p, m);
             }
         }
     }
@@ -165,15 +183,36 @@ impl Weights {
 }
 
 impl Mask {
+    /// A mask of the prunable weights only (no [`Mask::extra`] entries).
+    pub fn new(layers: Vec<Vec<bool>>) -> Mask {
+        Mask {
+            layers,
+            extra: BTreeMap::new(),
+        }
+    }
+
     /// The mask that keeps everything.
     pub fn dense(spec: &ModelSpec) -> Mask {
-        Mask {
-            layers: spec
-                .params()
+        Mask::new(
+            spec.params()
                 .iter()
                 .filter(|p| p.is_weight())
                 .map(|p| vec![true; p.len()])
                 .collect(),
+        )
+    }
+
+    /// The mask of parameter `index` of `weights.params`, when it is masked at all.
+    pub fn of_param<'a>(&'a self, weights: &Weights, index: usize) -> Option<&'a [bool]> {
+        let p = &weights.params[index];
+        if p.is_prunable() {
+            let k = weights.params[..index]
+                .iter()
+                .filter(|q| q.is_prunable())
+                .count();
+            self.layers.get(k).map(Vec::as_slice)
+        } else {
+            self.extra.get(&p.name).map(Vec::as_slice)
         }
     }
 
@@ -187,6 +226,25 @@ impl Mask {
             .collect();
         let ok = self.layers.len() == sizes.len()
             && self.layers.iter().zip(&sizes).all(|(m, &n)| m.len() == n);
+        let params = spec.params();
+        for (name, m) in &self.extra {
+            match params.iter().find(|p| &p.name == name) {
+                Some(p) if !p.is_weight() && p.len() == m.len() => {}
+                Some(p) if !p.is_weight() => {
+                    return Err(NnError::Shape(format!(
+                        "the mask of `{name}` has {} entries, the parameter {}",
+                        m.len(),
+                        p.len()
+                    )));
+                }
+                _ => {
+                    return Err(NnError::Shape(format!(
+                        "the mask has an entry `{name}`, which is no bias or batch-norm \
+                         parameter of the model"
+                    )));
+                }
+            }
+        }
         if ok {
             Ok(())
         } else {
@@ -235,32 +293,54 @@ impl Mask {
         }
     }
 
-    /// Element-wise AND (kept only where both keep).
+    /// Element-wise AND (kept only where both keep), [`Mask::extra`] included (a name one
+    /// side does not list counts as all kept there).
     ///
     /// Panics if the shapes differ.
     pub fn and(&self, other: &Mask) -> Mask {
         assert_eq!(self.layers.len(), other.layers.len(), "mask layer count");
+        let both = |a: &Vec<bool>, b: &Vec<bool>| -> Vec<bool> {
+            assert_eq!(a.len(), b.len(), "mask layer size");
+            a.iter().zip(b).map(|(&x, &y)| x && y).collect()
+        };
+        let mut extra = self.extra.clone();
+        for (name, b) in &other.extra {
+            let merged = match extra.get(name) {
+                Some(a) => both(a, b),
+                None => b.clone(),
+            };
+            extra.insert(name.clone(), merged);
+        }
         Mask {
             layers: self
                 .layers
                 .iter()
                 .zip(&other.layers)
-                .map(|(a, b)| {
-                    assert_eq!(a.len(), b.len(), "mask layer size");
-                    a.iter().zip(b).map(|(&x, &y)| x && y).collect()
-                })
+                .map(|(a, b)| both(a, b))
                 .collect(),
+            extra,
         }
     }
 
-    /// Whether every weight this mask keeps is also kept by `other`.
+    /// Whether every weight (and [`Mask::extra`] entry) this mask keeps is also kept by
+    /// `other`.
     pub fn is_subset_of(&self, other: &Mask) -> bool {
-        self.layers.len() == other.layers.len()
+        let subset =
+            |a: &[bool], b: &[bool]| a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| !x || y);
+        let extra_ok = other
+            .extra
+            .iter()
+            .all(|(name, b)| match self.extra.get(name) {
+                Some(a) => subset(a, b),
+                None => b.iter().all(|&y| y),
+            });
+        extra_ok
+            && self.layers.len() == other.layers.len()
             && self
                 .layers
                 .iter()
                 .zip(&other.layers)
-                .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| !x || y))
+                .all(|(a, b)| subset(a, b))
     }
 }
 
@@ -305,9 +385,7 @@ mod tests {
         assert_eq!(spec.prunable(), ["fc1.weight", "fc2.weight"]);
         let dense = Mask::dense(&spec);
         assert_eq!((dense.kept(), dense.total()), (6, 6));
-        let m = Mask {
-            layers: vec![vec![true, false, false, true], vec![false, true]],
-        };
+        let m = Mask::new(vec![vec![true, false, false, true], vec![false, true]]);
         m.check(&spec).unwrap();
         assert_eq!(m.density(), vec![0.5, 0.5]);
         assert_eq!(m.kept(), 3);
@@ -316,9 +394,7 @@ mod tests {
         assert_eq!(mw.params[0].data, vec![1.0, 0.0, 0.0, 4.0]);
         assert_eq!(mw.params[2].data, vec![0.0, 6.0]);
         assert_eq!(mw.params[1].data, vec![0.5, 0.5]);
-        let m2 = Mask {
-            layers: vec![vec![true, true, false, false], vec![true, true]],
-        };
+        let m2 = Mask::new(vec![vec![true, true, false, false], vec![true, true]]);
         assert_eq!(
             m.and(&m2).layers,
             vec![vec![true, false, false, false], vec![false, true]]
@@ -327,13 +403,32 @@ mod tests {
     }
 
     #[test]
+    fn extra_entries_mask_biases_by_name() {
+        let (spec, w) = tiny();
+        let mut m = Mask::dense(&spec);
+        m.extra.insert("fc1.bias".into(), vec![false, true]);
+        m.check(&spec).unwrap();
+        assert_eq!(w.masked(&m).params[1].data, vec![0.0, 0.5]);
+        assert_eq!(m.of_param(&w, 1), Some(&[false, true][..]));
+        assert_eq!(m.of_param(&w, 2), Some(&[true, true][..]));
+        assert_eq!(m.of_param(&w, 3), None);
+        let dense = Mask::dense(&spec);
+        assert!(m.is_subset_of(&dense) && !dense.is_subset_of(&m));
+        assert_eq!(dense.and(&m), m);
+        // A name that is a weight, unknown, or of the wrong length is refused.
+        for (name, len) in [("fc1.weight", 4), ("fc9.bias", 2), ("fc2.bias", 2)] {
+            let mut bad = Mask::dense(&spec);
+            bad.extra.insert(name.into(), vec![true; len]);
+            assert!(bad.check(&spec).is_err(), "{name}");
+        }
+    }
+
+    #[test]
     fn shape_checks() {
         let (spec, mut w) = tiny();
         w.params[3].data.push(0.0);
         assert!(w.check(&spec).unwrap_err().to_string().contains("fc2.bias"));
-        let bad = Mask {
-            layers: vec![vec![true; 4]],
-        };
+        let bad = Mask::new(vec![vec![true; 4]]);
         assert!(bad.check(&spec).is_err());
     }
 }

@@ -16,6 +16,8 @@ pub mod init;
 pub mod model_facts;
 pub mod prune;
 pub mod reinit;
+pub mod repr_drop;
+pub mod repr_reinit;
 pub mod rewind;
 pub mod teacher;
 pub mod teacher_data;
@@ -197,6 +199,8 @@ impl Registry {
         r.register(teacher::Teacher);
         r.register(teacher_data::TeacherData);
         r.register(correlate::Correlate);
+        r.register(repr_drop::ReprDrop);
+        r.register(repr_reinit::ReprReinit);
         r
     }
 

@@ -48,6 +48,11 @@ pub struct TrainParams {
     /// learning rates of those iterations, as open_lth does.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restart: bool,
+    /// Count `iterations`/`epochs` from the input model's step: a model at step k trains
+    /// k..k+`iterations`, with those iterations' batches and learning rates (one phase of a
+    /// longer run, e.g. RePr's cycles, which a `levels:` group repeats with one template).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub relative: bool,
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
     /// Seed of the data order.
@@ -120,6 +125,13 @@ impl Stage for Train {
         if p.eval_every == 0 {
             return Err("`eval_every` must be at least 1".into());
         }
+        if p.restart && p.relative {
+            return Err(
+                "`restart` (count from 0) and `relative` (count from the input's step) exclude \
+                 each other; keep one"
+                    .into(),
+            );
+        }
         if !(0.0..1.0).contains(&p.momentum) {
             return Err(format!("`momentum` must be in [0, 1), got {}", p.momentum));
         }
@@ -132,7 +144,7 @@ impl Stage for Train {
         } else if let Some(spec) = &facts.spec {
             check_fits(spec, &p.data, &from.name)?;
         }
-        if let (Some(n), false) = (p.iterations, facts.length_scaled)
+        if let (Some(n), false, false) = (p.iterations, facts.length_scaled, p.relative)
             && let Some(&k) = p.save_at.iter().find(|&&k| k > n)
         {
             return Err(format!(
@@ -177,6 +189,9 @@ impl Stage for Train {
             iterations = (iterations as f64 * scale).round() as u64;
         }
         let start_step = if p.restart { 0 } else { start.step };
+        if p.relative {
+            iterations += start_step;
+        }
         if start_step > iterations {
             return Err(StageError::Other(format!(
                 "the input model `{}` is at step {start_step}, past the end of this training \
