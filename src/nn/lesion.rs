@@ -180,14 +180,17 @@ pub fn delete(program: &Program, names: &[&str]) -> Result<Program, LesionError>
 pub fn reorder(program: &Program, order: &[usize]) -> Result<Program, LesionError> {
     let all = units(program)?;
     let mut seen = vec![false; all.len()];
-    if order.len() != all.len() || order.iter().any(|&j| j >= all.len() || seen[j]) {
+    let permutation = order.len() == all.len()
+        && order
+            .iter()
+            .all(|&j| j < all.len() && !std::mem::replace(&mut seen[j], true));
+    if !permutation {
         return Err(LesionError::NotAPermutation {
             units: all.len(),
             order: order.to_vec(),
         });
     }
     for (slot, &j) in order.iter().enumerate() {
-        seen[j] = true;
         if all[j].shape != all[slot].shape {
             return Err(LesionError::ShapeMismatch {
                 moved: all[j].name.clone(),
