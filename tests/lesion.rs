@@ -9,7 +9,11 @@ use serde_json::Value;
 
 fn entry(cache: &std::path::Path, o: &RunOutcome, stage: &str, file: &str) -> Value {
     let r = o.records.iter().find(|r| r.name == stage).unwrap();
-    let path = cache.join("entries").join(&r.key[..2]).join(&r.key).join(file);
+    let path = cache
+        .join("entries")
+        .join(&r.key[..2])
+        .join(&r.key)
+        .join(file);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -22,7 +26,11 @@ fn count(rows: &[Value], lesion: &str, k: u64) -> usize {
 #[test]
 fn train_then_lesion_writes_every_row() {
     let cache = tempfile::tempdir().unwrap();
-    let o = run(cache.path(), &[file("tests/pipelines/tiny_lesion.yaml")], &[]);
+    let o = run(
+        cache.path(),
+        &[file("tests/pipelines/tiny_lesion.yaml")],
+        &[],
+    );
     assert_ok(&o);
 
     let res = entry(cache.path(), &o, "lesion_resnet", "lesion.json");
@@ -46,22 +54,29 @@ fn train_then_lesion_writes_every_row() {
     assert_eq!(count(rows, "swap", 2), 0);
     assert_eq!(rows.len(), 2 + 4 + 6 + 2);
     for r in rows {
-        let images = if r["lesion"] == "single" || r.get("subset").is_none() && r["lesion"] == "none" {
-            100
-        } else {
-            50
-        };
+        let images =
+            if r["lesion"] == "single" || r.get("subset").is_none() && r["lesion"] == "none" {
+                100
+            } else {
+                50
+            };
         assert_eq!(r["images"], images, "{r}");
         let e = r["error"].as_f64().unwrap();
         assert_eq!((e * images as f64).round() / images as f64, e, "{r}");
     }
     for r in rows.iter().filter(|r| r["lesion"] == "delete") {
-        assert_eq!(r["deleted"].as_array().unwrap().len() as u64, r["k"].as_u64().unwrap());
+        assert_eq!(
+            r["deleted"].as_array().unwrap().len() as u64,
+            r["k"].as_u64().unwrap()
+        );
     }
     // The one possible swap is an adjacent pair of 4 units: one discordant pair of 6,
     // τ = (5 − 1)/6.
     for r in rows.iter().filter(|r| r["lesion"] == "swap") {
-        assert_eq!(r["order"], serde_json::json!(["layer1.1", "layer1.0", "layer2.1", "layer3.1"]));
+        assert_eq!(
+            r["order"],
+            serde_json::json!(["layer1.1", "layer1.0", "layer2.1", "layer3.1"])
+        );
         assert_eq!(r["tau"].as_f64().unwrap(), 4.0 / 6.0);
     }
 
@@ -113,7 +128,9 @@ fn a_model_without_deletable_units_is_refused_at_plan_time() {
     };
     assert!(err.contains("stage `lesion_plain` (lesion)"), "{err}");
     assert!(
-        err.contains("has no deletable unit; a lesion deletes residual blocks whose shortcut is the identity"),
+        err.contains(
+            "has no deletable unit; a lesion deletes residual blocks whose shortcut is the identity"
+        ),
         "{err}"
     );
     assert!(err.contains("convnet"), "{err}");

@@ -69,8 +69,11 @@ pub fn units(program: &Program) -> Result<Vec<Unit>, LesionError> {
     Ok(scan(program)?.0)
 }
 
+/// `(name, why)` of a top-level block or conv that is not a unit.
+type Refusal = (String, String);
+
 /// The units, and for each top-level block or conv that is *not* one, why not.
-fn scan(program: &Program) -> Result<(Vec<Unit>, Vec<(String, String)>), LesionError> {
+fn scan(program: &Program) -> Result<(Vec<Unit>, Vec<Refusal>), LesionError> {
     let shapes = program.top_level_shapes().map_err(LesionError::Program)?;
     let (mut units, mut refused) = (Vec::new(), Vec::new());
     let ops = &program.ops;
@@ -289,7 +292,10 @@ mod tests {
         let p = resnet8();
         let d = delete(&p, &["layer1.1", "layer3.1"]).unwrap();
         assert_eq!(d.ops.len(), p.ops.len() - 2);
-        assert_eq!(d.residual_blocks(), ["layer1.0", "layer2.0", "layer2.1", "layer3.0"]);
+        assert_eq!(
+            d.residual_blocks(),
+            ["layer1.0", "layer2.0", "layer2.1", "layer3.0"]
+        );
         assert_eq!(d.check(), p.check());
     }
 
@@ -300,7 +306,9 @@ mod tests {
         assert_eq!(order, [1, 0, 2, 3]);
         assert_eq!(
             q.residual_blocks(),
-            ["layer1.1", "layer1.0", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
+            [
+                "layer1.1", "layer1.0", "layer2.0", "layer2.1", "layer3.0", "layer3.1"
+            ]
         );
         assert_eq!(q.params().len(), p.params().len());
         assert!(matches!(
@@ -337,7 +345,11 @@ mod tests {
         assert!(u.iter().all(|u| u.len == 3 && u.kind == UnitKind::Layer));
         let d = delete(&p, &["conv4"]).unwrap();
         assert_eq!(d.ops.len(), p.ops.len() - 3);
-        assert!(d.params().iter().all(|q| q.layer != "conv4" && q.layer != "bn4"));
+        assert!(
+            d.params()
+                .iter()
+                .all(|q| q.layer != "conv4" && q.layer != "bn4")
+        );
         assert_eq!(d.check(), p.check());
         assert!(
             delete(&p, &["conv3"])

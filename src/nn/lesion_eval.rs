@@ -26,18 +26,24 @@ pub const RECALIBRATION_BATCH: usize = 128;
 /// The parameters and running statistics `program` uses, taken by name from `weights` (a
 /// model whose program contains every operation of `program`), in `program`'s order.
 pub fn weights_for(program: &Program, weights: &Weights) -> Result<Weights, NnError> {
-    let params: HashMap<&str, &HostParam> =
-        weights.params.iter().map(|p| (p.name.as_str(), p)).collect();
-    let buffers: HashMap<&str, &Named> =
-        weights.buffers.iter().map(|b| (b.name.as_str(), b)).collect();
+    let params: HashMap<&str, &HostParam> = weights
+        .params
+        .iter()
+        .map(|p| (p.name.as_str(), p))
+        .collect();
+    let buffers: HashMap<&str, &Named> = weights
+        .buffers
+        .iter()
+        .map(|b| (b.name.as_str(), b))
+        .collect();
     let mut out = Weights {
         params: Vec::new(),
         buffers: Vec::new(),
     };
     for info in program.params() {
-        let p = params.get(info.name.as_str()).ok_or_else(|| {
-            NnError::Shape(format!("the model has no parameter `{}`", info.name))
-        })?;
+        let p = params
+            .get(info.name.as_str())
+            .ok_or_else(|| NnError::Shape(format!("the model has no parameter `{}`", info.name)))?;
         if p.shape != info.shape {
             return Err(NnError::Shape(format!(
                 "parameter `{}` is {:?} in the model, {:?} in the lesioned program",
@@ -171,8 +177,10 @@ fn recalibrated<B: NnBackend>(
         let (_, stats) = net.forward(plan, x, &BnMode::Batch);
         for (k, st) in stats.into_iter().enumerate() {
             let unbias = st.count as f64 / (st.count.max(2) - 1) as f64;
-            for (slot, value) in [(2 * k, st.mean * weight), (2 * k + 1, st.var * (unbias * weight))]
-            {
+            for (slot, value) in [
+                (2 * k, st.mean * weight),
+                (2 * k + 1, st.var * (unbias * weight)),
+            ] {
                 sums[slot] = Some(match sums[slot].take() {
                     Some(s) => s + value,
                     None => value,
@@ -278,8 +286,12 @@ mod tests {
         assert_eq!(logits(&lesioned, &w), want);
         assert_ne!(logits(&program, &w), want);
         // Swapping a block with itself twice over is the original model.
-        let (twice, _) = swap(&swap(&program, "layer1.0", "layer1.1").unwrap().0, "layer1.1", "layer1.0")
-            .unwrap();
+        let (twice, _) = swap(
+            &swap(&program, "layer1.0", "layer1.1").unwrap().0,
+            "layer1.1",
+            "layer1.0",
+        )
+        .unwrap();
         assert_eq!(logits(&twice, &w), logits(&program, &w));
     }
 
@@ -289,7 +301,9 @@ mod tests {
         let program = spec.program().unwrap();
         let lesioned = delete(&program, &["layer1.0", "layer3.1"]).unwrap();
         let labels: Vec<u8> = (0..20).map(|i| (i % 10) as u8).collect();
-        let data: Vec<f32> = (0..20 * 64).map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0).collect();
+        let data: Vec<f32> = (0..20 * 64)
+            .map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0)
+            .collect();
         let split = Split::new(Inputs::f32(data, [1, 8, 8]), Targets::classes(labels, 10)).unwrap();
         let jobs = [
             LesionJob {
@@ -308,9 +322,15 @@ mod tests {
         .unwrap();
         assert_eq!(seen, [1, 2]);
         assert_eq!(plain.len(), 2);
-        let recal =
-            evaluate_lesions(&jobs, &w, Some(&split), &DeviceSpec::Cpu, &|| false, &mut |_| {})
-                .unwrap();
+        let recal = evaluate_lesions(
+            &jobs,
+            &w,
+            Some(&split),
+            &DeviceSpec::Cpu,
+            &|| false,
+            &mut |_| {},
+        )
+        .unwrap();
         // New statistics change the loss; accuracy is a multiple of 1/20 either way.
         assert_ne!(recal[1].0, plain[1].0);
         assert!(

@@ -143,7 +143,11 @@ impl Stage for Lesion {
         DataParams::strip_for_evaluation(params)
     }
 
-    fn check(&self, p: &LesionParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+    fn check(
+        &self,
+        p: &LesionParams,
+        inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> Result<(), String> {
         p.data.check()?;
         if let Some(k) = p.k.iter().find(|&&k| k == 0) {
             return Err(format!(
@@ -158,9 +162,12 @@ impl Stage for Lesion {
         if p.draws == 0 && !(p.k.is_empty() && p.swaps.is_empty()) {
             return Err("`draws` must be at least 1 (or give `k: []` and `swaps: []`)".into());
         }
-        if let Some((from, ModelFacts {
-            spec: Some(spec), ..
-        })) = ModelFacts::input(inputs, "model")
+        if let Some((
+            from,
+            ModelFacts {
+                spec: Some(spec), ..
+            },
+        )) = ModelFacts::input(inputs, "model")
         {
             check_fits(&spec, &p.data, &from.name)?;
             units_of(&spec, &from.name)?;
@@ -343,19 +350,31 @@ fn summarise(rows: &[Value]) -> Summary {
         ("error_subset".to_string(), json!(e0_sub)),
     ];
     let singles: Vec<(String, f64)> = of(rows, "single")
-        .map(|r| (r["deleted"][0].as_str().unwrap_or("").to_string(), f(r, "error")))
+        .map(|r| {
+            (
+                r["deleted"][0].as_str().unwrap_or("").to_string(),
+                f(r, "error"),
+            )
+        })
         .collect();
     if !singles.is_empty() {
         let deltas: Vec<f64> = singles.iter().map(|(_, e)| e - e0).collect();
         let max = deltas.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        metrics.push(("single.median_delta_error".into(), json!(round6(median(&deltas)))));
-        metrics.push(("single.mean_delta_error".into(), json!(round6(mean(&deltas)))));
+        metrics.push((
+            "single.median_delta_error".into(),
+            json!(round6(median(&deltas))),
+        ));
+        metrics.push((
+            "single.mean_delta_error".into(),
+            json!(round6(mean(&deltas))),
+        ));
         metrics.push(("single.max_delta_error".into(), json!(round6(max))));
         for (name, e) in &singles {
             metrics.push((format!("single.{name}.error"), json!(e)));
         }
     }
-    let mut curve = vec![json!({"k": 0, "delete_error": e0_sub, "swap_error": e0_sub, "swap_tau": 1.0})];
+    let mut curve =
+        vec![json!({"k": 0, "delete_error": e0_sub, "swap_error": e0_sub, "swap_tau": 1.0})];
     let mut ks: Vec<u64> = rows
         .iter()
         .filter(|r| r["lesion"] == "delete" || r["lesion"] == "swap")
@@ -365,8 +384,13 @@ fn summarise(rows: &[Value]) -> Summary {
     ks.dedup();
     for k in ks {
         let mut point = json!({"k": k});
-        for (kind, prefix, col) in [("delete", "delete_k", "delete_error"), ("swap", "swap_k", "swap_error")] {
-            let at_k: Vec<&Value> = of(rows, kind).filter(|r| r["k"].as_u64() == Some(k)).collect();
+        for (kind, prefix, col) in [
+            ("delete", "delete_k", "delete_error"),
+            ("swap", "swap_k", "swap_error"),
+        ] {
+            let at_k: Vec<&Value> = of(rows, kind)
+                .filter(|r| r["k"].as_u64() == Some(k))
+                .collect();
             if at_k.is_empty() {
                 continue;
             }
@@ -410,7 +434,10 @@ mod tests {
         assert_eq!(m["delete_k.2.mean_error"], json!(0.3));
         assert_eq!(m["swap_k.1.mean_tau"], json!(0.5));
         assert_eq!(s.curve.len(), 3);
-        assert_eq!(s.curve[1], json!({"k": 1, "swap_error": 0.13, "swap_tau": 0.5}));
+        assert_eq!(
+            s.curve[1],
+            json!({"k": 1, "swap_error": 0.13, "swap_tau": 0.5})
+        );
         assert_eq!(s.curve[2], json!({"k": 2, "delete_error": 0.3}));
     }
 
