@@ -26,7 +26,7 @@ use crate::exec::{
     Worker,
 };
 use crate::nn::{DeviceSpec, host};
-use crate::report::{self, Table, diff, pivot};
+use crate::report::{self, Table, claim_eval, diff, pivot};
 use crate::spec::{self, Diagnostic, Override, choices_hint};
 use crate::stages::{Registry, Runtime};
 
@@ -59,7 +59,7 @@ pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_CACHE: u8 = 3;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-const AFTER_HELP: &str = "Exit codes: 0 success; 1 a stage failed; 2 invalid pipeline, override or command line; 3 cache or I/O error (also a stage that failed because a file operation did: full disk, read-only cache); 130 interrupted.";
+const AFTER_HELP: &str = "Exit codes: 0 success; 1 a stage failed (or, with --strict-claims, a claim did not hold); 2 invalid pipeline, override or command line; 3 cache or I/O error (also a stage that failed because a file operation did: full disk, read-only cache); 130 interrupted.";
 
 #[derive(Parser, Debug)]
 #[command(name = "pipe", version, about = "Declarative pipelines for pruning and training-dynamics research, with a content-addressed cache", after_help = AFTER_HELP)]
@@ -109,6 +109,10 @@ pub enum Command {
         files: Vec<PathBuf>,
         #[command(flatten)]
         exec: ExecArgs,
+        /// Exit 1 when a claim of the pipeline failed or is unknown (after everything ran);
+        /// without it claims are reported but do not change the exit code.
+        #[arg(long)]
+        strict_claims: bool,
     },
     /// Show what `run` would do: every stage, hit or run, and why it would run.
     Plan {
@@ -119,6 +123,12 @@ pub enum Command {
     Explain { file: PathBuf, stage: String },
     /// List run records.
     Runs,
+    /// Print the outcome of a run's claims again, one line each.
+    Claims {
+        /// A run id, id prefix, `last` or `-N`.
+        #[arg(default_value = "last", allow_negative_numbers = true)]
+        run: String,
+    },
     /// Parameters and metrics that differ between two runs (ids, id prefixes, `last`, `-2`).
     Diff {
         #[arg(allow_negative_numbers = true)]
@@ -312,10 +322,15 @@ fn init_tracing(verbose: u8, quiet: bool) {
 fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
     let g = &cli.global;
     match &cli.command {
-        Command::Run { files, exec } => cmd_run(g, registry, files, exec),
+        Command::Run {
+            files,
+            exec,
+            strict_claims,
+        } => cmd_run(g, registry, files, exec, *strict_claims),
         Command::Plan { files } => cmd_plan(g, registry, files),
         Command::Explain { file, stage } => cmd_explain(g, registry, file, stage),
         Command::Runs => cmd_runs(g),
+        Command::Claims { run } => cmd_claims(g, run),
         Command::Diff {
             a,
             b,
@@ -450,6 +465,7 @@ fn cmd_run(
     registry: &Registry,
     files: &[PathBuf],
     ex: &ExecArgs,
+    strict_claims: bool,
 ) -> Result<u8, Failure> {
     if ex.detach && ex.executor != ExecutorKind::Slurm {
         return Err(Failure::invalid(
@@ -626,6 +642,12 @@ fn cmd_run(
             }
             pivot::render(r, &pivot::build(r, &outcome.records))
         });
+    // Claims are judged once every stage has ended; queued stages have no metrics yet.
+    let claims = if queued == 0 {
+        claim_eval::evaluate(&plan.pipeline.claims, &outcome.records)
+    } else {
+        Vec::new()
+    };
     let record = RunRecord {
         id: run_id,
         pipeline: plan.pipeline.name.clone(),
@@ -655,6 +677,7 @@ fn cmd_run(
         pipe_version: env!("CARGO_PKG_VERSION").into(),
         report_spec: plan.pipeline.report.clone(),
         plots: plan.pipeline.plots.clone(),
+        claims,
     };
     // A full disk may refuse the record too; the summary is still printed before saying so.
     let saved = runs::save(store.root(), &record);
@@ -668,6 +691,9 @@ fn cmd_run(
     out!("{}", summary_table(&record).render_text());
     if let Some(r) = &report_text {
         out!("{r}");
+    }
+    for c in &record.claims {
+        out!("{}", claim_eval::line(c));
     }
     if queued > 0 {
         out!(
@@ -704,10 +730,26 @@ fn cmd_run(
         EXIT_INTERRUPTED
     } else if !outcome.io_failures.is_empty() {
         EXIT_CACHE
-    } else if outcome.ok() || (queued > 0 && record.count(StageStatus::Failed) == 0) {
-        0
-    } else {
+    } else if !(outcome.ok() || (queued > 0 && record.count(StageStatus::Failed) == 0)) {
         EXIT_STAGE_FAILED
+    } else if strict_claims
+        && let Some(c) = record
+            .claims
+            .iter()
+            .find(|c| c.outcome != claim_eval::Outcome::Held)
+    {
+        eprintln!(
+            "error: claim `{}` {} (--strict-claims)",
+            c.name,
+            if c.outcome == claim_eval::Outcome::Failed {
+                "failed"
+            } else {
+                "could not be decided"
+            }
+        );
+        EXIT_STAGE_FAILED
+    } else {
+        0
     })
 }
 
@@ -965,6 +1007,18 @@ fn cmd_diff(g: &Global, a: &str, b: &str, json: bool, md: bool, all: bool) -> Re
     Ok(0)
 }
 
+fn cmd_claims(g: &Global, run: &str) -> Result<u8, Failure> {
+    let rs = all_runs(g)?;
+    let r = runs::resolve(&rs, run).map_err(Failure::invalid)?;
+    if r.claims.is_empty() {
+        out!("run {} records no claims", r.id);
+    }
+    for c in &r.claims {
+        out!("{}", claim_eval::line(c));
+    }
+    Ok(0)
+}
+
 fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
     let rs = all_runs(g)?;
     if let Ok(r) = runs::resolve(&rs, target) {
@@ -981,6 +1035,9 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
             out_raw!("{}", summary_table(r).render_text());
             if let Some(rep) = &r.report {
                 out!("\n{rep}");
+            }
+            for c in &r.claims {
+                out!("{}", claim_eval::line(c));
             }
         }
         return Ok(0);

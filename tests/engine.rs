@@ -269,6 +269,7 @@ fn gc_keeps_what_kept_runs_reach_and_dry_run_removes_nothing() {
             pipe_version: "test".into(),
             report_spec: None,
             plots: vec![],
+            claims: vec![],
         };
         pipe::cache::runs::save(cache.path(), &rec).unwrap();
     };

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::store::{CacheError, is_key};
+use crate::report::claim_eval::ClaimResult;
 use crate::spec::{PlotSpec, ReportSpec};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,6 +83,13 @@ pub struct RunRecord {
     /// The `plots:` the pipeline declared, for the same reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plots: Vec<PlotSpec>,
+    /// The outcome of each claim the pipeline states (`claims:`), evaluated after the run.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::report::claim_eval::lenient"
+    )]
+    pub claims: Vec<ClaimResult>,
 }
 
 impl RunRecord {
@@ -326,6 +334,7 @@ mod tests {
             pipe_version: "0".into(),
             report_spec: None,
             plots: vec![],
+            claims: vec![],
         }
     }
 

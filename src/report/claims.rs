@@ -3,7 +3,8 @@
 //! The report reads them from the record's raw JSON (`claims`: a list of objects, or a map of
 //! name → object), so that it shows whatever fields the claim checker records: a name, whether
 //! the claim held, and the numbers behind it. The fields recognised for the name and the
-//! outcome are listed below; any others are shown as `field: value`.
+//! outcome are listed below; any others are shown as `field: value` (a side that `pipe run`
+//! recorded, an object with `value` and `describe`, as `VALUE = DESCRIBE`).
 
 use serde_json::Value;
 
@@ -23,6 +24,19 @@ const OUTCOME_FIELDS: &[&str] = &["held", "outcome", "status", "passed", "result
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        // A side as `pipe run` records it (`claim_eval::SideResult`): its value and how it
+        // came about, or why it is unknown.
+        Value::Object(m) if m.get("describe").is_some_and(Value::is_string) => {
+            let value = m
+                .get("value")
+                .and_then(Value::as_f64)
+                .map_or_else(|| "?".to_string(), super::fmt_float);
+            let describe = m.get("describe").map(text).unwrap_or_default();
+            match m.get("reason").and_then(Value::as_str) {
+                Some(r) => format!("{value} = {describe} (unknown: {r})"),
+                None => format!("{value} = {describe}"),
+            }
+        }
         other => other.to_string(),
     }
 }

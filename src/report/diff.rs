@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Table, fmt_float, fmt_value};
+use super::{Table, claim_eval, fmt_float, fmt_value};
 use crate::cache::RunRecord;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiffRow {
     /// The stage name.
     pub path: String,
-    /// `params.lr` or `metrics.accuracy`.
+    /// `params.lr` or `metrics.accuracy`; for a claim (path `claim NAME`) `outcome`, `left`,
+    /// `op` or `right`.
     pub name: String,
     pub a: Value,
     pub b: Value,
@@ -50,14 +51,34 @@ fn stage_values(run: &RunRecord) -> BTreeMap<(String, String), Value> {
     out
 }
 
-/// Rows that differ (all rows with `all`), params before metrics, each by stage then name.
+/// Claims' outcomes and numbers, keyed like stage values: (`claim NAME`, field).
+fn claim_values(run: &RunRecord) -> BTreeMap<(String, String), Value> {
+    let mut out = BTreeMap::new();
+    for c in &run.claims {
+        for (field, v) in claim_eval::diff_fields(c) {
+            out.insert((format!("claim {}", c.name), field.to_string()), v);
+        }
+    }
+    out
+}
+
+/// Rows that differ (all rows with `all`), params before metrics, each by stage then name;
+/// then the claims whose outcome or numbers differ (a claim only one run states included).
 pub fn diff_runs(a: &RunRecord, b: &RunRecord, all: bool) -> Vec<DiffRow> {
-    let va = stage_values(a);
-    let vb = stage_values(b);
+    let mut rows = diff_maps(&stage_values(a), &stage_values(b), all, true);
+    rows.extend(diff_maps(&claim_values(a), &claim_values(b), all, false));
+    rows
+}
+
+fn diff_maps(
+    va: &BTreeMap<(String, String), Value>,
+    vb: &BTreeMap<(String, String), Value>,
+    all: bool,
+    params_first: bool,
+) -> Vec<DiffRow> {
     let mut keys: Vec<&(String, String)> = va.keys().chain(vb.keys()).collect();
-    keys.sort_by(|x, y| {
-        (!x.1.starts_with("params"), &x.0, &x.1).cmp(&(!y.1.starts_with("params"), &y.0, &y.1))
-    });
+    let group = |k: &(String, String)| params_first && !k.1.starts_with("params");
+    keys.sort_by(|x, y| (group(x), &x.0, &x.1).cmp(&(group(y), &y.0, &y.1)));
     keys.dedup();
     keys.into_iter()
         .filter_map(|k| {

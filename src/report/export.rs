@@ -322,6 +322,7 @@ mod tests {
             pipe_version: "t".into(),
             report_spec: None,
             plots: vec![],
+            claims: vec![],
         }
     }
 

@@ -2,6 +2,7 @@
 //! asks for, the plots its `plots:` declare, exports (CSV, JSON, a tidy metrics table) and the
 //! self-contained HTML / Markdown report of a run.
 
+pub mod claim_eval;
 pub mod claims;
 pub mod diff;
 pub mod export;

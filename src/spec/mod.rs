@@ -3,6 +3,7 @@
 //!
 //! Nothing downstream of this module reads YAML again.
 
+pub mod claims;
 pub mod diag;
 mod expand;
 mod include;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+pub use claims::ClaimSpec;
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use diag::{choices_hint, did_you_mean};
 pub use expand::{glob_match, stage_list};
@@ -73,6 +75,8 @@ pub struct Pipeline {
     pub plots: Vec<PlotSpec>,
     /// What stages ask of a cluster scheduler; never part of a key.
     pub resources: Resources,
+    /// Claims declared under `claims:` (views: no part of any key), in the order written.
+    pub claims: Vec<ClaimSpec>,
 }
 
 impl Pipeline {
@@ -93,10 +97,11 @@ pub fn load(
     for o in overrides {
         overrides::apply(&mut root, o)?;
     }
-    let (instances, report) = expand::expand(&root, registry)?;
+    let (instances, report) = expand::expand(&root, &merged.scopes, registry)?;
     let plots = plots::parse(root.get("plots"), &instances).map_err(Diagnostics)?;
     let resources = resources::parse(root.get("resources"), &instances, &registry.names())
         .map_err(Diagnostics)?;
+    let claims = claims::parse(root.get("claims"), &instances).map_err(Diagnostics)?;
     Ok(Pipeline {
         name: merged.name,
         files: merged.files,
@@ -104,5 +109,6 @@ pub fn load(
         report,
         plots,
         resources,
+        claims,
     })
 }

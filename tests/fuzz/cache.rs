@@ -38,6 +38,7 @@ fn template() -> &'static (tempfile::TempDir, Vec<(String, serde_json::Value)>) 
             pipe_version: "0".into(),
             report_spec: None,
             plots: vec![],
+            claims: vec![],
         };
         runs::save(dir.path(), &rec).unwrap();
         let metrics = o
