@@ -13,6 +13,8 @@ pub mod filter_prune;
 pub mod flops;
 pub mod host;
 pub mod init;
+pub mod lesion;
+pub mod lesion_eval;
 pub mod net;
 pub mod objective;
 pub mod ops;

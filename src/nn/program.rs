@@ -316,6 +316,21 @@ impl Program {
             .collect()
     }
 
+    /// The activation shape entering each top-level operation, then the shape after the
+    /// last one (`ops.len() + 1` shapes), or the first shape error. Lesions use it to tell
+    /// which operations keep the shape (and so may be deleted or swapped).
+    pub fn top_level_shapes(&self) -> Result<Vec<Shape>, String> {
+        let [c, h, w] = self.input;
+        let mut shape = Shape::Map { c, h, w };
+        let mut out = Vec::with_capacity(self.ops.len() + 1);
+        out.push(shape);
+        for op in &self.ops {
+            shape = shape_of(op, shape, &mut |_, _, _| {})?;
+            out.push(shape);
+        }
+        Ok(out)
+    }
+
     /// For filter pruning: each convolution whose output channels may be dropped, with the
     /// parameters a dropped channel `j` zeroes. See [`ChannelGroup`].
     pub fn channel_groups(&self) -> Vec<ChannelGroup> {

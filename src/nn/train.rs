@@ -263,7 +263,7 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// Mean loss and accuracy of `model` on `split`, in batches of [`EVAL_BATCH`]. Outputs come
 /// back to the host and the loss is computed there in f64 (a numerically stable log-sum-exp
 /// for cross-entropy). Under MSE the accuracy is `NaN`.
-fn eval_split<B: NnBackend>(
+pub(crate) fn eval_split<B: NnBackend>(
     model: &Net<B>,
     plan: &Plan,
     running: &[Tensor<B, 1>],

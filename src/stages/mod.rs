@@ -13,6 +13,7 @@ mod erased;
 pub mod correlate;
 pub mod evaluate;
 pub mod init;
+pub mod lesion;
 pub mod model_facts;
 pub mod prune;
 pub mod reinit;
@@ -201,6 +202,7 @@ impl Registry {
         r.register(correlate::Correlate);
         r.register(repr_drop::ReprDrop);
         r.register(repr_reinit::ReprReinit);
+        r.register(lesion::Lesion);
         r
     }
 
