@@ -13,6 +13,7 @@ pub mod flops;
 pub mod host;
 pub mod init;
 pub mod net;
+pub mod netaug;
 pub mod ops;
 pub mod program;
 pub mod prune;

@@ -244,7 +244,7 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// Mean cross-entropy and accuracy of `model` on `split`, in batches of
 /// [`EVAL_BATCH`]. Logits come back to the host and the loss is computed
 /// there in f64 (numerically stable log-sum-exp).
-fn eval_split<B: NnBackend>(
+pub(crate) fn eval_split<B: NnBackend>(
     model: &Net<B>,
     plan: &Plan,
     running: &[Tensor<B, 1>],
@@ -289,7 +289,7 @@ fn eval_split<B: NnBackend>(
     (loss / split.n as f64, correct as f64 / split.n as f64)
 }
 
-fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnError> {
+pub(crate) fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnError> {
     if split.n == 0 {
         return Ok(());
     }

@@ -12,6 +12,7 @@ mod erased;
 
 pub mod evaluate;
 pub mod init;
+pub mod netaug_train;
 pub mod model_facts;
 pub mod prune;
 pub mod reinit;
@@ -191,6 +192,7 @@ impl Registry {
         r.register(rewind::Rewind);
         r.register(reinit::Reinit);
         r.register(evaluate::Evaluate);
+        r.register(netaug_train::NetAugTrain);
         r
     }
 
