@@ -495,6 +495,8 @@ pub struct NetAugConfig {
     pub calibration_seed: u64,
     /// Seed of the data order, the width draws and the extra channels' initialisation.
     pub seed: u64,
+    /// Calibrate and evaluate after every this many epochs (and after the last).
+    pub eval_every_epochs: u64,
 }
 
 impl NetAugConfig {
@@ -752,6 +754,11 @@ impl BackendTask for Task<'_, '_> {
                     epoch + 1
                 )));
             }
+            last_loss = mean;
+            let done = epoch + 1;
+            if done % cfg.eval_every_epochs.max(1) != 0 && done != cfg.epochs {
+                continue;
+            }
             let (net, running, (test_loss, test_acc), v) = evaluate(&params);
             last = Some((net, running));
             curve.push(EvalPoint {
@@ -762,9 +769,9 @@ impl BackendTask for Task<'_, '_> {
                 test_loss,
                 test_acc,
             });
-            last_loss = mean;
         }
-        // The parameters have not changed since the last epoch's calibration.
+        // The parameters have not changed since the last epoch's calibration (the last epoch
+        // is always evaluated).
         let (net, running) = last.expect("at least one epoch");
         Ok(NetAugOutput {
             weights: from_net(&net, &running, &base_spec),

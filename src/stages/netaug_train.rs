@@ -62,6 +62,10 @@ pub struct NetAugParams {
     /// re-estimated before every evaluation. Default 2000.
     #[serde(default = "default_calibration")]
     pub bn_calibration_images: usize,
+    /// Re-estimate BN and evaluate on the test split every this many epochs (and after the
+    /// last). Default 1.
+    #[serde(default = "one")]
+    pub eval_every_epochs: u64,
     /// `false`: train the base model alone, everything else equal (the baseline arm).
     #[serde(default = "yes")]
     pub augment: bool,
@@ -72,6 +76,9 @@ pub struct NetAugParams {
     pub data: DataParams,
 }
 
+fn one() -> u64 {
+    1
+}
 fn sgd() -> OptimizerKind {
     OptimizerKind::Sgd
 }
@@ -116,7 +123,8 @@ impl Stage for NetAugTrain {
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "trains a convnet with Network Augmentation (Cai et al. 2022) \
         {lr, momentum, nesterov, weight_decay, batch, epochs, schedule, warmup_epochs, \
-        label_smoothing, factors, stop_aug_fraction, bn_calibration_images, augment, seed, data}";
+        label_smoothing, factors, stop_aug_fraction, bn_calibration_images, eval_every_epochs, augment, \
+        seed, data}";
 
     fn external_inputs(&self, p: &NetAugParams) -> Vec<std::path::PathBuf> {
         p.data.files()
@@ -174,6 +182,9 @@ impl Stage for NetAugTrain {
                 "`stop_aug_fraction` must be in [0, 1], got {}",
                 p.stop_aug_fraction
             ));
+        }
+        if p.eval_every_epochs == 0 {
+            return Err("`eval_every_epochs` must be at least 1".into());
         }
         if p.bn_calibration_images == 0 {
             return Err("`bn_calibration_images` must be at least 1".into());
@@ -233,6 +244,7 @@ impl Stage for NetAugTrain {
             calibration_images: p.bn_calibration_images,
             calibration_seed: CALIBRATION_SEED,
             seed: p.seed,
+            eval_every_epochs: p.eval_every_epochs,
         };
         let device = ctx.device().clone();
         let out = {
