@@ -254,7 +254,13 @@ impl Stage for NetAugTrain {
                     return ControlFlow::Break(());
                 }
                 if done.is_multiple_of(25) || done == total {
-                    ctx_ref.progress(done, total, &format!("loss {loss:.4}"));
+                    // The loss is the last finished epoch's mean: none during the first.
+                    let message = if loss.is_finite() {
+                        format!("loss {loss:.4}")
+                    } else {
+                        "first epoch".to_string()
+                    };
+                    ctx_ref.progress(done, total, &message);
                 }
                 ControlFlow::Continue(())
             };
