@@ -13,7 +13,7 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::diag::{Diagnostic, Diagnostics, Loc, choices_hint, did_you_mean};
-use super::include::deep_merge;
+use super::include::{DefaultScopes, deep_merge};
 use super::yaml::{Key, Node, NodeKind};
 use super::{Instance, ReportSpec};
 use crate::stages::{Registry, Role, UpstreamInfo};
@@ -58,6 +58,7 @@ struct Member {
 
 pub fn expand(
     root: &Node,
+    scopes: &DefaultScopes,
     registry: &Registry,
 ) -> Result<(Vec<Instance>, Option<ReportSpec>), Diagnostics> {
     let mut errors = Vec::new();
@@ -68,6 +69,16 @@ pub fn expand(
     check_kinds_and_roles(&templates, registry, &mut errors);
     let defaults = root.get("defaults");
     check_defaults(defaults, registry, &mut errors);
+    for inner in scopes.nodes() {
+        let mut more = Vec::new();
+        check_defaults(Some(inner), registry, &mut more);
+        for d in more {
+            let same = |e: &Diagnostic| e.loc == d.loc && e.message == d.message;
+            if !errors.iter().any(same) {
+                errors.push(d);
+            }
+        }
+    }
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -100,7 +111,8 @@ pub fn expand(
             }
         };
         for m in &ms {
-            match instantiate(t, m, defaults, registry) {
+            let seen = scoped_defaults(scopes.inner(t.loc.path()), defaults, &t.kind);
+            match instantiate(t, m, seen.as_ref(), registry) {
                 Ok(inst) => instances.push(inst),
                 Err(p) => problems.add(p, &t.name),
             }
@@ -1090,6 +1102,29 @@ fn set_path(node: &mut Node, path: &[&str], value: Node) {
         }
     };
     set_path(&mut map[idx].1, rest, value);
+}
+
+/// The defaults of `kind` that a stage sees: its file's inner layers under the command line's.
+fn scoped_defaults(inner: Option<&Node>, top: Option<&Node>, kind: &str) -> Option<Node> {
+    let layers = [inner, top];
+    let mut found = layers.iter().flatten().filter_map(|d| d.get(kind));
+    let mut merged = found.next()?.clone();
+    for d in found {
+        if merged.as_map().is_some() && d.as_map().is_some() {
+            deep_merge(&mut merged, d);
+        } else {
+            merged = d.clone();
+        }
+    }
+    let key = |loc: &Loc| Key {
+        name: kind.to_string(),
+        loc: loc.clone(),
+    };
+    Some(Node {
+        loc: merged.loc.clone(),
+        raw: None,
+        kind: NodeKind::Map(vec![(key(&merged.loc), merged)]),
+    })
 }
 
 fn instantiate(

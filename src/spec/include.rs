@@ -3,6 +3,13 @@
 //! Included files come first, the including file after, so the including file's `defaults`
 //! win. A stage defined in two files must be defined identically (then it is one stage, with
 //! one key); otherwise it is an error naming both places.
+//!
+//! `defaults` are scoped by the include tree: a stage sees the defaults of its own file, of the
+//! files that file includes (transitively), and of the files that include it (the nearer
+//! includer winning, the files named on the command line and `-S defaults.…` last). It never
+//! sees a sibling's: a file that includes two papers' pipelines (`pipelines/seeds.yaml`) leaves
+//! each one's stages exactly as they are when that pipeline runs alone, so their keys, and
+//! their cached results, are shared.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,14 +31,47 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 pub struct Merged {
     pub name: String,
     pub files: Vec<PathBuf>,
+    /// The merged tree; its `defaults` are those of the files named on the command line (where
+    /// `-S defaults.…` lands), the outermost layer of every stage's defaults.
     pub root: Node,
+    pub scopes: DefaultScopes,
+}
+
+/// The inner layers of the defaults of each file's stages (see the module documentation),
+/// by the file's path as its stages' locations name it.
+#[derive(Default)]
+pub struct DefaultScopes {
+    by_file: Vec<(PathBuf, Node)>,
+}
+
+impl DefaultScopes {
+    /// The defaults a stage defined in `file` sees before the command line's layer.
+    pub fn inner(&self, file: &Path) -> Option<&Node> {
+        self.by_file.iter().find(|(p, _)| p == file).map(|(_, n)| n)
+    }
+
+    /// Every inner layer, to be checked like the top-level `defaults`.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.by_file.iter().map(|(_, n)| n)
+    }
+}
+
+/// What one loaded file contributes to the scoping of `defaults`.
+struct FileScope {
+    /// As the file's stages' locations name it.
+    path: PathBuf,
+    own: Vec<(Key, Node)>,
+    /// Files it includes (indices into `Loader::scopes`), in order.
+    children: Vec<usize>,
+    /// The file that included it first; `None` for the files named on the command line.
+    parent: Option<usize>,
 }
 
 struct Loader {
     files: Vec<PathBuf>,
     /// Canonical paths of files already merged (a file included twice is merged once).
     seen: Vec<PathBuf>,
-    defaults: Vec<(Key, Node)>,
+    scopes: Vec<FileScope>,
     stages: Vec<(Key, Node)>,
     levels: Vec<(Key, Node)>,
     report: Option<(Key, Node)>,
@@ -50,7 +90,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
     let mut l = Loader {
         files: Vec::new(),
         seen: Vec::new(),
-        defaults: Vec::new(),
+        scopes: Vec::new(),
         stages: Vec::new(),
         levels: Vec::new(),
         report: None,
@@ -60,11 +100,12 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
     };
     let mut name = None;
     for p in paths {
-        let n = l.load(p, None, &mut Vec::new());
+        let n = l.load(p, None, &mut Vec::new(), None);
         if name.is_none() {
             name = n;
         }
     }
+    let (defaults, scopes) = l.scoped_defaults();
     if !l.errors.is_empty() {
         return Err(Diagnostics(l.errors));
     }
@@ -92,7 +133,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         loc: first_loc.clone(),
     };
     let mut top = vec![
-        (key("defaults"), mk(l.defaults)),
+        (key("defaults"), mk(defaults)),
         (key("stages"), mk(l.stages)),
         (key("levels"), mk(l.levels)),
     ];
@@ -105,6 +146,7 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         name,
         files: l.files,
         root: mk(top),
+        scopes,
     })
 }
 
@@ -117,6 +159,7 @@ impl Loader {
         path: &Path,
         from: Option<&Loc>,
         stack: &mut Vec<(PathBuf, PathBuf)>,
+        parent: Option<usize>,
     ) -> Option<String> {
         let canonical = match std::fs::canonicalize(path) {
             Ok(c) => c,
@@ -177,6 +220,16 @@ impl Loader {
             path: path.to_path_buf(),
             text,
         });
+        let me = self.scopes.len();
+        self.scopes.push(FileScope {
+            path: path.to_path_buf(),
+            own: Vec::new(),
+            children: Vec::new(),
+            parent,
+        });
+        if let Some(p) = parent {
+            self.scopes[p].children.push(me);
+        }
         let root = match yaml::parse(file) {
             Ok(r) => r,
             Err(d) => {
@@ -212,7 +265,7 @@ impl Loader {
                 match item.as_str() {
                     Some(rel) => {
                         let p = path.parent().unwrap_or(Path::new(".")).join(rel);
-                        self.load(&p, Some(&item.loc), stack);
+                        self.load(&p, Some(&item.loc), stack, Some(me));
                     }
                     None => self.errors.push(Diagnostic::at(
                         &item.loc,
@@ -241,7 +294,7 @@ impl Loader {
             match d.as_map() {
                 Some(m) => {
                     for (k, v) in m {
-                        merge_into(&mut self.defaults, k, v);
+                        merge_into(&mut self.scopes[me].own, k, v);
                     }
                 }
                 None => self.errors.push(expected_map("defaults", d)),
@@ -296,6 +349,68 @@ impl Loader {
             }
         }
         name
+    }
+}
+
+impl Loader {
+    /// The command line's layer (the top files' own defaults) and each file's inner layers.
+    fn scoped_defaults(&self) -> (Vec<(Key, Node)>, DefaultScopes) {
+        let mut top = Vec::new();
+        for s in self.scopes.iter().filter(|s| s.parent.is_none()) {
+            for (k, v) in &s.own {
+                merge_into(&mut top, k, v);
+            }
+        }
+        let by_file = (0..self.scopes.len())
+            .map(|i| {
+                // Its includes' defaults, then its own, then each includer's own, nearest
+                // first, stopping below the top files (their layer is `top`).
+                let mut layers = self.subtree(i);
+                let mut at = self.scopes[i].parent;
+                while let Some(p) = at {
+                    if self.scopes[p].parent.is_none() {
+                        break;
+                    }
+                    for (k, v) in &self.scopes[p].own {
+                        merge_into(&mut layers, k, v);
+                    }
+                    at = self.scopes[p].parent;
+                }
+                let loc = self.scopes[i]
+                    .own
+                    .first()
+                    .map(|(k, _)| k.loc.clone())
+                    .or_else(|| layers.first().map(|(k, _)| k.loc.clone()));
+                (self.scopes[i].path.clone(), layers, loc)
+            })
+            .filter_map(|(path, layers, loc)| {
+                let loc = loc?;
+                Some((
+                    path,
+                    Node {
+                        kind: NodeKind::Map(layers),
+                        loc,
+                        raw: None,
+                    },
+                ))
+            })
+            .collect();
+        (top, DefaultScopes { by_file })
+    }
+
+    /// The defaults of file `i` as if it were run alone, without its includers: its includes'
+    /// (in order, each with its own includes) under its own.
+    fn subtree(&self, i: usize) -> Vec<(Key, Node)> {
+        let mut out = Vec::new();
+        for &c in &self.scopes[i].children {
+            for (k, v) in self.subtree(c) {
+                merge_into(&mut out, &k, &v);
+            }
+        }
+        for (k, v) in &self.scopes[i].own {
+            merge_into(&mut out, k, v);
+        }
+        out
     }
 }
 

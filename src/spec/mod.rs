@@ -93,7 +93,7 @@ pub fn load(
     for o in overrides {
         overrides::apply(&mut root, o)?;
     }
-    let (instances, report) = expand::expand(&root, registry)?;
+    let (instances, report) = expand::expand(&root, &merged.scopes, registry)?;
     let plots = plots::parse(root.get("plots"), &instances).map_err(Diagnostics)?;
     let resources = resources::parse(root.get("resources"), &instances, &registry.names())
         .map_err(Diagnostics)?;
