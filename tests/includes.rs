@@ -62,7 +62,7 @@ fn siblings_do_not_see_each_others_defaults_and_keep_their_keys() {
     let top = write(dir.path(), "top.yaml", "include: [a.yaml, b.yaml]\n");
     let cache = dir.path().join("cache");
 
-    let both = planned(&cache, &[top.clone()], &[]);
+    let both = planned(&cache, std::slice::from_ref(&top), &[]);
     let ta = &find(&both, "train_a").2;
     let tb = &find(&both, "train_b").2;
     assert_eq!(ta["optimizer"], "sgd");
@@ -102,7 +102,7 @@ fn includers_defaults_and_overrides_win_over_included_ones() {
         "include: [mid.yaml, b.yaml]\ndefaults:\n  train: {eval_every: 3}\n",
     );
     let cache = dir.path().join("cache");
-    let p = planned(&cache, &[top.clone()], &[]);
+    let p = planned(&cache, std::slice::from_ref(&top), &[]);
     // a.yaml's stage: its includer mid.yaml wins on lr, the top file adds eval_every.
     let ta = &find(&p, "train_a").2;
     assert_eq!(

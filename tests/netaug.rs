@@ -8,7 +8,11 @@ use common::*;
 #[test]
 fn netaug_trains_and_writes_a_plain_base_width_model() {
     let cache = tempfile::tempdir().unwrap();
-    let o = run(cache.path(), &[file("tests/pipelines/tiny_netaug.yaml")], &[]);
+    let o = run(
+        cache.path(),
+        &[file("tests/pipelines/tiny_netaug.yaml")],
+        &[],
+    );
     assert_ok(&o);
     // Width augmentation in the first half of the 2 epochs; none in the baseline arm.
     assert_eq!(metric(&o, "netaug", "aug_epochs"), 1.0);

@@ -84,7 +84,10 @@ impl WidthFamily {
     }
 
     pub fn max_widths(&self) -> Vec<usize> {
-        self.choices.iter().map(|c| *c.last().expect("a width")).collect()
+        self.choices
+            .iter()
+            .map(|c| *c.last().expect("a width"))
+            .collect()
     }
 
     pub fn spec(&self, widths: &[usize]) -> ModelSpec {
@@ -136,7 +139,7 @@ pub fn prefix_slice<B: Backend>(t: Tensor<B, 1>, full: &[usize], sub: &[usize]) 
     }
     let n: usize = sub.iter().product();
     match full.len() {
-        1 => t.slice([0..sub[0]]),
+        1 => t.narrow(0, 0, sub[0]),
         2 => t
             .reshape([full[0], full[1]])
             .slice([0..sub[0], 0..sub[1]])
@@ -232,7 +235,10 @@ fn channel_groups(program: &Program) -> Result<Vec<ChannelGroup>, String> {
     for op in &program.ops {
         match op {
             Op::Conv {
-                c_out, bias, groups: g, ..
+                c_out,
+                bias,
+                groups: g,
+                ..
             } => {
                 if *g != 1 {
                     return Err("grouped convolutions cannot be width-augmented".into());
@@ -334,7 +340,11 @@ fn apply_permutation(
     let c = group.channels;
     let w = &shapes[group.conv_weight];
     permute_axis(&mut data[group.conv_weight], c, w[1] * w[2] * w[3], perm);
-    for i in group.conv_bias.into_iter().chain(group.bn.into_iter().flat_map(|(g, b)| [g, b])) {
+    for i in group
+        .conv_bias
+        .into_iter()
+        .chain(group.bn.into_iter().flat_map(|(g, b)| [g, b]))
+    {
         permute_axis(&mut data[i], c, 1, perm);
     }
     match group.reader {
@@ -569,8 +579,13 @@ pub fn netaug_train(
     }
     BatchOrder::new(train.n, cfg.batch, cfg.seed, 0)?;
     let family = WidthFamily::new(base, &cfg.factors);
-    channel_groups(&family.spec(&family.max_widths()).program().map_err(NnError::Invalid)?)
-        .map_err(NnError::Invalid)?;
+    channel_groups(
+        &family
+            .spec(&family.max_widths())
+            .program()
+            .map_err(NnError::Invalid)?,
+    )
+    .map_err(NnError::Invalid)?;
     dispatch(
         device,
         Task {
@@ -821,7 +836,9 @@ mod tests {
 
     fn batch<B: Backend<Device = FlexDevice>>(n: usize, seed: u64) -> Tensor<B, 4> {
         let mut rng = stream_rng(seed, 1, 0);
-        let v: Vec<f32> = (0..n * 64).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let v: Vec<f32> = (0..n * 64)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
         Tensor::from_data(TensorData::new(v, [n, 1, 8, 8]), &FlexDevice)
     }
 
@@ -876,11 +893,16 @@ mod tests {
         let (full, sub) = (param_shapes(&mspec), param_shapes(&base_spec));
         // The base model as its own weights: the leading corner of every master parameter.
         let mut base = init_weights(&base_spec, InitScheme::KaimingNormal, 0);
-        for (p, (m, (f, s))) in base.params.iter_mut().zip(mdata.iter().zip(full.iter().zip(&sub))) {
+        for (p, (m, (f, s))) in base
+            .params
+            .iter_mut()
+            .zip(mdata.iter().zip(full.iter().zip(&sub)))
+        {
             p.data = prefix_indices(f, s).into_iter().map(|i| m[i]).collect();
         }
         let plan = Plan::new(&base_spec.program().unwrap());
-        let alone: Net<Flex> = to_net(&base_spec, &base, &Mask::dense(&base_spec), &FlexDevice).unwrap();
+        let alone: Net<Flex> =
+            to_net(&base_spec, &base, &Mask::dense(&base_spec), &FlexDevice).unwrap();
         let master_t = to_device::<Flex>(&mdata, &FlexDevice);
         let sliced = sub_net(&master_t, &full, &sub);
         let x = batch::<Flex>(6, 1);
@@ -908,10 +930,14 @@ mod tests {
         let net = sub_net(&leaves, &full, &sub);
         let plan = Plan::new(&sub_spec.program().unwrap());
         let (logits, _) = net.forward(&plan, batch::<Ad>(5, 2), &BnMode::Batch);
-        let y = Tensor::<Ad, 2>::from_data(smoothed_targets(&[0, 1, 2, 3, 4], 10, 0.1), &FlexDevice);
+        let y =
+            Tensor::<Ad, 2>::from_data(smoothed_targets(&[0, 1, 2, 3, 4], 10, 0.1), &FlexDevice);
         let grads = soft_cross_entropy(logits, y).backward();
         for (i, leaf) in leaves.iter().enumerate() {
-            let g = values(leaf.grad(&grads).expect("every master parameter gets a gradient"));
+            let g = values(
+                leaf.grad(&grads)
+                    .expect("every master parameter gets a gradient"),
+            );
             let inside: std::collections::HashSet<usize> =
                 prefix_indices(&full[i], &sub[i]).into_iter().collect();
             assert_eq!(g.len(), full[i].iter().product::<usize>());
@@ -920,7 +946,10 @@ mod tests {
                     assert_eq!(*v, 0.0, "param {i} entry {j} is outside the slice");
                 }
             }
-            assert!(inside.iter().any(|&j| g[j] != 0.0), "param {i} got no gradient");
+            assert!(
+                inside.iter().any(|&j| g[j] != 0.0),
+                "param {i} got no gradient"
+            );
         }
     }
 
@@ -946,7 +975,11 @@ mod tests {
         let perms = sort_channels(&program, &mut data, &mut [&mut momentum]).unwrap();
         assert_eq!(momentum, data, "the buffers get the same permutations");
         assert_eq!(perms.len(), 4);
-        assert!(perms.iter().all(|p| p.iter().enumerate().any(|(k, &o)| k != o)));
+        assert!(
+            perms
+                .iter()
+                .all(|p| p.iter().enumerate().any(|(k, &o)| k != o))
+        );
         let after = logits(&data);
         for (u, v) in before.iter().zip(&after) {
             assert!((u - v).abs() <= 1e-5, "{u} vs {v}");
@@ -959,7 +992,11 @@ mod tests {
             assert!(n.windows(2).all(|w| w[0] >= w[1]), "{n:?}");
         }
         let again = sort_channels(&program, &mut data, &mut []).unwrap();
-        assert!(again.iter().all(|p| p.iter().enumerate().all(|(k, &o)| k == o)));
+        assert!(
+            again
+                .iter()
+                .all(|p| p.iter().enumerate().all(|(k, &o)| k == o))
+        );
     }
 
     #[test]
@@ -979,7 +1016,9 @@ mod tests {
         kernel[4] = 1.0;
         kernel[13] = 2.0;
         w.params[0].data = kernel;
-        let images: Vec<f32> = (0..5 * 4).map(|i| ((i * 37) % 11) as f32 * 0.25 - 1.0).collect();
+        let images: Vec<f32> = (0..5 * 4)
+            .map(|i| ((i * 37) % 11) as f32 * 0.25 - 1.0)
+            .collect();
         let split = Split::new(
             Inputs::f32(images.clone(), [1, 2, 2]),
             Targets::classes(vec![0, 1, 2, 0, 1], 3),
@@ -1005,10 +1044,7 @@ mod tests {
         let (m2, v2) = stats(&[3]);
         let mean = (2.0 * m1 + m2) / 3.0;
         let var = (2.0 * v1 + v2) / 3.0;
-        let want = [
-            vec![mean, 2.0 * mean],
-            vec![var, 4.0 * var],
-        ];
+        let want = [vec![mean, 2.0 * mean], vec![var, 4.0 * var]];
         assert_eq!(got.len(), 2);
         for (g, w) in got.iter().zip(&want) {
             for (a, b) in g.iter().zip(w) {

@@ -12,8 +12,8 @@ mod erased;
 
 pub mod evaluate;
 pub mod init;
-pub mod netaug_train;
 pub mod model_facts;
+pub mod netaug_train;
 pub mod prune;
 pub mod reinit;
 pub mod rewind;

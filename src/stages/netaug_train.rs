@@ -134,9 +134,15 @@ impl Stage for NetAugTrain {
         DataParams::strip_locations(params)
     }
 
-    fn check(&self, p: &NetAugParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
+    fn check(
+        &self,
+        p: &NetAugParams,
+        inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> Result<(), String> {
         if p.optimizer != OptimizerKind::Sgd {
-            return Err("netaug_train uses `optimizer: sgd` (the paper's); remove `optimizer`".into());
+            return Err(
+                "netaug_train uses `optimizer: sgd` (the paper's); remove `optimizer`".into(),
+            );
         }
         if p.epochs == 0 {
             return Err("`epochs` must be at least 1".into());
@@ -151,7 +157,10 @@ impl Stage for NetAugTrain {
             return Err("`nesterov: true` needs a `momentum` above 0".into());
         }
         if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
-            return Err(format!("`weight_decay` must be >= 0, got {}", p.weight_decay));
+            return Err(format!(
+                "`weight_decay` must be >= 0, got {}",
+                p.weight_decay
+            ));
         }
         if p.batch == 0 {
             return Err("`batch` must be at least 1".into());
@@ -209,7 +218,11 @@ impl Stage for NetAugTrain {
         Ok(())
     }
 
-    fn facts(&self, _p: &NetAugParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+    fn facts(
+        &self,
+        _p: &NetAugParams,
+        inputs: &[(String, Vec<UpstreamInfo>)],
+    ) -> serde_json::Value {
         ModelFacts {
             spec: ModelFacts::spec_of(inputs, "model"),
             checkpoints: Some(vec![]),

@@ -74,7 +74,10 @@ fn is_false(b: &bool) -> bool {
 impl ConvnetSpec {
     /// The width of every conv entry, in order.
     pub fn conv_widths(&self) -> Vec<usize> {
-        self.layers.iter().filter_map(|l| l.conv().map(|c| c.0)).collect()
+        self.layers
+            .iter()
+            .filter_map(|l| l.conv().map(|c| c.0))
+            .collect()
     }
 
     /// The same net with conv `k` of width `widths[k]` (strides and pooling kept); `widths`
