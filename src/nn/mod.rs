@@ -16,6 +16,7 @@ pub mod init;
 pub mod lesion;
 pub mod lesion_eval;
 pub mod net;
+pub mod netaug;
 pub mod objective;
 pub mod ops;
 pub mod program;

@@ -292,7 +292,7 @@ pub(crate) fn eval_split<B: NnBackend>(
     sums.finish(objective, split.n)
 }
 
-fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnError> {
+pub(crate) fn check_split(spec: &ModelSpec, split: &Split, what: &str) -> Result<(), NnError> {
     if split.n == 0 {
         return Ok(());
     }

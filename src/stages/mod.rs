@@ -15,6 +15,7 @@ pub mod evaluate;
 pub mod init;
 pub mod lesion;
 pub mod model_facts;
+pub mod netaug_train;
 pub mod prune;
 pub mod reinit;
 pub mod repr_drop;
@@ -203,6 +204,7 @@ impl Registry {
         r.register(repr_drop::ReprDrop);
         r.register(repr_reinit::ReprReinit);
         r.register(lesion::Lesion);
+        r.register(netaug_train::NetAugTrain);
         r
     }
 

@@ -4,6 +4,11 @@
 //! `[64, 64, M, 128, 128, M, 256, 256, M]`, `fc: [256, 256]`) and the RePr paper's small
 //! CNNs (e.g. `layers: [32, M, 32, M, 32, M]`, `fc: []`).
 //!
+//! A layer entry may also be `{conv: 8, stride: 2}` (a strided 3×3 convolution), and
+//! `global_pool: true` ends the convolutions with a global average pool instead of a flatten:
+//! together they express NetAug's tiny CNN (`layers: [4, {conv: 8, stride: 2},
+//! {conv: 16, stride: 2}, 16]`, `global_pool: true`, `fc: []`).
+//!
 //! Names: `conv1` … `convN` (with `bn1` … when `batch_norm`), `fc1` … `fcK`, output
 //! `fc{K+1}`.
 
@@ -11,12 +16,33 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::program::{Op, Program};
 
-/// One entry of `layers`: a conv width or `"M"` (2×2 max pooling, stride 2).
+/// One entry of `layers`: a conv width, `"M"` (2×2 max pooling, stride 2), or
+/// `{conv: WIDTH, stride: S}` (a strided conv).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(untagged)]
 pub enum ConvLayer {
     Conv(usize),
     Pool(String),
+    Strided(StridedConv),
+}
+
+/// A 3×3 convolution (padding 1) with a stride.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StridedConv {
+    pub conv: usize,
+    pub stride: usize,
+}
+
+impl ConvLayer {
+    /// `(width, stride)` of a conv entry; `None` for pooling.
+    pub fn conv(&self) -> Option<(usize, usize)> {
+        match self {
+            ConvLayer::Conv(w) => Some((*w, 1)),
+            ConvLayer::Strided(s) => Some((s.conv, s.stride)),
+            ConvLayer::Pool(_) => None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -35,24 +61,70 @@ pub struct ConvnetSpec {
     /// Batch norm after every convolution (then the convolutions have no bias).
     #[serde(default)]
     pub batch_norm: bool,
+    /// End the convolutions with a global average pool (the fully-connected layers then read
+    /// one value per channel) instead of flattening the last feature map.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub global_pool: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ConvnetSpec {
+    /// The width of every conv entry, in order.
+    pub fn conv_widths(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .filter_map(|l| l.conv().map(|c| c.0))
+            .collect()
+    }
+
+    /// The same net with conv `k` of width `widths[k]` (strides and pooling kept); `widths`
+    /// has one entry per conv.
+    pub fn with_conv_widths(&self, widths: &[usize]) -> ConvnetSpec {
+        let mut next = widths.iter();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                ConvLayer::Conv(_) => ConvLayer::Conv(*next.next().expect("one width per conv")),
+                ConvLayer::Strided(s) => ConvLayer::Strided(StridedConv {
+                    conv: *next.next().expect("one width per conv"),
+                    stride: s.stride,
+                }),
+                ConvLayer::Pool(m) => ConvLayer::Pool(m.clone()),
+            })
+            .collect();
+        ConvnetSpec {
+            layers,
+            ..self.clone()
+        }
+    }
+
     pub fn program(&self) -> Result<Program, String> {
         let mut ops = Vec::new();
         let mut c = self.input[0];
         let mut k = 0;
         for (i, l) in self.layers.iter().enumerate() {
             match l {
-                ConvLayer::Conv(0) => return Err(format!("convnet layers[{i}] has width 0")),
-                ConvLayer::Conv(w) => {
+                ConvLayer::Conv(0) | ConvLayer::Strided(StridedConv { conv: 0, .. }) => {
+                    return Err(format!("convnet layers[{i}] has width 0"));
+                }
+                ConvLayer::Strided(StridedConv { stride: 0, .. }) => {
+                    return Err(format!(
+                        "convnet layers[{i}] has stride 0; write a stride of at least 1"
+                    ));
+                }
+                ConvLayer::Conv(_) | ConvLayer::Strided(_) => {
+                    let (w, stride) = l.conv().expect("a conv entry");
                     k += 1;
                     ops.push(Op::Conv {
                         name: format!("conv{k}"),
                         c_in: c,
-                        c_out: *w,
+                        c_out: w,
                         kernel: 3,
-                        stride: 1,
+                        stride,
                         padding: 1,
                         groups: 1,
                         bias: !self.batch_norm,
@@ -60,11 +132,11 @@ impl ConvnetSpec {
                     if self.batch_norm {
                         ops.push(Op::BatchNorm {
                             name: format!("bn{k}"),
-                            channels: *w,
+                            channels: w,
                         });
                     }
                     ops.push(Op::Relu);
-                    c = *w;
+                    c = w;
                 }
                 ConvLayer::Pool(m) if m == "M" => ops.push(Op::MaxPool {
                     kernel: 2,
@@ -91,7 +163,12 @@ impl ConvnetSpec {
             output: String::new(),
         };
         let mut d = probe.activation_width()?;
-        ops.push(Op::Flatten);
+        if self.global_pool {
+            d = c;
+            ops.push(Op::GlobalAvgPool);
+        } else {
+            ops.push(Op::Flatten);
+        }
         let widths: Vec<usize> = self.fc.iter().copied().chain([self.classes]).collect();
         for (j, &w) in widths.iter().enumerate() {
             ops.push(Op::Linear {
@@ -133,6 +210,7 @@ mod tests {
             classes: 10,
             input: [3, 32, 32],
             batch_norm: false,
+            global_pool: false,
         })
     }
 
