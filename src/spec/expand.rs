@@ -111,7 +111,7 @@ pub fn expand(
             }
         };
         for m in &ms {
-            let seen = scoped_defaults(scopes.inner(t.loc.path()), defaults, &t.kind);
+            let seen = scoped_defaults(scopes.inner(t.loc.path()), Some(scopes.top()), &t.kind);
             match instantiate(t, m, seen.as_ref(), registry) {
                 Ok(inst) => instances.push(inst),
                 Err(p) => problems.add(p, &t.name),

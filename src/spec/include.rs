@@ -38,14 +38,33 @@ pub struct Merged {
     pub scopes: DefaultScopes,
 }
 
-/// The inner layers of the defaults of each file's stages (see the module documentation),
-/// by the file's path as its stages' locations name it.
-#[derive(Default)]
+/// The layers of the defaults of each file's stages (see the module documentation): the inner
+/// ones by the file's path as its stages' locations name it, and the outer one, the command
+/// line's (the top files' own defaults, then `-S defaults.…`).
 pub struct DefaultScopes {
     by_file: Vec<(PathBuf, Node)>,
+    top: Node,
 }
 
 impl DefaultScopes {
+    /// The outermost layer, which every stage sees last.
+    pub fn top(&self) -> &Node {
+        &self.top
+    }
+
+    /// Applies an override of `defaults.…` (already checked against the merged tree) to the
+    /// outermost layer.
+    pub fn apply_override(&mut self, o: &super::Override) -> Result<(), Diagnostic> {
+        if o.path.first().map(String::as_str) != Some("defaults") || o.path.len() < 2 {
+            return Ok(());
+        }
+        let inner = super::Override {
+            path: o.path[1..].to_vec(),
+            ..o.clone()
+        };
+        super::overrides::apply_creating(&mut self.top, &inner)
+    }
+
     /// The defaults a stage defined in `file` sees before the command line's layer.
     pub fn inner(&self, file: &Path) -> Option<&Node> {
         self.by_file.iter().find(|(p, _)| p == file).map(|(_, n)| n)
@@ -109,7 +128,16 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
             name = n;
         }
     }
-    let (defaults, scopes) = l.scoped_defaults();
+    let (top, by_file) = l.scoped_defaults();
+    // The merged tree keeps every file's defaults together, as written: overrides are checked
+    // against it (`-S defaults.train.data.train_subset=…` needs a `data` block in some file)
+    // and its kinds are checked once. Stages see the scoped layers instead.
+    let mut defaults = Vec::new();
+    for s in &l.scopes {
+        for (k, v) in &s.own {
+            merge_into(&mut defaults, k, v);
+        }
+    }
     if !l.errors.is_empty() {
         return Err(Diagnostics(l.errors));
     }
@@ -136,23 +164,27 @@ pub fn load_merged(paths: &[PathBuf]) -> Result<Merged, Diagnostics> {
         name: n.to_string(),
         loc: first_loc.clone(),
     };
-    let mut top = vec![
+    let mut top_level = vec![
         (key("defaults"), mk(defaults)),
         (key("stages"), mk(l.stages)),
         (key("levels"), mk(l.levels)),
     ];
-    top.extend(l.report);
-    top.extend(l.plots);
+    top_level.extend(l.report);
+    top_level.extend(l.plots);
     if !l.resources.is_empty() {
-        top.push((key("resources"), mk(l.resources)));
+        top_level.push((key("resources"), mk(l.resources)));
     }
     if !l.claims.is_empty() {
-        top.push((key("claims"), mk(l.claims)));
+        top_level.push((key("claims"), mk(l.claims)));
     }
+    let scopes = DefaultScopes {
+        by_file,
+        top: mk(top),
+    };
     Ok(Merged {
         name,
         files: l.files,
-        root: mk(top),
+        root: mk(top_level),
         scopes,
     })
 }
@@ -392,7 +424,7 @@ impl Loader {
     }
 
     /// The command line's layer (the top files' own defaults) and each file's inner layers.
-    fn scoped_defaults(&self) -> (Vec<(Key, Node)>, DefaultScopes) {
+    fn scoped_defaults(&self) -> (Vec<(Key, Node)>, Vec<(PathBuf, Node)>) {
         let mut top = Vec::new();
         for s in self.scopes.iter().filter(|s| s.parent.is_none()) {
             for (k, v) in &s.own {
@@ -433,7 +465,7 @@ impl Loader {
                 ))
             })
             .collect();
-        (top, DefaultScopes { by_file })
+        (top, by_file)
     }
 
     /// The defaults of file `i` as if it were run alone, without its includers: its includes'

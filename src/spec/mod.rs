@@ -94,10 +94,12 @@ pub fn load(
 ) -> Result<Pipeline, Diagnostics> {
     let merged = include::load_merged(files)?;
     let mut root = merged.root;
+    let mut scopes = merged.scopes;
     for o in overrides {
         overrides::apply(&mut root, o)?;
+        scopes.apply_override(o)?;
     }
-    let (instances, report) = expand::expand(&root, &merged.scopes, registry)?;
+    let (instances, report) = expand::expand(&root, &scopes, registry)?;
     let plots = plots::parse(root.get("plots"), &instances).map_err(Diagnostics)?;
     let resources = resources::parse(root.get("resources"), &instances, &registry.names())
         .map_err(Diagnostics)?;

@@ -47,13 +47,23 @@ fn value_node(o: &Override) -> Result<Node, Diagnostic> {
 }
 
 pub fn apply(root: &mut Node, o: &Override) -> Result<(), Diagnostic> {
+    set(root, o, false)
+}
+
+/// Applies an override already validated by [`apply`] on the merged tree to another tree (a
+/// layer of the scoped defaults) where its intermediate maps may not exist yet.
+pub fn apply_creating(root: &mut Node, o: &Override) -> Result<(), Diagnostic> {
+    set(root, o, true)
+}
+
+fn set(root: &mut Node, o: &Override, create: bool) -> Result<(), Diagnostic> {
     let value = value_node(o)?;
     let mut cur = root;
     for (i, seg) in o.path.iter().enumerate() {
         let last = i + 1 == o.path.len();
         // Under `defaults`, a kind's block may be created by the override; elsewhere only the
         // final key may be new (an override must not invent stages or groups by a typo).
-        let may_create = last || (i == 1 && o.path[0] == "defaults");
+        let may_create = create || last || (i == 1 && o.path[0] == "defaults");
         let loc = cur.loc.clone();
         let Some(map) = cur.as_map_mut() else {
             return Err(Diagnostic::bare(format!(
