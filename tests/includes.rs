@@ -130,3 +130,52 @@ fn includers_defaults_and_overrides_win_over_included_ones() {
         assert_eq!(find(&p, s).2["lr"], 0.5, "{s}");
     }
 }
+
+/// `pipelines/seeds.yaml` is every paper's pipeline in one graph: each stage there has exactly
+/// the key it has in its own pipeline (so a paper run alone is a cache hit afterwards, and the
+/// other way round), nothing is lost or added, and every paper's claims come along.
+#[test]
+fn seeds_yaml_keeps_every_papers_keys_and_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let all = planned(&cache, &[common::file("pipelines/seeds.yaml")], &[]);
+    let papers = [
+        "lottery_vs_rethinking",
+        "repr",
+        "netaug",
+        "lesion",
+        "luck_matters",
+    ];
+    let mut total = 0;
+    for paper in papers {
+        let own = planned(
+            &cache,
+            &[common::file(&format!("pipelines/{paper}.yaml"))],
+            &[],
+        );
+        total += own.len();
+        for (name, key, _) in &own {
+            assert_eq!(&find(&all, name).1, key, "{paper}: {name}");
+        }
+    }
+    assert_eq!(
+        all.len(),
+        total,
+        "the papers share no stage name, so nothing is merged"
+    );
+
+    let reg = common::registry();
+    let claims = |f: &str| -> Vec<String> {
+        let p = pipe::spec::load(&[common::file(f)], &[], &reg).unwrap();
+        p.claims.iter().map(|c| c.name.clone()).collect()
+    };
+    let mut want: Vec<String> = papers
+        .iter()
+        .flat_map(|p| claims(&format!("pipelines/{p}.yaml")))
+        .collect();
+    let mut got = claims("pipelines/seeds.yaml");
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(got.len() >= 10, "four papers state claims: {got:?}");
+}
