@@ -76,6 +76,9 @@ impl DefaultScopes {
     }
 }
 
+/// The entries of a map node.
+type Entries = Vec<(Key, Node)>;
+
 /// What one loaded file contributes to the scoping of `defaults`.
 struct FileScope {
     /// As the file's stages' locations name it.
@@ -424,7 +427,7 @@ impl Loader {
     }
 
     /// The command line's layer (the top files' own defaults) and each file's inner layers.
-    fn scoped_defaults(&self) -> (Vec<(Key, Node)>, Vec<(PathBuf, Node)>) {
+    fn scoped_defaults(&self) -> (Entries, Vec<(PathBuf, Node)>) {
         let mut top = Vec::new();
         for s in self.scopes.iter().filter(|s| s.parent.is_none()) {
             for (k, v) in &s.own {
