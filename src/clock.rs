@@ -39,15 +39,21 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 /// A run id that sorts by time and is unique across concurrent processes:
-/// `20261122-183512-1a2b`.
+/// `20261122-183512-0471a2b` (date, time, milliseconds, then a salt). The milliseconds make two
+/// runs of the same second sort in the order they started (`pipe show -2` relies on the order
+/// of the ids); the salt keeps concurrent processes apart.
 pub fn run_id() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let (y, mo, d, h, mi, s) = civil(now.as_secs());
+    let ms = now.subsec_millis();
     let salt =
         blake3::hash(format!("{}:{}", std::process::id(), now.as_nanos()).as_bytes()).to_hex();
-    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}", &salt[..4])
+    format!(
+        "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{ms:03}{}",
+        &salt[..4]
+    )
 }
 
 pub fn hostname() -> String {
@@ -62,6 +68,15 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_ids_of_one_second_sort_by_time() {
+        let a = run_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = run_id();
+        assert!(a < b, "{a} then {b}");
+        assert_eq!(a.len(), "20261122-183512-0471a2b".len());
+    }
 
     #[test]
     fn formats_known_instants() {
