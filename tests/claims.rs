@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use pipe::report::fmt_float;
@@ -15,22 +15,7 @@ use serde_json::Value;
 const FILE: &str = "tests/pipelines/tiny_claims.yaml";
 
 fn pipe(cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pipe"))
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .current_dir(root())
-        .env_remove("PIPE_CACHE_DIR")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    pipe_with(Path::new(env!("CARGO_BIN_EXE_pipe")), cache, args)
 }
 
 /// The run records, oldest first.

@@ -13,22 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn pipe(cache: &Path, args: &[&str]) -> Output {
-    Command::new(toy_pipe())
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .current_dir(root())
-        .env_remove("PIPE_CACHE_DIR")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    pipe_with(&toy_pipe(), cache, args)
 }
 
 #[test]

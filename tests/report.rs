@@ -12,14 +12,7 @@ use std::sync::OnceLock;
 use common::*;
 
 fn pipe(cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pipe"))
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .current_dir(root())
-        .env_remove("PIPE_CACHE_DIR")
-        .output()
-        .unwrap()
+    pipe_with(Path::new(env!("CARGO_BIN_EXE_pipe")), cache, args)
 }
 
 fn ok(o: &Output) -> String {

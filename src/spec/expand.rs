@@ -110,8 +110,9 @@ pub fn expand(
                 continue;
             }
         };
+        // The same for every member of the template: merged once, not per sweep member.
+        let seen = scoped_defaults(scopes.inner(t.loc.path()), Some(scopes.top()), &t.kind);
         for m in &ms {
-            let seen = scoped_defaults(scopes.inner(t.loc.path()), Some(scopes.top()), &t.kind);
             match instantiate(t, m, seen.as_ref(), registry) {
                 Ok(inst) => instances.push(inst),
                 Err(p) => problems.add(p, &t.name),

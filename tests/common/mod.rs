@@ -152,3 +152,23 @@ pub fn metrics_summary(o: &RunOutcome, keys: bool) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Runs the binary `bin` on `cache` from the repository root (ignoring `PIPE_CACHE_DIR`).
+pub fn pipe_with(bin: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .current_dir(root())
+        .env_remove("PIPE_CACHE_DIR")
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
