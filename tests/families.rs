@@ -7,16 +7,14 @@ mod common;
 
 use common::*;
 use pipe::exec::RunOutcome;
-use pipe::nn::{Checkpoint, load_checkpoint};
+use pipe::nn::Checkpoint;
 
 fn tiny() -> Vec<std::path::PathBuf> {
     vec![file("tests/pipelines/tiny_families.yaml")]
 }
 
 fn checkpoint(cache: &std::path::Path, o: &RunOutcome, stage: &str) -> Checkpoint {
-    let r = o.records.iter().find(|r| r.name == stage).unwrap();
-    let dir = cache.join("entries").join(&r.key[..2]).join(&r.key);
-    load_checkpoint(&dir, "model").unwrap_or_else(|e| panic!("{stage}: {e}"))
+    checkpoint_of(cache, o, stage, "model")
 }
 
 /// The pinned summary: metrics to 4 decimals, but losses to 3 significant digits. Bit-for-bit

@@ -4,18 +4,7 @@
 mod common;
 
 use common::*;
-use pipe::exec::RunOutcome;
 use serde_json::Value;
-
-fn entry(cache: &std::path::Path, o: &RunOutcome, stage: &str, file: &str) -> Value {
-    let r = o.records.iter().find(|r| r.name == stage).unwrap();
-    let path = cache
-        .join("entries")
-        .join(&r.key[..2])
-        .join(&r.key)
-        .join(file);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
 
 fn count(rows: &[Value], lesion: &str, k: u64) -> usize {
     rows.iter()
@@ -33,7 +22,7 @@ fn train_then_lesion_writes_every_row() {
     );
     assert_ok(&o);
 
-    let res = entry(cache.path(), &o, "lesion_resnet", "lesion.json");
+    let res = entry_json(cache.path(), &o, "lesion_resnet", "lesion.json");
     let units: Vec<&str> = res["units"]
         .as_array()
         .unwrap()
@@ -89,7 +78,7 @@ fn train_then_lesion_writes_every_row() {
         .fold(f64::NEG_INFINITY, f64::max);
     assert!((single_max - (worst - e0)).abs() < 1e-6);
     assert_eq!(metric(&o, "lesion_resnet", "deletable"), 4.0);
-    let curve = entry(cache.path(), &o, "lesion_resnet", "curve.json");
+    let curve = entry_json(cache.path(), &o, "lesion_resnet", "curve.json");
     let ks: Vec<u64> = curve
         .as_array()
         .unwrap()
@@ -99,7 +88,7 @@ fn train_then_lesion_writes_every_row() {
     assert_eq!(ks, [0, 1, 2, 3]);
 
     // The plain net: conv2 (4 → 4) and conv4 (8 → 8) are its deletable layers.
-    let plain = entry(cache.path(), &o, "lesion_plain", "lesion.json");
+    let plain = entry_json(cache.path(), &o, "lesion_plain", "lesion.json");
     let units: Vec<&str> = plain["units"]
         .as_array()
         .unwrap()
@@ -113,7 +102,7 @@ fn train_then_lesion_writes_every_row() {
     assert_eq!(count(rows, "swap", 1), 0, "conv2 and conv4 differ in shape");
 
     // Recalibrated batch norm (the unlesioned model re-estimated too): singles only.
-    let recal = entry(cache.path(), &o, "lesion_resnet_recal", "lesion.json");
+    let recal = entry_json(cache.path(), &o, "lesion_resnet_recal", "lesion.json");
     assert_eq!(recal["recalibrate"], 64);
     assert_eq!(recal["rows"].as_array().unwrap().len(), 2 + 4);
 }

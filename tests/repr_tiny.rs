@@ -7,16 +7,7 @@ mod common;
 
 use common::*;
 use pipe::exec::RunOutcome;
-use pipe::nn::{Checkpoint, Weights, load_checkpoint};
-
-fn entry(cache: &std::path::Path, o: &RunOutcome, stage: &str) -> std::path::PathBuf {
-    let r = o.records.iter().find(|r| r.name == stage).unwrap();
-    cache.join("entries").join(&r.key[..2]).join(&r.key)
-}
-
-fn checkpoint(cache: &std::path::Path, o: &RunOutcome, stage: &str, stem: &str) -> Checkpoint {
-    load_checkpoint(&entry(cache, o, stage), stem).unwrap_or_else(|e| panic!("{stage}: {e}"))
-}
+use pipe::nn::Weights;
 
 fn filter(w: &Weights, conv: &str, f: usize) -> Vec<f32> {
     let p = w.param(&format!("{conv}.weight")).unwrap();
@@ -29,7 +20,7 @@ fn value(w: &Weights, name: &str, f: usize) -> f32 {
 }
 
 fn dropped(cache: &std::path::Path, o: &RunOutcome, stage: &str) -> Vec<(String, Vec<usize>)> {
-    let text = std::fs::read_to_string(entry(cache, o, stage).join("dropped.json")).unwrap();
+    let text = std::fs::read_to_string(entry_dir(cache, o, stage).join("dropped.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["layers"]
         .as_array()
@@ -67,15 +58,15 @@ fn drop_train_reinit_train_end_to_end() {
     assert_eq!(drops.iter().map(|(_, d)| d.len()).sum::<usize>(), 4);
     assert_eq!(metric(&o, "drop", "dropped_filters"), 4.0);
 
-    let s1 = checkpoint(cache, &o, "s1", "model");
-    let at_drop = checkpoint(cache, &o, "drop", "at_drop");
+    let s1 = checkpoint_of(cache, &o, "s1", "model");
+    let at_drop = checkpoint_of(cache, &o, "drop", "at_drop");
     assert_eq!(
         at_drop.weights, s1.weights,
         "the prune-time values are kept"
     );
-    let s2 = checkpoint(cache, &o, "s2", "model");
+    let s2 = checkpoint_of(cache, &o, "s2", "model");
     assert_eq!(s2.step, 7, "4 steps, then 3 more");
-    let drop_model = checkpoint(cache, &o, "drop", "model");
+    let drop_model = checkpoint_of(cache, &o, "drop", "model");
     assert_eq!(
         s2.mask, drop_model.mask,
         "the drop's mask survives training"
@@ -95,7 +86,7 @@ fn drop_train_reinit_train_end_to_end() {
     }
 
     // Re-introduced: dense again, orthogonal to the survivors and to the old values.
-    let back = checkpoint(cache, &o, "reinit", "model");
+    let back = checkpoint_of(cache, &o, "reinit", "model");
     assert_eq!(back.mask, s1.mask, "the mask is removed");
     assert!(back.mask.extra.is_empty());
     assert_eq!(metric(&o, "reinit", "fallback_filters"), 0.0);
@@ -115,14 +106,14 @@ fn drop_train_reinit_train_end_to_end() {
             }
         }
     }
-    let last = checkpoint(cache, &o, "s3", "model");
+    let last = checkpoint_of(cache, &o, "s3", "model");
     assert_eq!(last.step, 9);
     assert!(metric(&o, "eval", "accuracy") >= 0.0);
 
     // Batch norm: conv1 ranked because `layers` lists it; round(0.5 · 10) = 5 dropped.
     let drops = dropped(cache, &o, "bn_drop");
     assert_eq!(drops.iter().map(|(_, d)| d.len()).sum::<usize>(), 5);
-    let bn_s2 = checkpoint(cache, &o, "bn_s2", "model");
+    let bn_s2 = checkpoint_of(cache, &o, "bn_s2", "model");
     for (conv, d) in &drops {
         let bn = conv.replace("conv", "bn");
         for &f in d {
@@ -131,7 +122,7 @@ fn drop_train_reinit_train_end_to_end() {
             assert_eq!(value(&bn_s2.weights, &format!("{bn}.bias"), f), 0.0);
         }
     }
-    let bn_back = checkpoint(cache, &o, "bn_reinit", "model");
+    let bn_back = checkpoint_of(cache, &o, "bn_reinit", "model");
     assert!(bn_back.mask.extra.is_empty());
     for (conv, d) in &drops {
         let bn = conv.replace("conv", "bn");

@@ -94,7 +94,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Erro
     }
 }
 
-fn format_err(path: &Path, problem: impl Into<String>) -> NnError {
+pub(super) fn format_err(path: &Path, problem: impl Into<String>) -> NnError {
     NnError::CheckpointFormat {
         path: path.to_path_buf(),
         problem: problem.into(),
@@ -103,7 +103,7 @@ fn format_err(path: &Path, problem: impl Into<String>) -> NnError {
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash
 /// never leaves a half-written checkpoint under the final name.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
@@ -112,11 +112,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
     std::fs::rename(&tmp, path).map_err(io_err("write", path))
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
+pub(super) fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn f32s(b: &[u8]) -> Vec<f32> {
+pub(super) fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
@@ -132,23 +132,40 @@ fn transpose<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
 }
 
 /// A parameter's values in PyTorch's layout (linear weights transposed).
-fn to_torch<T: Copy>(role: ParamRole, shape: &[usize], v: &[T]) -> Vec<T> {
+pub(super) fn to_torch<T: Copy>(role: ParamRole, shape: &[usize], v: &[T]) -> Vec<T> {
     match role {
         ParamRole::LinearWeight => transpose(v, shape[0], shape[1]),
         _ => v.to_vec(),
     }
 }
 
-fn from_torch<T: Copy>(role: ParamRole, shape: &[usize], v: &[T]) -> Vec<T> {
+/// A parameter's shape in PyTorch's layout.
+pub(super) fn torch_shape(role: ParamRole, shape: &[usize]) -> Vec<usize> {
+    match role {
+        ParamRole::LinearWeight => vec![shape[1], shape[0]],
+        _ => shape.to_vec(),
+    }
+}
+
+pub(super) fn from_torch<T: Copy>(role: ParamRole, shape: &[usize], v: &[T]) -> Vec<T> {
     match role {
         ParamRole::LinearWeight => transpose(v, shape[1], shape[0]),
         _ => v.to_vec(),
     }
 }
 
-type Buffer = (String, Vec<usize>, Dtype, Vec<u8>);
+pub(super) type Buffer = (String, Vec<usize>, Dtype, Vec<u8>);
 
 fn serialise(path: &Path, buffers: &[Buffer]) -> Result<Vec<u8>, NnError> {
+    serialise_with(path, buffers, HashMap::new())
+}
+
+/// A safetensors file of `buffers`, with `meta` and the checkpoint format in its metadata.
+pub(super) fn serialise_with(
+    path: &Path,
+    buffers: &[Buffer],
+    mut meta: HashMap<String, String>,
+) -> Result<Vec<u8>, NnError> {
     let views = buffers
         .iter()
         .map(|(name, shape, dtype, bytes)| {
@@ -157,7 +174,7 @@ fn serialise(path: &Path, buffers: &[Buffer]) -> Result<Vec<u8>, NnError> {
                 .map_err(|e| format_err(path, format!("cannot build tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let meta = HashMap::from([("format_version".to_string(), CHECKPOINT_FORMAT.to_string())]);
+    meta.insert("format_version".to_string(), CHECKPOINT_FORMAT.to_string());
     safetensors::serialize(views, Some(meta))
         .map_err(|e| format_err(path, format!("cannot serialise: {e}")))
 }
@@ -250,11 +267,11 @@ pub fn save_checkpoint(dir: &Path, stem: &str, ckpt: &Checkpoint) -> Result<Vec<
     Ok(vec![st_path, mask_path, json_path])
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, NnError> {
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, NnError> {
     std::fs::read(path).map_err(io_err("read", path))
 }
 
-fn tensor<'a>(
+pub(super) fn tensor<'a>(
     st: &SafeTensors<'a>,
     path: &Path,
     name: &str,

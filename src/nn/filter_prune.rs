@@ -11,6 +11,9 @@
 //! Per conv, `round(rate × surviving filters)` filters go (half up, as in
 //! [`crate::nn::prune`]); a filter survives while any of its weights is kept, and its norm is
 //! the L1 norm of its kept weights. Ties go to the lower filter index first.
+//!
+//! The filter's bias and the batch-norm scale and shift that follow it are masked by name
+//! ([`Mask::extra`]), so the channel is zero before it is read, not only where it is read.
 
 use super::prune::removal_count;
 use super::{Mask, ModelSpec, NnError, Weights};
@@ -45,6 +48,9 @@ pub fn prune_filters(
     let program = spec.program().map_err(NnError::Invalid)?;
     let prunable: Vec<_> = weights.prunable().collect();
     let index = |param: &str| names.iter().position(|n| n == param);
+    let params = spec.params();
+    let lengths: std::collections::BTreeMap<&str, usize> =
+        params.iter().map(|p| (p.name.as_str(), p.len())).collect();
     let mut out = mask.clone();
     let mut report = Vec::new();
     for group in program.channel_groups() {
@@ -79,16 +85,28 @@ pub fn prune_filters(
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         for &(_, j) in &ranked[..drop] {
             for (param, axis, block) in &group.slices {
-                // Biases and batch-norm entries have no mask: the channel is cut where it
-                // is read, which is what the masked slices below do.
-                let Some(p) = index(param) else { continue };
-                zero_slice(
-                    &mut out.layers[p],
-                    &prunable[p].shape,
-                    *axis,
-                    j * block,
-                    *block,
-                );
+                match index(param) {
+                    Some(p) => zero_slice(
+                        &mut out.layers[p],
+                        &prunable[p].shape,
+                        *axis,
+                        j * block,
+                        *block,
+                    ),
+                    // A bias or batch-norm entry: masked by name, so the dropped channel
+                    // outputs exactly zero (not a constant shift) and its entries stay 0 in
+                    // the checkpoint instead of decaying under weight decay.
+                    None => {
+                        let len = lengths.get(param.as_str()).copied().ok_or_else(|| {
+                            NnError::Invalid(format!("the model has no parameter `{param}`"))
+                        })?;
+                        let entry = out
+                            .extra
+                            .entry(param.clone())
+                            .or_insert_with(|| vec![true; len]);
+                        zero_slice(entry, &[len], *axis, j * block, *block);
+                    }
+                }
             }
         }
         report.push(FiltersKept {
@@ -171,6 +189,10 @@ mod tests {
                 "row {row}"
             );
         }
+        // The dropped filters' biases are masked by name; nothing else is.
+        assert_eq!(m.extra["conv1.bias"], [false, true, false, true]);
+        assert_eq!(m.extra["conv2.bias"], kept_filters(1, 36));
+        assert_eq!(m.extra.len(), 2);
         assert!(m.is_subset_of(&dense));
         // A second round counts only surviving filters: 2 of conv1 → 1.
         let (m2, report2) = prune_filters(&spec, &w, &m, &[0.5, 0.0, 0.0]).unwrap();
@@ -199,5 +221,23 @@ mod tests {
             0.5,
             "the next conv loses the dropped input channels"
         );
+        // Each pruned conv's batch norm loses the same channels, scale and shift alike.
+        let masked: Vec<(&str, usize)> = m
+            .extra
+            .iter()
+            .map(|(name, keep)| (name.as_str(), keep.iter().filter(|&&k| !k).count()))
+            .collect();
+        assert_eq!(
+            masked,
+            [
+                ("layer1.0.bn1.bias", 8),
+                ("layer1.0.bn1.weight", 8),
+                ("layer2.0.bn1.bias", 16),
+                ("layer2.0.bn1.weight", 16),
+                ("layer3.0.bn1.bias", 32),
+                ("layer3.0.bn1.weight", 32),
+            ]
+        );
+        assert_eq!(m.extra["layer1.0.bn1.weight"], m.extra["layer1.0.bn1.bias"]);
     }
 }

@@ -19,6 +19,8 @@ pub mod net;
 pub mod netaug;
 pub mod objective;
 pub mod ops;
+pub mod optim_records;
+pub mod optim_state;
 pub mod program;
 pub mod prune;
 pub mod qr;
@@ -37,6 +39,7 @@ pub use device::{BackendTask, DeviceSpec, dispatch};
 pub use flops::forward_flops;
 pub use init::{InitScheme, init_weights};
 pub use net::{Net, Plan, from_net, to_net};
+pub use optim_state::{OptimState, load_optim_state, save_optim_state};
 pub use prune::{PruneMethod, PruneScope, prune};
 pub use schedule::{LrSchedule, lr_at};
 pub use train::{

@@ -111,6 +111,7 @@ pub fn bench_config(batch: usize, iterations: u64) -> TrainConfig {
         eval_every: 0,
         data_seed: 1,
         start_step: 0,
+        resume: None,
     }
 }
 

@@ -23,8 +23,9 @@ use super::device::{BackendTask, DeviceSpec, dispatch};
 use super::net::{BN_MOMENTUM, BnMode, Net, Plan, buffers_to_device, from_net, to_net};
 use super::objective::{EvalSums, Objective, one_hot};
 use super::ops::NnBackend;
+use super::optim_records::{adam_state, load_adam, load_sgd, sgd_state};
 use super::schedule::{LrSchedule, lr_at};
-use super::{Mask, ModelSpec, NnError, Weights};
+use super::{Mask, ModelSpec, NnError, OptimState, Weights};
 use crate::data::{
     Augment, AugmentStep, BatchOrder, BatchTargets, Split, gather_batch, gather_range,
 };
@@ -63,6 +64,9 @@ pub struct TrainConfig {
     pub data_seed: u64,
     /// Iteration of the input weights.
     pub start_step: u64,
+    /// Optimiser state to continue from (the input checkpoint's), instead of a fresh
+    /// optimiser; entries the mask removes are zeroed first.
+    pub resume: Option<OptimState>,
 }
 
 /// The splits a run uses. `val` may be empty (no validation, no early stop). `augment`
@@ -111,6 +115,11 @@ pub struct TrainOutput {
     /// `(iteration, weights)` for each `save_at` iteration, ascending;
     /// `start_step` gives the (masked) input weights.
     pub checkpoints: Vec<(u64, Weights)>,
+    /// The optimiser state at each of `checkpoints` (`None` where the optimiser keeps none
+    /// yet: before its first step, or plain SGD).
+    pub checkpoint_states: Vec<Option<OptimState>>,
+    /// The optimiser state at the end.
+    pub optimizer: Option<OptimState>,
     pub curve: Vec<EvalPoint>,
     /// The curve point with the lowest validation loss (the first on ties);
     /// `None` when the validation split is empty.
@@ -149,7 +158,7 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
         let plan = Plan::new(&spec.program().map_err(NnError::Invalid)?);
         let running = buffers_to_device::<B::InnerBackend>(weights, &device);
         let wd = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
-        let optim = match cfg.optimizer {
+        let mut optim = match cfg.optimizer {
             OptimizerKind::Adam => Opt::Adam(
                 AdamConfig::new()
                     .with_epsilon(1e-8)
@@ -171,6 +180,19 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
                 )
             }
         };
+        if let Some(state) = &cfg.resume {
+            state.check(weights).map_err(NnError::Invalid)?;
+            let state = state.masked(weights, mask);
+            optim = match optim {
+                Opt::Adam(o) => Opt::Adam(load_adam(o, &model, &state, &device)?),
+                Opt::Sgd(_) if cfg.momentum == 0.0 => {
+                    return Err(NnError::Invalid(
+                        "plain SGD (momentum 0) keeps no optimiser state to continue from".into(),
+                    ));
+                }
+                Opt::Sgd(o) => Opt::Sgd(load_sgd(o, &model, &state, &device)?),
+            };
+        }
         Ok(TrainSession {
             model: Some(model),
             plan,
@@ -197,6 +219,14 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
     /// The current weights, on the host.
     pub fn weights(&self) -> Weights {
         from_net(&self.model().valid(), &self.running, &self.spec)
+    }
+
+    /// The optimiser's state, on the host; `None` before the first step and for plain SGD.
+    pub fn optimizer_state(&self) -> Option<OptimState> {
+        match &self.optim {
+            Opt::Adam(o) => adam_state(o, self.model()),
+            Opt::Sgd(o) => sgd_state(o, self.model()),
+        }
     }
 
     /// One optimiser step on a batch (`images` row-major `[labels.len(), in]`)
@@ -434,8 +464,10 @@ impl BackendTask for TrainTask<'_, '_> {
         save_at.sort_unstable();
         save_at.dedup();
         let mut checkpoints = Vec::new();
+        let mut checkpoint_states = Vec::new();
         if save_at.first() == Some(&cfg.start_step) {
             checkpoints.push((cfg.start_step, init.masked(mask)));
+            checkpoint_states.push(cfg.resume.as_ref().map(|s| s.masked(init, mask)));
         }
 
         let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
@@ -523,6 +555,7 @@ impl BackendTask for TrainTask<'_, '_> {
             if next_save.peek() == Some(&done) {
                 next_save.next();
                 checkpoints.push((done, session.weights()));
+                checkpoint_states.push(session.optimizer_state());
             }
             if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == total {
                 let mean = scalar(loss_sum.take().expect("at least one step")) / since_point as f64;
@@ -559,7 +592,9 @@ impl BackendTask for TrainTask<'_, '_> {
         };
         Ok(TrainOutput {
             weights: session.weights(),
+            optimizer: session.optimizer_state(),
             checkpoints,
+            checkpoint_states,
             curve,
             early_stop,
         })
@@ -664,6 +699,7 @@ mod tests {
             eval_every: 0,
             data_seed: 5,
             start_step: 0,
+            resume: None,
         }
     }
 
@@ -961,6 +997,76 @@ mod tests {
     }
 
     #[test]
+    fn resuming_with_the_optimiser_state_reproduces_the_uninterrupted_run() {
+        let f = fixture();
+        let mask = half_mask(&f.spec);
+        for (optimizer, momentum) in [(OptimizerKind::Sgd, 0.9), (OptimizerKind::Adam, 0.0)] {
+            let mut c = cfg(optimizer, 20);
+            c.momentum = momentum;
+            c.weight_decay = 1e-3;
+            c.save_at = vec![13];
+            let full = run(&f, &mask, &c).unwrap();
+            let state = full.checkpoint_states[0]
+                .clone()
+                .expect("state at iteration 13");
+            assert_eq!(state.optimizer(), optimizer);
+            if let OptimState::Adam { step, .. } = &state {
+                assert_eq!(*step, 13);
+            }
+            // Masked weights have no momentum to carry.
+            if let OptimState::Sgd { momentum_buffer } = &state {
+                let m = mask.of_param(&f.init, 0).unwrap();
+                assert!(
+                    m.iter()
+                        .zip(&momentum_buffer[0])
+                        .all(|(&k, &v)| k || v == 0.0)
+                );
+                assert!(momentum_buffer[0].iter().any(|&v| v != 0.0));
+            }
+            let mid = Fixture {
+                init: full.checkpoints[0].1.clone(),
+                ..fixture()
+            };
+            let mut c2 = c.clone();
+            c2.save_at = vec![];
+            c2.start_step = 13;
+            let fresh = run(&mid, &mask, &c2).unwrap();
+            assert_ne!(
+                bits(&fresh.weights),
+                bits(&full.weights),
+                "{optimizer:?}: a fresh optimiser takes other steps"
+            );
+            c2.resume = Some(state);
+            let resumed = run(&mid, &mask, &c2).unwrap();
+            assert_eq!(
+                bits(&resumed.weights),
+                bits(&full.weights),
+                "{optimizer:?}: resumed run equals the uninterrupted one, bit for bit"
+            );
+            assert_eq!(resumed.optimizer, full.optimizer);
+        }
+        // A state of the other optimiser, or for plain SGD, is refused.
+        let mut c = cfg(OptimizerKind::Sgd, 4);
+        c.momentum = 0.9;
+        c.save_at = vec![2];
+        let sgd_state = run(&f, &mask, &c).unwrap().checkpoint_states[0].clone();
+        let mut adam = cfg(OptimizerKind::Adam, 4);
+        adam.resume = sgd_state.clone();
+        let e = run(&f, &mask, &adam).unwrap_err().to_string();
+        assert!(
+            e.contains("the optimiser state is Sgd's, but this training uses adam"),
+            "{e}"
+        );
+        let mut plain = cfg(OptimizerKind::Sgd, 4);
+        plain.resume = sgd_state;
+        let e = run(&f, &mask, &plain).unwrap_err().to_string();
+        assert!(
+            e.contains("plain SGD (momentum 0) keeps no optimiser state"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn augmented_training_resumes_with_the_same_draws() {
         let f = fixture();
         let mask = Mask::dense(&f.spec);
@@ -1145,6 +1251,7 @@ mod mnist_smoke {
             eval_every: 458,
             data_seed: 0,
             start_step: 0,
+            resume: None,
         };
         let data = TrainData {
             train: &train_set,

@@ -10,7 +10,10 @@ use serde_json::{Map, Value};
 
 use super::StageError;
 use super::dataset::DataCache;
-use crate::nn::{Checkpoint, DeviceSpec, load_checkpoint, save_checkpoint};
+use crate::nn::{
+    Checkpoint, DeviceSpec, OptimState, Weights, load_checkpoint, load_optim_state,
+    save_checkpoint, save_optim_state,
+};
 
 /// Receives progress from running stages (a bar on a terminal, plain lines otherwise).
 pub trait ProgressSink: Send + Sync {
@@ -50,6 +53,18 @@ impl InputEntry {
     pub fn load_checkpoint(&self, stem: &str) -> Result<Checkpoint, StageError> {
         self.file(&format!("{stem}.safetensors"))?;
         Ok(load_checkpoint(&self.dir, stem)?)
+    }
+
+    /// The optimiser state saved beside checkpoint `stem`, if any (see [`crate::nn::optim_state`]).
+    pub fn load_optimizer(
+        &self,
+        stem: &str,
+        weights: &Weights,
+    ) -> Result<Option<OptimState>, StageError> {
+        if !self.has_file(&format!("{stem}.optim.safetensors")) {
+            return Ok(None);
+        }
+        Ok(load_optim_state(&self.dir, stem, weights)?)
     }
 
     /// The model this entry produced: `model.safetensors` for every model-producing kind.
@@ -179,6 +194,16 @@ impl<'a> StageContext<'a> {
         }
         save_checkpoint(&self.out_dir, stem, ckpt)?;
         Ok(())
+    }
+
+    /// Saves the optimiser state of checkpoint `stem` (whose weights are `weights`) beside it.
+    pub fn save_optimizer(
+        &self,
+        stem: &str,
+        weights: &Weights,
+        state: &OptimState,
+    ) -> Result<(), StageError> {
+        Ok(save_optim_state(&self.out_dir, stem, weights, state)?)
     }
 
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StageError> {

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::UpstreamInfo;
 use super::dataset::DataParams;
-use crate::nn::ModelSpec;
 use crate::nn::program::Op;
+use crate::nn::{ModelSpec, OptimizerKind};
 
 /// Plan-time facts of a model artifact ([`super::Stage::facts`] of the model kinds).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -25,6 +25,10 @@ pub struct ModelFacts {
     /// cannot be checked at plan time.
     #[serde(default)]
     pub length_scaled: bool,
+    /// The optimiser whose state the model carries (a training with momentum or Adam, and
+    /// what rewinds or prunes such a training's checkpoints), for `resume_optimizer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerKind>,
 }
 
 impl ModelFacts {

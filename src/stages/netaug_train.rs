@@ -227,6 +227,7 @@ impl Stage for NetAugTrain {
             spec: ModelFacts::spec_of(inputs, "model"),
             checkpoints: Some(vec![]),
             length_scaled: false,
+            optimizer: None,
         }
         .to_value()
     }

@@ -112,6 +112,19 @@ impl Stage for Prune {
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "removes a fraction of the surviving weights, or whole filters {method, scope, fraction, layers}";
 
+    /// `method: filter` masks the dropped filters' biases and batch-norm entries since its
+    /// revision 2, which changes its checkpoints (not its accuracies: the channel was already
+    /// cut where it is read), so its keys carry the revision; other methods' keys are as
+    /// they were, their results being unchanged.
+    fn key_params(&self, mut params: serde_json::Value) -> serde_json::Value {
+        if params.get("method").and_then(|m| m.as_str()) == Some("filter")
+            && let Some(map) = params.as_object_mut()
+        {
+            map.insert("filter_revision".into(), 2.into());
+        }
+        params
+    }
+
     fn check(&self, p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
         if !(0.0..=1.0).contains(&p.fraction) {
             return Err(format!(
@@ -143,11 +156,20 @@ impl Stage for Prune {
     }
 
     fn facts(&self, _p: &PruneParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
-        ModelFacts::of_spec(ModelFacts::spec_of(inputs, "model")).to_value()
+        let Some((_, facts)) = ModelFacts::input(inputs, "model") else {
+            return ModelFacts::default().to_value();
+        };
+        ModelFacts {
+            optimizer: facts.optimizer,
+            ..ModelFacts::of_spec(facts.spec)
+        }
+        .to_value()
     }
 
     fn run(&self, p: &PruneParams, ctx: &mut StageContext) -> Result<(), StageError> {
-        let input = ctx.input("model")?.load_model()?;
+        let entry = ctx.input("model")?.clone();
+        let input = entry.load_model()?;
+        let optimizer = entry.load_optimizer("model", &input.weights)?;
         let names = input.spec.layer_names();
         let output = input.spec.output_layer();
         let rates =
@@ -175,6 +197,11 @@ impl Stage for Prune {
         }
         ctx.set_metric("remaining_pct", round4(mask.remaining_fraction() * 100.0));
         ctx.set_metric("weights_remaining", mask.kept() as u64);
+        // The input's optimiser state travels with the pruned model, masked, for a fine-tuning
+        // that asks to continue it (`resume_optimizer`).
+        if let Some(state) = optimizer {
+            ctx.save_optimizer("model", &weights, &state.masked(&weights, &mask))?;
+        }
         ctx.save_model(
             "model",
             &Checkpoint {
@@ -200,6 +227,17 @@ mod tests {
         assert!(glob("*", "fc"));
         assert!(!glob("fc", "fc1"));
         assert!(glob("*.shortcut.0", "layer2.0.shortcut.0"));
+    }
+
+    #[test]
+    fn only_filter_pruning_keys_carry_its_revision() {
+        let key = |p: serde_json::Value| Prune.key_params(p);
+        let magnitude = serde_json::json!({"scope": "global", "fraction": 0.8});
+        assert_eq!(key(magnitude.clone()), magnitude);
+        assert_eq!(
+            key(serde_json::json!({"method": "filter", "fraction": 0.5})),
+            serde_json::json!({"method": "filter", "fraction": 0.5, "filter_revision": 2})
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl Stage for Reinit {
             spec: ModelFacts::spec_of(inputs, "mask"),
             checkpoints: None,
             length_scaled: p.budget == Budget::SameFlops,
+            optimizer: None,
         }
         .to_value()
     }

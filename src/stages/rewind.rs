@@ -63,21 +63,30 @@ impl Stage for Rewind {
         Ok(())
     }
 
-    fn facts(
-        &self,
-        _p: &RewindParams,
-        inputs: &[(String, Vec<UpstreamInfo>)],
-    ) -> serde_json::Value {
-        ModelFacts::of_spec(ModelFacts::spec_of(inputs, "weights")).to_value()
+    fn facts(&self, p: &RewindParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+        let Some((w, facts)) = ModelFacts::input(inputs, "weights") else {
+            return ModelFacts::default().to_value();
+        };
+        // A training's checkpoint after step 0 carries its optimiser state; θ0 has none.
+        let optimizer = facts
+            .optimizer
+            .filter(|_| w.kind != "train" || p.iteration > 0);
+        ModelFacts {
+            optimizer,
+            ..ModelFacts::of_spec(facts.spec)
+        }
+        .to_value()
     }
 
     fn run(&self, p: &RewindParams, ctx: &mut StageContext) -> Result<(), StageError> {
-        let w_in = ctx.input("weights")?;
-        let weights = if w_in.kind == "train" {
-            w_in.load_checkpoint(&format!("ckpt/iter_{}", p.iteration))?
+        let w_in = ctx.input("weights")?.clone();
+        let stem = if w_in.kind == "train" {
+            format!("ckpt/iter_{}", p.iteration)
         } else {
-            w_in.load_model()?
+            "model".to_string()
         };
+        let weights = w_in.load_checkpoint(&stem)?;
+        let optimizer = w_in.load_optimizer(&stem, &weights.weights)?;
         let mask_src = ctx.input("mask")?.load_model()?;
         if weights.spec != mask_src.spec {
             return Err(StageError::Input {
@@ -94,6 +103,11 @@ impl Stage for Rewind {
             "remaining_pct",
             round4(mask_src.mask.remaining_fraction() * 100.0),
         );
+        // The optimiser state of the rewound checkpoint travels with it, masked, for a
+        // training that asks to continue it (`resume_optimizer`).
+        if let Some(state) = optimizer {
+            ctx.save_optimizer("model", &w, &state.masked(&w, &mask_src.mask))?;
+        }
         ctx.save_model(
             "model",
             &Checkpoint {

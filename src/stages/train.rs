@@ -53,6 +53,11 @@ pub struct TrainParams {
     /// longer run, e.g. RePr's cycles, which a `levels:` group repeats with one template).
     #[serde(default, skip_serializing_if = "is_false")]
     pub relative: bool,
+    /// Continue with the optimiser state the input model carries (SGD's momentum, Adam's
+    /// moments and step count) instead of a fresh optimiser: a resumed training then follows
+    /// the uninterrupted one. Off by default, as open_lth rewinds with a fresh optimiser.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resume_optimizer: bool,
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
     /// Seed of the data order.
@@ -136,9 +141,31 @@ impl Stage for Train {
             return Err(format!("`momentum` must be in [0, 1), got {}", p.momentum));
         }
         p.data.check()?;
+        if p.resume_optimizer && p.optimizer == OptimizerKind::Sgd && p.momentum == 0.0 {
+            return Err(
+                "`resume_optimizer: true` with plain SGD (momentum 0), which keeps no state; \
+                 set `momentum` or drop `resume_optimizer`"
+                    .into(),
+            );
+        }
         let Some((from, facts)) = ModelFacts::input(inputs, "model") else {
             return Ok(());
         };
+        if p.resume_optimizer && facts.optimizer != Some(p.optimizer) {
+            return Err(match facts.optimizer {
+                Some(other) => format!(
+                    "`resume_optimizer: true`, but `{}` carries {other:?} state and this training \
+                     uses {:?}; use the same optimiser or drop `resume_optimizer`",
+                    from.name, p.optimizer
+                ),
+                None => format!(
+                    "`resume_optimizer: true`, but `{}` (kind `{}`) carries no optimiser \
+                     state: only a training with momentum or Adam saves it (and a rewind to one \
+                     of its checkpoints after step 0, or a prune of it)",
+                    from.name, from.kind
+                ),
+            });
+        }
         if data_input(inputs) {
             check_generated_fits(&p.data, facts.spec.as_ref(), &from.name, inputs)?;
         } else if let Some(spec) = &facts.spec {
@@ -155,10 +182,12 @@ impl Stage for Train {
     }
 
     fn facts(&self, p: &TrainParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
+        let keeps_state = p.optimizer == OptimizerKind::Adam || p.momentum > 0.0;
         ModelFacts {
             spec: ModelFacts::spec_of(inputs, "model"),
             checkpoints: Some(p.save_at.clone()),
             length_scaled: false,
+            optimizer: keeps_state.then_some(p.optimizer),
         }
         .to_value()
     }
@@ -220,6 +249,15 @@ impl Stage for Train {
             eval_every: p.eval_every,
             data_seed: p.seed,
             start_step,
+            resume: None,
+        };
+        let cfg = TrainConfig {
+            resume: if p.resume_optimizer {
+                Some(resumed_state(&input, &start)?)
+            } else {
+                None
+            },
+            ..cfg
         };
         let data = TrainData {
             train: &splits.train,
@@ -255,9 +293,10 @@ impl Stage for Train {
                 &mut on_progress,
             )?
         };
-        for (k, w) in &out.checkpoints {
+        for ((k, w), state) in out.checkpoints.iter().zip(&out.checkpoint_states) {
+            let stem = format!("ckpt/iter_{k}");
             ctx.save_model(
-                &format!("ckpt/iter_{k}"),
+                &stem,
                 &Checkpoint {
                     spec: start.spec.clone(),
                     weights: w.clone(),
@@ -266,6 +305,9 @@ impl Stage for Train {
                     seed: p.seed,
                 },
             )?;
+            if let Some(state) = state {
+                ctx.save_optimizer(&stem, w, state)?;
+            }
         }
         ctx.save_model(
             "model",
@@ -277,6 +319,9 @@ impl Stage for Train {
                 seed: p.seed,
             },
         )?;
+        if let Some(state) = &out.optimizer {
+            ctx.save_optimizer("model", &out.weights, state)?;
+        }
         ctx.write_json("curve.json", &out.curve)?;
         ctx.set_metric("iterations", iterations);
         ctx.set_metric(
@@ -301,6 +346,24 @@ impl Stage for Train {
         }
         Ok(())
     }
+}
+
+/// The optimiser state `input` carries beside its model, for `resume_optimizer`.
+fn resumed_state(
+    input: &super::InputEntry,
+    start: &Checkpoint,
+) -> Result<crate::nn::OptimState, StageError> {
+    input
+        .load_optimizer("model", &start.weights)?
+        .ok_or_else(|| StageError::Input {
+            role: "model".into(),
+            message: format!(
+                "`resume_optimizer: true`, but `{}` has no optimiser state (its cache entry \
+                 predates pipe saving it, or its optimiser had not stepped yet); remove its \
+                 entry (`pipe explain` gives its key) and run again, or drop `resume_optimizer`",
+                input.name
+            ),
+        })
 }
 
 pub(crate) fn round4(x: f64) -> f64 {

@@ -9,6 +9,7 @@ use pipe::exec::{self, PlainSink, RunOptions, RunOutcome};
 use pipe::nn::DeviceSpec;
 use pipe::spec::{self, Override};
 use pipe::stages::{Registry, Runtime};
+use serde_json::Value;
 
 #[path = "../../examples/custom_stage/toy.rs"]
 pub mod toy;
@@ -171,4 +172,31 @@ pub fn stdout(o: &std::process::Output) -> String {
 
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The cache folder of the entry stage `stage` of `o` published.
+pub fn entry_dir(cache: &Path, o: &RunOutcome, stage: &str) -> PathBuf {
+    let r = o
+        .records
+        .iter()
+        .find(|r| r.name == stage)
+        .unwrap_or_else(|| panic!("no stage `{stage}` in the run"));
+    cache.join("entries").join(&r.key[..2]).join(&r.key)
+}
+
+/// The checkpoint `stem` (`model`, `ckpt/iter_4`, …) of stage `stage` of `o`.
+pub fn checkpoint_of(
+    cache: &Path,
+    o: &RunOutcome,
+    stage: &str,
+    stem: &str,
+) -> pipe::nn::Checkpoint {
+    pipe::nn::load_checkpoint(&entry_dir(cache, o, stage), stem)
+        .unwrap_or_else(|e| panic!("{stage}: {e}"))
+}
+
+/// A JSON file of stage `stage` of `o`.
+pub fn entry_json(cache: &Path, o: &RunOutcome, stage: &str, file: &str) -> Value {
+    let path = entry_dir(cache, o, stage).join(file);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
