@@ -444,6 +444,16 @@ fn cmd_plan(g: &Global, registry: &Registry, files: &[PathBuf]) -> Result<u8, Fa
     let (plan, _) = load_plan(g, registry, files)?;
     out_raw!("{}", plan_table(&plan).render_text());
     out!("{}", plan_counts(&plan));
+    let claims = &plan.pipeline.claims;
+    if !claims.is_empty() {
+        let names: Vec<&str> = claims.iter().map(|c| c.name.as_str()).collect();
+        out!(
+            "{} claim{} checked after `pipe run`: {}",
+            claims.len(),
+            if claims.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        );
+    }
     Ok(0)
 }
 

@@ -246,3 +246,18 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
         "{md}"
     );
 }
+
+#[test]
+fn plan_lists_the_claims_a_run_will_check() {
+    let cache = tempfile::tempdir().unwrap();
+    let o = pipe(cache.path(), &["plan", FILE]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).lines().last().unwrap(),
+        "4 claims checked after `pipe run`: untrained_is_far_from_perfect, \
+         accuracy_is_a_fraction, accuracy_above_two, training_never_hurts"
+    );
+    // A pipeline without claims ends with its counts, as before.
+    let o = pipe(cache.path(), &["plan", "pipelines/late_rewinding.yaml"]);
+    assert!(stdout(&o).lines().last().unwrap().contains(" stages: "));
+}

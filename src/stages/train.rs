@@ -104,7 +104,7 @@ impl Stage for Train {
         Role::optional("data").taking(DATASET),
     ];
     const PRODUCES: Option<&'static str> = Some(MODEL);
-    const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data}; inputs: model, data (optional: a generated dataset, trained with MSE)";
+    const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data; off by default: restart, relative, resume_optimizer}; inputs: model, data (optional: a generated dataset, trained with MSE)";
 
     fn external_inputs(&self, p: &TrainParams) -> Vec<std::path::PathBuf> {
         p.data.files()
