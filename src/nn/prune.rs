@@ -58,6 +58,11 @@ pub fn removal_count(rate: f64, survivors: usize) -> usize {
 /// `mask`). `rates` holds one rate per layer (or a single rate for all
 /// layers): the fraction of the layer's *surviving* weights to remove, in
 /// [0, 1]. See the module docs for the exact semantics.
+///
+/// Global scope ranks the hidden layers together at one rate; a hidden layer at rate 0 stays
+/// out of the ranking and keeps all its weights (a stem kept dense, as open_lth's layers to
+/// ignore), and the output layer (the last) is pruned with them at the same rate or on its own
+/// at another.
 pub fn prune(
     weights: &Weights,
     mask: &Mask,
@@ -124,21 +129,14 @@ pub fn prune(
             groups.extend((0..n_layers).map(|l| (vec![l], rates[l])));
         }
         PruneScope::Global if n_layers > 0 => {
-            let r = rates[0];
+            let names: Vec<String> = prunable.iter().map(|l| layer_name(l).to_string()).collect();
+            let (pooled, r) = global_pool(&rates, &names).map_err(NnError::Invalid)?;
             let out = n_layers - 1;
-            if let Some(l) = (0..out).find(|&l| rates[l] != r) {
-                return Err(NnError::Invalid(format!(
-                    "global pruning uses one rate ({r}) for all hidden layers, but layer {} has \
-                     rate {}; only the output layer may differ (it is then pruned on its own)",
-                    layer_name(prunable[l]),
-                    rates[l]
-                )));
-            }
-            if rates[out] == r {
-                groups.push(((0..n_layers).collect(), r));
+            if rates[out] == r && !pooled.is_empty() {
+                groups.push((pooled.into_iter().chain([out]).collect(), r));
             } else {
-                if out > 0 {
-                    groups.push(((0..out).collect(), r));
+                if !pooled.is_empty() {
+                    groups.push((pooled, r));
                 }
                 groups.push((vec![out], rates[out]));
             }
@@ -187,6 +185,24 @@ pub fn prune(
         }
     }
     Ok(result)
+}
+
+/// The hidden layers global pruning ranks together (those at a non-zero rate) and their common
+/// rate, from one rate per prunable layer named `names` (the output layer last); an error
+/// names the first layer whose rate differs.
+pub fn global_pool(rates: &[f64], names: &[String]) -> Result<(Vec<usize>, f64), String> {
+    let out = rates.len().saturating_sub(1);
+    let pooled: Vec<usize> = (0..out).filter(|&l| rates[l] != 0.0).collect();
+    let r = pooled.first().map_or(0.0, |&l| rates[l]);
+    if let Some(&l) = pooled.iter().find(|&&l| rates[l] != r) {
+        return Err(format!(
+            "global pruning ranks the hidden layers together at one rate ({r}), but layer {} has \
+             rate {}; give them one rate (a layer at 0 stays out of the ranking, and the output \
+             layer may differ: it is then pruned on its own)",
+            names[l], rates[l]
+        ));
+    }
+    Ok((pooled, r))
 }
 
 #[cfg(test)]
@@ -294,9 +310,15 @@ mod tests {
             r1,
             prune(&w, &dense(&w), Magnitude, Global, &[0.5; 3], 0).unwrap()
         );
-        // Hidden layers must share rates[0].
+        // Hidden layers must share one rate.
         let e = prune(&w, &dense(&w), Magnitude, Global, &[0.5, 0.3, 0.5], 0).unwrap_err();
         assert!(e.to_string().contains("layer fc2 has rate 0.3"), "{e}");
+        // A hidden layer at 0 stays out of the ranking: fc2 and the output pooled, 6 × 0.5 =
+        // 3 smallest of them go (0.01, 0.05, 0.3); fc1 keeps its 0.1 and 0.2.
+        let r = prune(&w, &dense(&w), Magnitude, Global, &[0.0, 0.5, 0.5], 0).unwrap();
+        assert_eq!(r.layers, vec![vec![T; 4], vec![F, F, T, T], vec![F, T]]);
+        let e = prune(&w, &dense(&w), Magnitude, Global, &[0.0, 0.5, 0.5, 0.4], 0).unwrap_err();
+        assert!(e.to_string().contains("one rate per layer"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::model_facts::ModelFacts;
 use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::filter_prune::prune_filters;
+use crate::nn::prune::global_pool;
 use crate::nn::{Checkpoint, PruneMethod, PruneScope, prune};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -145,12 +146,11 @@ impl Stage for Prune {
             );
         }
         if let Some(spec) = ModelFacts::spec_of(inputs, "model") {
-            layer_rates(
-                &p.layers,
-                p.fraction,
-                &spec.layer_names(),
-                &spec.output_layer(),
-            )?;
+            let names = spec.layer_names();
+            let rates = layer_rates(&p.layers, p.fraction, &names, &spec.output_layer())?;
+            if p.scope == PruneScope::Global && p.method != PruneMethod::Filter {
+                global_pool(&rates, &names)?;
+            }
         }
         Ok(())
     }
