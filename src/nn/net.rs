@@ -418,7 +418,8 @@ impl<B: AutodiffBackend> Net<B> {
     }
 }
 
-fn tensor1<B: Backend>(data: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+/// A host vector as a 1-D tensor on `device` (every parameter and buffer is held flat).
+pub(crate) fn tensor1<B: Backend>(data: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     let n = data.len();
     Tensor::from_data(TensorData::new(data, [n]), device)
 }

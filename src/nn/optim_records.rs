@@ -13,11 +13,11 @@ use burn::optim::momentum::MomentumState;
 use burn::optim::record::AdaptorRecord;
 use burn::optim::{Adam, AdamState, AdaptiveMomentumState, Optimizer, Sgd, SgdState};
 use burn::record::{FullPrecisionSettings, Record};
+use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
-use super::net::Net;
+use super::net::{Net, tensor1};
 use super::ops::NnBackend;
 use super::{NnError, OptimState};
 
@@ -72,10 +72,6 @@ pub fn adam_state<B: AutodiffBackend>(optim: &AdamOptim<B>, net: &Net<B>) -> Opt
     })
 }
 
-fn tensor<B: NnBackend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
-    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
-}
-
 /// `optim` continuing from `state` for the parameters of `net`.
 pub fn load_sgd<B: AutodiffBackend<InnerBackend: NnBackend>>(
     optim: SgdOptim<B>,
@@ -91,7 +87,7 @@ pub fn load_sgd<B: AutodiffBackend<InnerBackend: NnBackend>>(
         .iter()
         .zip(momentum_buffer)
         .map(|(p, v)| {
-            let s = SgdState::new(Some(MomentumState::new(tensor(v, device))));
+            let s = SgdState::new(Some(MomentumState::new(tensor1(v.clone(), device))));
             (p.id, AdaptorRecord::from_state::<1>(s))
         })
         .collect();
@@ -118,8 +114,11 @@ pub fn load_adam<B: AutodiffBackend<InnerBackend: NnBackend>>(
         .iter()
         .zip(exp_avg.iter().zip(exp_avg_sq))
         .map(|(p, (m1, m2))| {
-            let moments =
-                AdaptiveMomentumState::new(*step as usize, tensor(m1, device), tensor(m2, device));
+            let moments = AdaptiveMomentumState::new(
+                *step as usize,
+                tensor1(m1.clone(), device),
+                tensor1(m2.clone(), device),
+            );
             (
                 p.id,
                 AdaptorRecord::from_state::<1>(AdamState::new(moments)),

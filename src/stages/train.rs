@@ -236,6 +236,11 @@ impl Stage for Train {
                 )));
             }
         }
+        let resume = if p.resume_optimizer {
+            Some(resumed_state(&input, &start)?)
+        } else {
+            None
+        };
         let cfg = TrainConfig {
             optimizer: p.optimizer,
             lr: p.lr,
@@ -249,15 +254,7 @@ impl Stage for Train {
             eval_every: p.eval_every,
             data_seed: p.seed,
             start_step,
-            resume: None,
-        };
-        let cfg = TrainConfig {
-            resume: if p.resume_optimizer {
-                Some(resumed_state(&input, &start)?)
-            } else {
-                None
-            },
-            ..cfg
+            resume,
         };
         let data = TrainData {
             train: &splits.train,
