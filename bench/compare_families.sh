@@ -1,29 +1,48 @@
 #!/usr/bin/env bash
-# One training step of every model family, pipe (CPU, burn Flex) against PyTorch (CPU) on the
-# same machine in the same run, with the same number of threads: prints ms per step and the
+# One training step of each model family, pipe (CPU, burn Flex) against PyTorch (CPU), on the
+# same machine in the same run with the same number of threads: prints ms per step and the
 # ratio pipe / PyTorch (< 1: pipe is faster), with each model's parameters and forward FLOPs.
 #
-# Usage: bench/compare_families.sh [BATCH=128] [STEPS=5]     (ONLY=conv4_32,resnet20_32 to pick)
-#        PIPE_NN_OPS=reference bench/compare_families.sh   (pipe on burn's generic conv, batch-norm
-#        and pooling ops instead of its CPU kernels, src/nn/ops)
+# Usage: bench/compare_families.sh [STEPS=5]
+#   CASES="resnet20_32:128 conv4_32:60"   models (examples/family_step.rs) and batch sizes;
+#                                         the default is issue 9's list, below
+#   EPOCH_STEPS=79                        also times ResNet-20 for this many steps of 128
+#                                         (79 × 128 = 10,112 images: one epoch of 10k); 0: skip
+#   PIPE_NN_OPS=reference                 pipe on burn's generic conv, batch-norm and pooling
+#                                         ops instead of its CPU kernels (src/nn/ops)
 # Needs python3 with torch (`pip install torch`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-batch="${1:-128}"
-steps="${2:-5}"
+steps="${1:-5}"
+cases="${CASES:-resnet20_32:128 conv4_32:60 vgg11_32:128 mobilenet_v2_tiny_32:128 lenet_28:60}"
+epoch_steps="${EPOCH_STEPS:-79}"
 threads="$(nproc)"
 python3 -c 'import torch' 2>/dev/null || { echo "install PyTorch: pip install torch" >&2; exit 1; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 cargo build --release --locked -q --example family_step
-pipe_out="$("${CARGO_TARGET_DIR:-target}/release/examples/family_step" "$out" "$batch" "$steps")"
-names="$(awk '$1 == "BENCH" {print $2}' <<<"$pipe_out")"
-# shellcheck disable=SC2086
-torch_out="$(python3 bench/torch_family_step.py "$out" "$threads" "$batch" "$steps" $names)"
-printf '%-16s %12s %14s %10s %10s %7s\n' model params fwd_flops pipe_ms torch_ms ratio
-while read -r _ name ms params flops; do
-    t="$(awk -v n="$name" '$1 == "BENCH" && $2 == n {print $3}' <<<"$torch_out")"
-    python3 -c "import sys; n,p,f,a,b=sys.argv[1:]; print(f'{n:<16} {int(p):>12,} {int(f):>14,} {float(a):10.1f} {float(b):10.1f} {float(a)/float(b):7.2f}')" \
-        "$name" "$params" "$flops" "$ms" "$t"
-done <<<"$pipe_out"
-echo "batch $batch, $steps timed steps after 2 warm-up, $threads threads (torch.set_num_threads($threads))"
+bin="${CARGO_TARGET_DIR:-target}/release/examples/family_step"
+
+# compare NAME BATCH STEPS LABEL: one line of the table.
+compare() {
+    local name="$1" batch="$2" n="$3" label="$4" pipe_line torch_line
+    pipe_line="$(ONLY="$name" "$bin" "$out" "$batch" "$n" | awk '$1 == "BENCH"')"
+    torch_line="$(python3 bench/torch_family_step.py "$out" "$threads" "$batch" "$n" "$name" | awk '$1 == "BENCH"')"
+    python3 - "$label" "$batch" "$n" "$pipe_line" "$torch_line" <<'PY'
+import sys
+label, batch, n, pipe, torch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(), sys.argv[5].split()
+a, b = float(pipe[2]), float(torch[2])
+params, flops = int(pipe[3]), int(pipe[4])
+print(f"{label:<24} {batch:>5} {params:>10,} {flops:>13,} {a:10.1f} {b:10.1f} {a / b:7.2f}")
+PY
+}
+
+printf '%-24s %5s %10s %13s %10s %10s %7s\n' model batch params fwd_flops pipe_ms torch_ms ratio
+for case in $cases; do
+    compare "${case%%:*}" "${case##*:}" "$steps" "${case%%:*}"
+done
+if [ "$epoch_steps" -gt 0 ]; then
+    compare resnet20_32 128 "$epoch_steps" "resnet20_32 epoch/step"
+    echo "(epoch: $epoch_steps steps of 128 = $((epoch_steps * 128)) images; ms are per step, × $epoch_steps for the epoch)"
+fi
+echo "$steps timed steps after 2 warm-up, $threads threads on both sides (torch.set_num_threads($threads))"

@@ -33,6 +33,11 @@ const MODELS: &[(&str, &str)] = &[
     ),
     ("resnet20_32", r#"{"arch":"resnet","depth":20}"#),
     ("mobilenet_v2_32", r#"{"arch":"mobilenet_v2"}"#),
+    // NetAug's tiny base (width 0.35).
+    (
+        "mobilenet_v2_tiny_32",
+        r#"{"arch":"mobilenet_v2","width":0.35}"#,
+    ),
 ];
 
 fn main() -> std::process::ExitCode {

@@ -98,21 +98,58 @@ pub(crate) fn matmul(
     rhs: Mat<'_>,
     threaded: bool,
 ) {
+    let dst = MatMut {
+        data: dst,
+        rs: dst_rs,
+        cs: 1,
+    };
+    matmul_into(m, n, k, dst, accumulate, lhs, rhs, threaded);
+}
+
+/// A destination of [`matmul_into`]: element `(i, j)` is `data[i·rs + j·cs]`.
+pub(crate) struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// [`matmul`] into a destination of any layout. `gemm` computes blocks of `dst` along its
+/// contiguous direction, and wants the matching operand contiguous along the same direction
+/// (else it copies that operand into a packed buffer first): choosing `dst`'s layout chooses
+/// which operand may stay where it is.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut<'_>,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    threaded: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    let out = Mat {
+        data: &*dst.data,
+        rs: dst.rs,
+        cs: dst.cs,
+    };
+    assert!(
+        out.fits(m, n) && lhs.fits(m, k) && rhs.fits(k, n),
+        "matmul operands smaller than their shapes"
+    );
     if k == 0 {
         if !accumulate {
-            for r in 0..m {
-                dst[r * dst_rs..][..n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst.data[i * dst.rs + j * dst.cs] = 0.0;
+                }
             }
         }
         return;
     }
-    assert!(
-        (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k) && rhs.fits(k, n),
-        "matmul operands smaller than their shapes"
-    );
     let parallelism = if threaded {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -125,9 +162,9 @@ pub(crate) fn matmul(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
+            dst.data.as_mut_ptr(),
+            dst.cs as isize,
+            dst.rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,

@@ -177,6 +177,9 @@ fn conv_kernels_match_burn_for_the_families_shapes() {
         conv([2, 4, 7, 5], 6, 3, 1, 0, 1),
         // Small planes, many images: several images per product.
         conv([40, 8, 4, 4], 8, 3, 1, 1, 1),
+        conv([40, 8, 2, 2], 12, 1, 1, 0, 1),
+        // 5×5 with padding 2: output as wide as the input, taps two columns off the edge.
+        conv([2, 4, 7, 6], 5, 5, 1, 2, 1),
     ];
     cases.push(ConvCase {
         bias: true,
