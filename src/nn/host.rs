@@ -17,7 +17,11 @@
 const MMAP_THRESHOLD: i32 = 32 << 20;
 
 /// Free memory at the top of the heap kept for reuse before glibc returns it to the kernel.
-const TRIM_THRESHOLD: i32 = 128 << 20;
+/// A conv net's training step frees its activations at its end (about 0.5 GiB for ResNet-20
+/// at batch 128); with 128 MiB here glibc handed them back and the next step faulted every
+/// page in again (10% of a ResNet-20 step was the kernel zeroing pages, bench/RESULTS.md).
+/// The memory is reused by the next step, so this raises no peak, only what is kept between.
+const TRIM_THRESHOLD: i32 = 1 << 30;
 
 /// Keeps tensor-sized buffers on the heap between training steps. Call once at start-up,
 /// before other threads exist. A no-op where the C library is not glibc.

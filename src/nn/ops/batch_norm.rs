@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::BatchNormTrain;
-use super::raw::{self, Dense};
+use super::raw::{self, Dense, LaneSum};
 
 /// `[n, c, h·w]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,11 +46,16 @@ impl BnDims {
     }
 }
 
-/// `Σ_rows f(row)` per channel, each channel's rows taken in batch order.
-fn per_channel(d: &BnDims, f: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
+/// Per channel, the sum that `f(sum, row)` adds each of the channel's rows to, rows taken in
+/// batch order.
+fn per_channel(d: &BnDims, f: impl Fn(&mut LaneSum, usize) + Sync) -> Vec<f64> {
     (0..d.c)
         .into_par_iter()
-        .map(|ch| (0..d.n).map(|i| f(i * d.c + ch)).sum())
+        .map(|ch| {
+            let mut acc = LaneSum::new();
+            (0..d.n).for_each(|i| f(&mut acc, i * d.c + ch));
+            acc.total()
+        })
         .collect()
 }
 
@@ -81,14 +86,17 @@ pub(crate) fn train_forward(
     eps: f64,
 ) -> TrainOut {
     let row = |r: usize| &x[r * d.hw..][..d.hw];
-    let mean: Vec<f32> = per_channel(d, |r| raw::sum(row(r)))
+    let mean: Vec<f32> = per_channel(d, |s, r| s.add(row(r), row(r), |x, _| x))
         .into_iter()
         .map(|s| (s / d.count()) as f32)
         .collect();
-    let var64: Vec<f64> = per_channel(d, |r| raw::sum_sq_dev(row(r), mean[r % d.c]))
-        .into_iter()
-        .map(|s| s / d.count())
-        .collect();
+    let var64: Vec<f64> = per_channel(d, |s, r| {
+        let m = mean[r % d.c];
+        s.add(row(r), row(r), |x, _| (x - m) * (x - m));
+    })
+    .into_iter()
+    .map(|s| s / d.count())
+    .collect();
     let inv_std: Vec<f32> = var64
         .iter()
         .map(|v| (1.0 / (v + eps).sqrt()) as f32)
@@ -120,8 +128,11 @@ pub(crate) fn train_backward(
     need_x: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let row = |t, r| d.row(t, r);
-    let sum_dy = per_channel(d, |r| raw::sum(row(dy, r)));
-    let sum_dy_xc = per_channel(d, |r| raw::dot_dev(row(dy, r), row(x, r), mean[r % d.c]));
+    let sum_dy = per_channel(d, |s, r| s.add(row(dy, r), row(dy, r), |g, _| g));
+    let sum_dy_xc = per_channel(d, |s, r| {
+        let m = mean[r % d.c];
+        s.add(row(dy, r), row(x, r), |g, v| g * (v - m));
+    });
     let dgamma = (0..d.c)
         .map(|ch| (sum_dy_xc[ch] * f64::from(inv_std[ch])) as f32)
         .collect();
@@ -194,12 +205,15 @@ pub(crate) fn eval_backward(
     let row = |t, r| d.row(t, r);
     let sums = need[1..].iter().any(|&b| b);
     let sum_dy = if sums {
-        per_channel(d, |r| raw::sum(row(dy, r)))
+        per_channel(d, |s, r| s.add(row(dy, r), row(dy, r), |g, _| g))
     } else {
         Vec::new()
     };
     let sum_dy_xc = if need[1] || need[4] {
-        per_channel(d, |r| raw::dot_dev(row(dy, r), row(x, r), mean[r % d.c]))
+        per_channel(d, |s, r| {
+            let m = mean[r % d.c];
+            s.add(row(dy, r), row(x, r), |g, v| g * (v - m));
+        })
     } else {
         Vec::new()
     };

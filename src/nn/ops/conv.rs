@@ -1,12 +1,15 @@
 //! 2-D convolution on the CPU: forward, input gradient, weight and bias gradients, over
 //! `f32` buffers in NCHW order, and its registration with Flex and `Autodiff<Flex>`.
 //!
-//! Dense and grouped convolutions unfold the input (im2col) and multiply with `gemm`;
-//! depthwise ones (one input and one output channel per group) run a direct loop per plane,
-//! where a product with one output row would waste `gemm`. Work is split over images (forward
-//! and input gradient) or over fixed slices of the batch (weight gradient), never inside a
-//! sum whose order would then depend on the thread count: every output has the same bits with
-//! any number of threads.
+//! Dense and grouped convolutions unfold the input (im2col) and multiply with `gemm`; the
+//! input gradient of a stride-1 one is computed as a forward convolution of the output
+//! gradient. Depthwise ones (one input and one output channel per group) run a direct loop
+//! per plane, where a product with one output row would waste `gemm`; at stride 1 on a
+//! zero-padded copy of the plane, so that each tap is one contiguous multiply-add.
+//!
+//! Work is split over images (forward and input gradient) or over fixed slices of the batch
+//! (weight gradient), never inside a sum whose order would then depend on the thread count:
+//! every output has the same bits with any number of threads.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -142,7 +145,10 @@ fn im2col(x: &[f32], d: &ConvDims, g: usize, col: &mut [f32], ld: usize, off: us
                 row[..y_lo * ow].fill(0.0);
                 row[y_hi * ow..].fill(0.0);
                 if s == 1 && ow == d.w {
-                    shifted_plane(plane, d, ky, kx, (y_lo, y_hi), (x_lo, x_hi), row);
+                    match Tap::of(d, ky, kx) {
+                        Some(tap) => shifted_plane(plane, d, &tap, row),
+                        None => row[y_lo * ow..y_hi * ow].fill(0.0),
+                    }
                     continue;
                 }
                 for oy in y_lo..y_hi {
@@ -166,42 +172,77 @@ fn im2col(x: &[f32], d: &ConvDims, g: usize, col: &mut [f32], ld: usize, off: us
     }
 }
 
-/// One im2col row of a stride-1 convolution whose output is as wide as its input (3×3 with
-/// padding 1, the common case): output `(oy, ox)` reads input `(oy + ky − pad, ox + kx − pad)`,
-/// a constant offset in the flattened plane, so the valid rows are one copy; the columns
-/// that fell outside the plane (and so read the neighbouring row) are zeroed after it.
-/// Copying row by row instead costs a `memcpy` call per 8 to 32 floats.
-fn shifted_plane(
-    plane: &[f32],
-    d: &ConvDims,
-    ky: usize,
-    kx: usize,
-    (y_lo, y_hi): (usize, usize),
-    (x_lo, x_hi): (usize, usize),
-    row: &mut [f32],
-) {
-    let w = d.w;
-    if y_lo >= y_hi || x_lo >= x_hi {
-        row[y_lo * w..y_hi * w].fill(0.0);
-        return;
+/// One tap `(ky, kx)` of a stride-1 convolution whose output is as wide as its input (3×3
+/// with padding 1, the common case), on the flattened planes: output `(oy, ox)` reads input
+/// `(oy + ky − pad, ox + kx − pad)`, so output index `i` reads input index `i + ahead − behind`
+/// and a whole tap is one contiguous run over `a..b`, instead of one run per output row (which
+/// costs a call per 8 to 32 floats). The outputs of the run in the edge columns read the
+/// neighbouring row's input instead of padding, and are zeroed after the copy.
+#[derive(Clone, Copy)]
+struct Tap {
+    a: usize,
+    b: usize,
+    ahead: usize,
+    behind: usize,
+    /// Output rows and columns whose input lies inside the plane.
+    rows: (usize, usize),
+    cols: (usize, usize),
+}
+
+impl Tap {
+    /// The run of tap `(ky, kx)`, or `None` where the convolution is not stride 1 with the
+    /// output as wide as the input, or the tap reads padding only.
+    fn of(d: &ConvDims, ky: usize, kx: usize) -> Option<Tap> {
+        if d.stride != 1 || d.o_w != d.w {
+            return None;
+        }
+        let rows = valid_range(ky, d.pad, 1, d.h, d.o_h);
+        let cols = valid_range(kx, d.pad, 1, d.w, d.o_w);
+        if rows.0 >= rows.1 || cols.0 >= cols.1 {
+            return None;
+        }
+        let (ahead, behind) = (ky * d.w + kx, d.pad * (d.w + 1));
+        // The first and last outputs of the rows may read before or after the plane: both
+        // are edge columns, left out of the run.
+        let a = (rows.0 * d.w).max(behind.saturating_sub(ahead));
+        let b = (rows.1 * d.w)
+            .min((d.hw() + behind).saturating_sub(ahead))
+            .max(a);
+        Some(Tap {
+            a,
+            b,
+            ahead,
+            behind,
+            rows,
+            cols,
+        })
     }
-    // Input index of output index `i` is `i + ky·w + kx − pad·(w + 1)`.
-    let ahead = ky * w + kx;
-    let behind = d.pad * (w + 1);
-    let (a, b) = (y_lo * w, y_hi * w);
-    // The first and last output of the block may map before or after the plane; both are
-    // edge columns, zeroed below.
-    let a_in = a.max(behind.saturating_sub(ahead));
-    let b_in = b
-        .min((plane.len() + behind).saturating_sub(ahead))
-        .max(a_in);
-    row[a_in..b_in].copy_from_slice(&plane[a_in + ahead - behind..b_in + ahead - behind]);
-    zero_few(&mut row[a..a_in]);
-    zero_few(&mut row[b_in..b]);
+
+    /// The input indices the run reads.
+    fn input(&self) -> std::ops::Range<usize> {
+        self.a + self.ahead - self.behind..self.b + self.ahead - self.behind
+    }
+}
+
+/// One im2col row from a [`Tap`]: the run is one copy, and the outputs that read padding
+/// (edge columns, and rows outside `tap.rows`) are zeroed.
+fn shifted_plane(plane: &[f32], d: &ConvDims, tap: &Tap, row: &mut [f32]) {
+    let w = d.w;
+    let (y_lo, y_hi) = tap.rows;
+    row[tap.a..tap.b].copy_from_slice(&plane[tap.input()]);
+    zero_few(&mut row[y_lo * w..tap.a]);
+    zero_few(&mut row[tap.b..y_hi * w]);
     for oy in y_lo..y_hi {
         let dst = &mut row[oy * w..][..w];
-        zero_few(&mut dst[..x_lo]);
-        zero_few(&mut dst[x_hi..]);
+        zero_few(&mut dst[..tap.cols.0]);
+        zero_few(&mut dst[tap.cols.1..]);
+    }
+}
+
+/// `y += a · x`.
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
     }
 }
 
@@ -314,7 +355,8 @@ pub(crate) fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &ConvD
         out.par_chunks_mut(p).enumerate().for_each(|(plane, y)| {
             let c = plane % d.c_out;
             let x = &x[(plane / d.c_out * d.c_in + c) * d.hw()..][..d.hw()];
-            depthwise_forward(x, &weight[c * d.k_h * d.k_w..][..d.k_h * d.k_w], d, y);
+            let w = &weight[c * d.k_h * d.k_w..][..d.k_h * d.k_w];
+            with_scratch(|s| depthwise_forward(x, w, d, y, s));
         });
     } else {
         let nb = d.wave();
@@ -387,7 +429,8 @@ pub(crate) fn input_grad(dy: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
         dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dx)| {
             let c = plane % d.c_in;
             let dy = &dy[(plane / d.c_in * d.c_out + c) * p..][..p];
-            depthwise_input_grad(dy, &weight[c * d.k_h * d.k_w..][..d.k_h * d.k_w], d, dx);
+            let w = &weight[c * d.k_h * d.k_w..][..d.k_h * d.k_w];
+            with_scratch(|s| depthwise_input_grad(dy, w, d, dx, s));
         });
         return dx;
     }
@@ -515,7 +558,7 @@ pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usi
             for i in 0..d.n {
                 let x = &x[(i * d.c_in + c) * hw..][..hw];
                 let dy = &dy[(i * d.c_out + c) * p..][..p];
-                depthwise_weight_grad(x, dy, d, &mut acc);
+                with_scratch(|s| depthwise_weight_grad(x, dy, d, &mut acc, s));
             }
             for (w, a) in dw.iter_mut().zip(acc) {
                 *w = a as f32;
@@ -636,8 +679,64 @@ pub(crate) fn bias_grad(dy: &[f32], d: &ConvDims) -> Vec<f32> {
         .collect()
 }
 
+/// One input plane of a stride-1 depthwise convolution copied into a zero grid `pad` wider
+/// on every side (`wp` columns). On the grid, every tap of every output reads one contiguous
+/// run: output `(oy, ox)` computed on grid-wide rows (index `oy·wp + ox`, the last `wp − o_w`
+/// columns of each row junk) reads grid index `oy·wp + ox + ky·wp + kx`. One multiply-add
+/// over the run per tap replaces a loop per output row, which on the small planes of late
+/// layers (4×4) cost more to set up than to run.
+struct Grid<'a> {
+    data: &'a [f32],
+    wp: usize,
+}
+
+impl Grid<'_> {
+    /// Floats a grid takes: its rows, and the overhang the last tap's run reads past them.
+    fn len(d: &ConvDims) -> usize {
+        (d.h + 2 * d.pad) * (d.w + 2 * d.pad) + d.k_w
+    }
+
+    /// The run tap `t` (`ky·k_w + kx`) reads, as long as the grid-wide output.
+    fn tap(&self, t: usize, d: &ConvDims) -> &[f32] {
+        &self.data[(t / d.k_w) * self.wp + t % d.k_w..][..d.o_h * self.wp]
+    }
+}
+
+fn padded_grid<'a>(x: &[f32], d: &ConvDims, buf: &'a mut Vec<f32>) -> Grid<'a> {
+    let wp = d.w + 2 * d.pad;
+    let grid = sized(buf, Grid::len(d));
+    grid.fill(0.0);
+    for (iy, row) in x.chunks_exact(d.w).enumerate() {
+        grid[(iy + d.pad) * wp + d.pad..][..d.w].copy_from_slice(row);
+    }
+    Grid { data: grid, wp }
+}
+
+/// One output-gradient plane on grid-wide rows (see [`Grid`]), junk columns zero.
+fn grid_rows<'a>(dy: &[f32], d: &ConvDims, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let wp = d.w + 2 * d.pad;
+    let rows = sized(buf, d.o_h * wp);
+    for (oy, src) in dy.chunks_exact(d.o_w).enumerate() {
+        rows[oy * wp..][..d.o_w].copy_from_slice(src);
+        zero_few(&mut rows[oy * wp + d.o_w..(oy + 1) * wp]);
+    }
+    rows
+}
+
 /// One channel plane of a depthwise convolution: `y += Σ_taps w · x(shifted)`.
-fn depthwise_forward(x: &[f32], w: &[f32], d: &ConvDims, y: &mut [f32]) {
+fn depthwise_forward(x: &[f32], w: &[f32], d: &ConvDims, y: &mut [f32], s: &mut Scratch) {
+    if d.stride == 1 {
+        let grid = padded_grid(x, d, &mut s.col);
+        let out = sized(&mut s.mat, d.o_h * grid.wp);
+        out.fill(0.0);
+        for (t, &wv) in w.iter().enumerate() {
+            axpy(out, wv, grid.tap(t, d));
+        }
+        for (oy, y) in y.chunks_exact_mut(d.o_w).enumerate() {
+            y.copy_from_slice(&out[oy * grid.wp..][..d.o_w]);
+        }
+        return;
+    }
     let (ow, s) = (d.o_w, d.stride);
     for ky in 0..d.k_h {
         let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
@@ -666,7 +765,21 @@ fn depthwise_forward(x: &[f32], w: &[f32], d: &ConvDims, y: &mut [f32]) {
 }
 
 /// One channel plane of a depthwise convolution's input gradient.
-fn depthwise_input_grad(dy: &[f32], w: &[f32], d: &ConvDims, dx: &mut [f32]) {
+fn depthwise_input_grad(dy: &[f32], w: &[f32], d: &ConvDims, dx: &mut [f32], s: &mut Scratch) {
+    if d.stride == 1 {
+        let rows = grid_rows(dy, d, &mut s.mat);
+        let wp = d.w + 2 * d.pad;
+        let grid = sized(&mut s.col, Grid::len(d));
+        grid.fill(0.0);
+        for (t, &wv) in w.iter().enumerate() {
+            let at = (t / d.k_w) * wp + t % d.k_w;
+            axpy(&mut grid[at..][..rows.len()], wv, rows);
+        }
+        for (iy, dx) in dx.chunks_exact_mut(d.w).enumerate() {
+            dx.copy_from_slice(&grid[(iy + d.pad) * wp + d.pad..][..d.w]);
+        }
+        return;
+    }
     let (ow, s) = (d.o_w, d.stride);
     for ky in 0..d.k_h {
         let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
@@ -695,7 +808,15 @@ fn depthwise_input_grad(dy: &[f32], w: &[f32], d: &ConvDims, dx: &mut [f32]) {
 }
 
 /// Adds one image's contribution to a depthwise channel's weight gradient (`acc`, per tap).
-fn depthwise_weight_grad(x: &[f32], dy: &[f32], d: &ConvDims, acc: &mut [f64]) {
+fn depthwise_weight_grad(x: &[f32], dy: &[f32], d: &ConvDims, acc: &mut [f64], s: &mut Scratch) {
+    if d.stride == 1 {
+        let grid = padded_grid(x, d, &mut s.col);
+        let rows = grid_rows(dy, d, &mut s.mat);
+        for (t, a) in acc.iter_mut().enumerate() {
+            *a += raw::dot(rows, grid.tap(t, d));
+        }
+        return;
+    }
     let (ow, s) = (d.o_w, d.stride);
     for ky in 0..d.k_h {
         let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);

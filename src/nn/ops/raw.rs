@@ -199,26 +199,6 @@ pub(crate) fn sum(xs: &[f32]) -> f64 {
     lanes_total(&acc, tail.iter().copied())
 }
 
-/// `Σ (x − mean)²` in `f64`.
-pub(crate) fn sum_sq_dev(xs: &[f32], mean: f32) -> f64 {
-    let mut acc = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            let d = c[l] - mean;
-            acc[l] += d * d;
-        }
-    }
-    lanes_total(
-        &acc,
-        tail.iter().map(|&x| {
-            let d = x - mean;
-            d * d
-        }),
-    )
-}
-
 /// `Σ a·b` in `f64`.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
     debug_assert_eq!(a.len(), b.len());
@@ -238,23 +218,58 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
     lanes_total(&acc, tail)
 }
 
-/// `Σ dy·(x − mean)` in `f64`.
-pub(crate) fn dot_dev(dy: &[f32], x: &[f32], mean: f32) -> f64 {
-    debug_assert_eq!(dy.len(), x.len());
-    let mut acc = [0f32; LANES];
-    let cd = dy.chunks_exact(LANES);
-    let cx = x.chunks_exact(LANES);
-    let tail = cd
-        .remainder()
-        .iter()
-        .zip(cx.remainder())
-        .map(|(d, x)| d * (x - mean));
-    for (d, x) in cd.zip(cx) {
-        for l in 0..LANES {
-            acc[l] += d[l] * (x[l] - mean);
+/// Elements a [`LaneSum`] takes in `f32` lanes before it moves them into its `f64` total.
+const FLUSH: usize = 1024;
+
+/// A sum over many slices, each term added into one of [`LANES`] `f32` lanes and the lanes
+/// moved into an `f64` total every [`FLUSH`] elements. Batch-norm statistics sum one channel
+/// over every image's plane; on small planes (16 elements at 4×4) a separate `f64` total
+/// per plane cost more than the arithmetic. Where the lanes flush depends only on the slices'
+/// lengths, so the result is the same with any number of threads.
+pub(crate) struct LaneSum {
+    acc: [f32; LANES],
+    pending: usize,
+    total: f64,
+}
+
+impl LaneSum {
+    pub(crate) fn new() -> Self {
+        LaneSum {
+            acc: [0.0; LANES],
+            pending: 0,
+            total: 0.0,
         }
     }
-    lanes_total(&acc, tail)
+
+    /// Adds `term(a[i], b[i])` for every `i` (`a` and `b` equally long).
+    pub(crate) fn add(&mut self, a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) {
+        debug_assert_eq!(a.len(), b.len());
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ta, tb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..LANES {
+                self.acc[l] += term(x[l], y[l]);
+            }
+        }
+        for (l, (&x, &y)) in ta.iter().zip(tb).enumerate() {
+            self.acc[l] += term(x, y);
+        }
+        self.pending += a.len();
+        if self.pending >= FLUSH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.total += self.acc.iter().map(|&a| f64::from(a)).sum::<f64>();
+        self.acc = [0.0; LANES];
+        self.pending = 0;
+    }
+
+    pub(crate) fn total(mut self) -> f64 {
+        self.flush();
+        self.total
+    }
 }
 
 fn lanes_total(acc: &[f32; LANES], tail: impl Iterator<Item = f32>) -> f64 {
@@ -321,20 +336,33 @@ mod tests {
         let ys: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
         let exact: f64 = xs.iter().map(|&x| f64::from(x)).sum();
         assert!((sum(&xs) - exact).abs() < 1e-5);
-        let m = 0.25f32;
-        let exact: f64 = xs.iter().map(|&x| (f64::from(x) - 0.25).powi(2)).sum();
-        assert!((sum_sq_dev(&xs, m) - exact).abs() < 1e-5);
         let exact: f64 = xs
             .iter()
             .zip(&ys)
             .map(|(&x, &y)| f64::from(x) * f64::from(y))
             .sum();
         assert!((dot(&xs, &ys) - exact).abs() < 1e-5);
-        let exact: f64 = xs
+    }
+
+    #[test]
+    fn lane_sums_over_many_slices_agree_with_f64_arithmetic() {
+        // 300 slices of 7 (tails only into the lanes, several flushes) and one of 2000.
+        let xs: Vec<f32> = (0..4100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let ys: Vec<f32> = (0..4100).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut lanes = LaneSum::new();
+        let cuts: Vec<(usize, usize)> = (0..300)
+            .map(|k| (7 * k, 7 * k + 7))
+            .chain([(2100, 4100)])
+            .collect();
+        for &(a, b) in &cuts {
+            lanes.add(&xs[a..b], &ys[a..b], |x, y| x * (y - 0.25));
+        }
+        let exact: f64 = cuts
             .iter()
-            .zip(&ys)
-            .map(|(&x, &y)| f64::from(y) * (f64::from(x) - 0.25))
+            .flat_map(|&(a, b)| a..b)
+            .map(|i| f64::from(xs[i]) * (f64::from(ys[i]) - 0.25))
             .sum();
-        assert!((dot_dev(&ys, &xs, m) - exact).abs() < 1e-5);
+        let got = lanes.total();
+        assert!((got - exact).abs() < 1e-4, "{got} against {exact}");
     }
 }

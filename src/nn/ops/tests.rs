@@ -180,6 +180,10 @@ fn conv_kernels_match_burn_for_the_families_shapes() {
         conv([40, 8, 2, 2], 12, 1, 1, 0, 1),
         // 5×5 with padding 2: output as wide as the input, taps two columns off the edge.
         conv([2, 4, 7, 6], 5, 5, 1, 2, 1),
+        conv([2, 6, 7, 6], 6, 5, 1, 2, 6),
+        // Planes of one row and one column: every tap but the centre reads padding.
+        conv([3, 6, 1, 1], 6, 3, 1, 1, 6),
+        conv([3, 4, 1, 5], 6, 3, 1, 1, 1),
     ];
     cases.push(ConvCase {
         bias: true,
