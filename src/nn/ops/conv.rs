@@ -134,21 +134,26 @@ fn thread_inside(tasks: usize) -> bool {
 /// (row stride `ld`), columns `off .. off + o_h·o_w`.
 fn im2col(x: &[f32], d: &ConvDims, g: usize, col: &mut [f32], ld: usize, off: usize) {
     let (hw, ow, s) = (d.hw(), d.o_w, d.stride);
-    for ci in 0..d.cig() {
-        let plane = &x[(g * d.cig() + ci) * hw..][..hw];
-        for ky in 0..d.k_h {
-            let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
-            for kx in 0..d.k_w {
+    // Tap geometry outside the channel loop: on the small planes of late layers (2×2, 4×4)
+    // working it out per row cost more than copying the row.
+    for ky in 0..d.k_h {
+        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
+        for kx in 0..d.k_w {
+            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
+            let tap = Tap::of(d, ky, kx);
+            let first = (x_lo * s + kx).saturating_sub(d.pad);
+            for ci in 0..d.cig() {
+                let plane = &x[(g * d.cig() + ci) * hw..][..hw];
                 let r = (ci * d.k_h + ky) * d.k_w + kx;
                 let row = &mut col[r * ld + off..][..d.p()];
-                let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
                 row[..y_lo * ow].fill(0.0);
                 row[y_hi * ow..].fill(0.0);
-                if s == 1 && ow == d.w {
-                    match Tap::of(d, ky, kx) {
-                        Some(tap) => shifted_plane(plane, d, &tap, row),
-                        None => row[y_lo * ow..y_hi * ow].fill(0.0),
-                    }
+                if let Some(tap) = &tap {
+                    shifted_plane(plane, d, tap, row);
+                    continue;
+                }
+                if x_lo >= x_hi {
+                    row[y_lo * ow..y_hi * ow].fill(0.0);
                     continue;
                 }
                 for oy in y_lo..y_hi {
@@ -156,14 +161,11 @@ fn im2col(x: &[f32], d: &ConvDims, g: usize, col: &mut [f32], ld: usize, off: us
                     let dst = &mut row[oy * ow..][..ow];
                     zero_few(&mut dst[..x_lo]);
                     zero_few(&mut dst[x_hi..]);
-                    if x_lo < x_hi {
-                        let first = x_lo * s + kx - d.pad;
-                        if s == 1 {
-                            dst[x_lo..x_hi].copy_from_slice(&src[first..first + x_hi - x_lo]);
-                        } else {
-                            for (o, v) in dst[x_lo..x_hi].iter_mut().enumerate() {
-                                *v = src[first + o * s];
-                            }
+                    if s == 1 {
+                        dst[x_lo..x_hi].copy_from_slice(&src[first..first + x_hi - x_lo]);
+                    } else {
+                        for (o, v) in dst[x_lo..x_hi].iter_mut().enumerate() {
+                            *v = src[first + o * s];
                         }
                     }
                 }
