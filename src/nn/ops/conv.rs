@@ -296,6 +296,18 @@ fn col2im(col: &[f32], ld: usize, off: usize, d: &ConvDims, g: usize, dx: &mut [
     }
 }
 
+/// Group `g` of the `imgs` consecutive images `x`, unfolded side by side into `buf`:
+/// `[kd, imgs·p]`.
+fn unfold<'a>(x: &[f32], d: &ConvDims, g: usize, imgs: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let (p, img_in) = (d.p(), d.c_in * d.hw());
+    let ld = imgs * p;
+    let col = sized(buf, d.kdim() * ld);
+    for i in 0..imgs {
+        im2col(&x[i * img_in..][..img_in], d, g, col, ld, i * p);
+    }
+    col
+}
+
 /// Scratch buffers of one worker, reused across the images it handles.
 #[derive(Default)]
 struct Scratch {
@@ -392,18 +404,13 @@ fn forward_wave(
     s: &mut Scratch,
 ) {
     let (p, kd, cog) = (d.p(), d.kdim(), d.cog());
-    let img_in = d.c_in * d.hw();
     let ld = imgs * p;
     for g in 0..d.groups {
         let w_g = Mat::rows(&weight[g * cog * kd..][..cog * kd], kd);
         let col: &[f32] = if d.pointwise() && imgs == 1 {
             &x[g * kd * p..][..kd * p]
         } else {
-            let col = sized(&mut s.col, kd * ld);
-            for i in 0..imgs {
-                im2col(&x[i * img_in..][..img_in], d, g, col, ld, i * p);
-            }
-            col
+            unfold(x, d, g, imgs, &mut s.col)
         };
         if imgs == 1 {
             let dst = &mut y[g * cog * p..][..cog * p];
@@ -620,13 +627,9 @@ fn weight_grad_wave(
     s: &mut Scratch,
 ) {
     let (p, kd, cog) = (d.p(), d.kdim(), d.cog());
-    let img_in = d.c_in * d.hw();
     let ld = imgs * p;
     for g in 0..d.groups {
-        let col = sized(&mut s.col, kd * ld);
-        for i in 0..imgs {
-            im2col(&x[i * img_in..][..img_in], d, g, col, ld, i * p);
-        }
+        let col = unfold(x, d, g, imgs, &mut s.col);
         // dy of group g as `[imgs·p, cog]`.
         let dy_t = sized(&mut s.mat, ld * cog);
         for i in 0..imgs {
