@@ -140,7 +140,7 @@ fn im2col(x: &[f32], d: &ConvDims, g: usize, col: &mut [f32], ld: usize, off: us
         let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
         for kx in 0..d.k_w {
             let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
-            let tap = Tap::of(d, ky, kx);
+            let tap = Tap::of(d, ky, kx, (y_lo, y_hi), (x_lo, x_hi));
             let first = (x_lo * s + kx).saturating_sub(d.pad);
             for ci in 0..d.cig() {
                 let plane = &x[(g * d.cig() + ci) * hw..][..hw];
@@ -192,14 +192,19 @@ struct Tap {
 }
 
 impl Tap {
-    /// The run of tap `(ky, kx)`, or `None` where the convolution is not stride 1 with the
-    /// output as wide as the input, or the tap reads padding only.
-    fn of(d: &ConvDims, ky: usize, kx: usize) -> Option<Tap> {
+    /// The run of tap `(ky, kx)`, whose valid output rows and columns are `rows` and `cols`
+    /// ([`valid_range`]), or `None` where the convolution is not stride 1 with the output as
+    /// wide as the input, or the tap reads padding only.
+    fn of(
+        d: &ConvDims,
+        ky: usize,
+        kx: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+    ) -> Option<Tap> {
         if d.stride != 1 || d.o_w != d.w {
             return None;
         }
-        let rows = valid_range(ky, d.pad, 1, d.h, d.o_h);
-        let cols = valid_range(kx, d.pad, 1, d.w, d.o_w);
         if rows.0 >= rows.1 || cols.0 >= cols.1 {
             return None;
         }
@@ -266,18 +271,20 @@ fn zero_few(xs: &mut [f32]) {
 /// image's input gradient `dx`.
 fn col2im(col: &[f32], ld: usize, off: usize, d: &ConvDims, g: usize, dx: &mut [f32]) {
     let (hw, ow, s) = (d.hw(), d.o_w, d.stride);
-    for ci in 0..d.cig() {
-        let plane = &mut dx[(g * d.cig() + ci) * hw..][..hw];
-        for ky in 0..d.k_h {
-            let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
-            for kx in 0..d.k_w {
+    // Tap geometry outside the channel loop, as in `im2col`. Each input still takes its taps'
+    // contributions in `(ky, kx)` order.
+    for ky in 0..d.k_h {
+        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
+        for kx in 0..d.k_w {
+            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
+            if x_lo >= x_hi {
+                continue;
+            }
+            let first = x_lo * s + kx - d.pad;
+            for ci in 0..d.cig() {
+                let plane = &mut dx[(g * d.cig() + ci) * hw..][..hw];
                 let r = (ci * d.k_h + ky) * d.k_w + kx;
                 let row = &col[r * ld + off..][..d.p()];
-                let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
-                if x_lo >= x_hi {
-                    continue;
-                }
-                let first = x_lo * s + kx - d.pad;
                 for oy in y_lo..y_hi {
                     let dst = &mut plane[(oy * s + ky - d.pad) * d.w..][..d.w];
                     let src = &row[oy * ow + x_lo..oy * ow + x_hi];

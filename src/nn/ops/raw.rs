@@ -189,33 +189,34 @@ const LANES: usize = 8;
 /// `Σ xs` in `f64`, from `f32` partial sums over lanes.
 pub(crate) fn sum(xs: &[f32]) -> f64 {
     let mut acc = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += c[l];
-        }
-    }
+    let (tail, _) = add_chunks(&mut acc, xs, xs, |x, _| x);
     lanes_total(&acc, tail.iter().copied())
 }
 
 /// `Σ a·b` in `f64`.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
-    let ca = a.chunks_exact(LANES);
-    let cb = b.chunks_exact(LANES);
-    let tail = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y);
+    let (ta, tb) = add_chunks(&mut acc, a, b, |x, y| x * y);
+    lanes_total(&acc, ta.iter().zip(tb).map(|(x, y)| x * y))
+}
+
+/// Adds `term(a[i], b[i])` into lane `i mod LANES` for the whole chunks of `a` and `b`
+/// (equally long), and returns the two tails left over.
+fn add_chunks<'a>(
+    acc: &mut [f32; LANES],
+    a: &'a [f32],
+    b: &'a [f32],
+    term: impl Fn(f32, f32) -> f32,
+) -> (&'a [f32], &'a [f32]) {
+    debug_assert_eq!(a.len(), b.len());
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tails = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[l] += term(x[l], y[l]);
         }
     }
-    lanes_total(&acc, tail)
+    tails
 }
 
 /// Elements a [`LaneSum`] takes in `f32` lanes before it moves them into its `f64` total.
@@ -243,14 +244,7 @@ impl LaneSum {
 
     /// Adds `term(a[i], b[i])` for every `i` (`a` and `b` equally long).
     pub(crate) fn add(&mut self, a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) {
-        debug_assert_eq!(a.len(), b.len());
-        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        let (ta, tb) = (ca.remainder(), cb.remainder());
-        for (x, y) in ca.zip(cb) {
-            for l in 0..LANES {
-                self.acc[l] += term(x[l], y[l]);
-            }
-        }
+        let (ta, tb) = add_chunks(&mut self.acc, a, b, &term);
         for (l, (&x, &y)) in ta.iter().zip(tb).enumerate() {
             self.acc[l] += term(x, y);
         }
