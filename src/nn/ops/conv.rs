@@ -1,9 +1,11 @@
 //! 2-D convolution on the CPU: forward, input gradient, weight and bias gradients, over
 //! `f32` buffers in NCHW order, and its registration with Flex and `Autodiff<Flex>`.
 //!
-//! Dense and grouped convolutions unfold the input (im2col) and multiply with `gemm`; the
-//! input gradient of a stride-1 one is computed as a forward convolution of the output
-//! gradient. Depthwise ones (one input and one output channel per group) run a direct loop
+//! Dense stride-1 convolutions run direct kernels without unfolding: [`super::direct`] on
+//! planes 16 or more wide, [`super::direct_narrow`]'s forward on narrower ones with output
+//! channels in vectors of 16. Other dense and grouped ones (and those kernels' missing
+//! gradients) unfold the input (im2col) and multiply with `gemm`. The input gradient of a stride-1 one is computed as a forward convolution of
+//! the output gradient. Depthwise ones (one input and one output channel per group) run a direct loop
 //! per plane, where a product with one output row would waste `gemm`; at stride 1 on a
 //! zero-padded copy of the plane, so that each tap is one contiguous multiply-add.
 //!
@@ -25,6 +27,7 @@ use rayon::prelude::*;
 
 use super::Conv2dGeometry;
 use super::raw::{self, Dense, Mat, MatMut, matmul, matmul_into, valid_range};
+use super::{direct, direct_narrow};
 
 /// Columns of the unfolded input a product is given at least: images with small planes
 /// (late VGG layers, 4×4) are stacked side by side up to this, so that one product does many
@@ -317,9 +320,9 @@ fn unfold<'a>(x: &[f32], d: &ConvDims, g: usize, imgs: usize, buf: &'a mut Vec<f
 
 /// Scratch buffers of one worker, reused across the images it handles.
 #[derive(Default)]
-struct Scratch {
-    col: Vec<f32>,
-    mat: Vec<f32>,
+pub(super) struct Scratch {
+    pub(super) col: Vec<f32>,
+    pub(super) mat: Vec<f32>,
 }
 
 thread_local! {
@@ -330,14 +333,14 @@ thread_local! {
 
 /// Runs `f` with this thread's scratch buffers. A nested call (a product threaded inside
 /// itself whose worker picks up another image meanwhile) gets fresh ones.
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut s) => f(&mut s),
         Err(_) => f(&mut Scratch::default()),
     })
 }
 
-fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
@@ -368,6 +371,15 @@ fn unstack(src: &[f32], c: usize, p: usize, cg: usize, g: usize, imgs: usize, ds
 /// `y = conv(x, weight) + bias`, `[n, c_out, o_h, o_w]`.
 pub(crate) fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &ConvDims) -> Vec<f32> {
     let p = d.p();
+    if direct::fits(d) || direct_narrow::fits(d) {
+        let mut out = if direct::fits(d) {
+            direct::forward(x, weight, d)
+        } else {
+            direct_narrow::forward(x, weight, d)
+        };
+        add_bias(&mut out, bias, d);
+        return out;
+    }
     let mut out = vec![0f32; d.n * d.c_out * p];
     if out.is_empty() {
         return out;
@@ -391,13 +403,19 @@ pub(crate) fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &ConvD
                 with_scratch(|s| forward_wave(x, weight, d, imgs, y, threaded, s));
             });
     }
-    if let Some(bias) = bias {
-        out.par_chunks_mut(p).enumerate().for_each(|(plane, y)| {
-            let b = bias[plane % d.c_out];
-            y.iter_mut().for_each(|v| *v += b);
-        });
-    }
+    add_bias(&mut out, bias, d);
     out
+}
+
+fn add_bias(out: &mut [f32], bias: Option<&[f32]>, d: &ConvDims) {
+    if let Some(bias) = bias {
+        out.par_chunks_mut(d.p())
+            .enumerate()
+            .for_each(|(plane, y)| {
+                let b = bias[plane % d.c_out];
+                y.iter_mut().for_each(|v| *v += b);
+            });
+    }
 }
 
 /// The forward of `imgs` consecutive images `x` into their outputs `y`.
@@ -583,6 +601,9 @@ pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usi
         return dw;
     }
     let parts = (budget / wsize).clamp(1, d.n.min(MAX_PARTS));
+    if direct::fits(d) {
+        return direct::weight_grad(x, dy, d, parts);
+    }
     let threaded = thread_inside(parts);
     let nb = d.wave();
     let (img_in, img_out) = (d.c_in * hw, d.c_out * p);
@@ -659,7 +680,7 @@ fn weight_grad_wave(
 }
 
 /// Element-wise sum of equally long buffers, always in the order given.
-fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+pub(super) fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
     let mut total = parts.remove(0);
     if parts.is_empty() {
         return total;

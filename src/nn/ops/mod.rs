@@ -22,6 +22,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 
 mod batch_norm;
 mod conv;
+mod direct;
+mod direct_narrow;
 mod pool;
 mod raw;
 pub mod reference;

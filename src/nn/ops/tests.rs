@@ -181,6 +181,18 @@ fn conv_kernels_match_burn_for_the_families_shapes() {
         // 5×5 with padding 2: output as wide as the input, taps two columns off the edge.
         conv([2, 4, 7, 6], 5, 5, 1, 2, 1),
         conv([2, 6, 7, 6], 6, 5, 1, 2, 6),
+        // Direct kernels (stride 1, outputs 8 or more wide): outputs straight into rows of
+        // 16 (with and without padding), or on padded-width rows; output channels that do
+        // not fill a tile of four.
+        conv([2, 5, 6, 16], 6, 3, 1, 1, 1),
+        conv([2, 4, 5, 18], 7, 3, 1, 0, 1),
+        conv([2, 3, 9, 12], 5, 5, 1, 2, 1),
+        conv([3, 16, 12, 33], 9, 3, 1, 1, 1),
+        // Narrower planes with output channels in vectors of 16: pixel tiles crossing
+        // images (2×2), one to three vectors of channels, pixels not filling a tile.
+        conv([5, 16, 6, 6], 32, 3, 1, 1, 1),
+        conv([40, 16, 2, 2], 48, 3, 1, 1, 1),
+        conv([3, 4, 7, 5], 16, 3, 1, 1, 1),
         // Planes of one row and one column: every tap but the centre reads padding.
         conv([3, 6, 1, 1], 6, 3, 1, 1, 6),
         conv([3, 4, 1, 5], 6, 3, 1, 1, 1),
@@ -188,6 +200,10 @@ fn conv_kernels_match_burn_for_the_families_shapes() {
     cases.push(ConvCase {
         bias: true,
         ..conv([40, 6, 2, 2], 6, 3, 2, 1, 6)
+    });
+    cases.push(ConvCase {
+        bias: true,
+        ..conv([2, 3, 16, 16], 8, 3, 1, 1, 1)
     });
     for (i, case) in cases.iter().enumerate() {
         check_conv(case, 100 * i as u64);
@@ -197,22 +213,30 @@ fn conv_kernels_match_burn_for_the_families_shapes() {
 #[test]
 fn conv_weight_gradient_is_the_same_for_every_batch_split() {
     use super::conv::{ConvDims, weight_grad, weight_grad_split};
-    let d = ConvDims::new(
-        [7, 4, 5, 5],
-        [6, 4, 3, 3],
-        Conv2dGeometry {
-            stride: 1,
-            padding: 1,
-            groups: 1,
-        },
-    );
-    let x = randoms(7 * 4 * 25, 1);
-    let dy = randoms(7 * 6 * 25, 2);
-    let whole = weight_grad(&x, &dy, &d);
-    // Budgets that cut the batch into 7, 3 and 1 slices: different sums, all close.
-    for budget in [1, 3 * 6 * 36, 7 * 6 * 36] {
-        let split = weight_grad_split(&x, &dy, &d, budget);
-        assert_close(&format!("budget {budget}"), &split, &whole, CONV_BOUND);
+    // Through im2col (5 wide) and through the direct kernels (16 wide).
+    for (h, w) in [(5, 5), (3, 16)] {
+        let d = ConvDims::new(
+            [7, 4, h, w],
+            [6, 4, 3, 3],
+            Conv2dGeometry {
+                stride: 1,
+                padding: 1,
+                groups: 1,
+            },
+        );
+        let x = randoms(7 * 4 * h * w, 1);
+        let dy = randoms(7 * 6 * h * w, 2);
+        let whole = weight_grad(&x, &dy, &d);
+        // Budgets that cut the batch into 7, 3 and 1 slices: different sums, all close.
+        for budget in [1, 3 * 6 * 36, 7 * 6 * 36] {
+            let split = weight_grad_split(&x, &dy, &d, budget);
+            assert_close(
+                &format!("{w} wide, budget {budget}"),
+                &split,
+                &whole,
+                CONV_BOUND,
+            );
+        }
     }
 }
 
@@ -354,7 +378,7 @@ fn pass_bits(threads: usize) -> Vec<u32> {
             padding: 1,
             groups: 8,
         };
-        let x = tensor([6, 3, 12, 12], 50).require_grad();
+        let x = tensor([6, 3, 12, 16], 50).require_grad();
         let w1 = tensor([8, 3, 3, 3], 51).require_grad();
         let w2 = tensor([8, 1, 3, 3], 52).require_grad();
         let gamma = tensor([8], 53).require_grad();
