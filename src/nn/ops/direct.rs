@@ -160,15 +160,15 @@ impl Layout {
     }
 }
 
-/// `[c_out, kd]` weights regrouped per tile of [`CO`] output channels as `[kd, CO]` (zeros
-/// past `c_out`), so that a tile's weights for one entry are adjacent.
-fn pack_weight(weight: &[f32], lay: &Layout) -> Vec<f32> {
-    let kd = lay.offs.len();
-    let mut packed = vec![0f32; lay.co_pad * kd];
+/// `[c_out, kd]` weights regrouped per tile of `block` output channels as `[kd, block]`
+/// (zeros past `c_out`, up to `c_pad` channels), so that a tile's weights for one entry are
+/// adjacent.
+pub(super) fn pack_weight(weight: &[f32], kd: usize, block: usize, c_pad: usize) -> Vec<f32> {
+    let mut packed = vec![0f32; c_pad * kd];
     for (co, row) in weight.chunks_exact(kd).enumerate() {
-        let tile = &mut packed[co / CO * CO * kd..][..CO * kd];
+        let tile = &mut packed[co / block * block * kd..][..block * kd];
         for (k, &v) in row.iter().enumerate() {
-            tile[k * CO + co % CO] = v;
+            tile[k * block + co % block] = v;
         }
     }
     packed
@@ -178,7 +178,7 @@ fn pack_weight(weight: &[f32], lay: &Layout) -> Vec<f32> {
 /// [`WAVE_VECS`]).
 pub(super) fn forward(x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
     let lay = Layout::new(d);
-    let packed = pack_weight(weight, &lay);
+    let packed = pack_weight(weight, lay.offs.len(), CO, lay.co_pad);
     let (img_in, img_out) = (d.c_in * d.h * d.w, d.c_out * d.o_h * d.o_w);
     let mut y = vec![0f32; d.n * img_out];
     if y.is_empty() {
@@ -677,18 +677,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::nn::ops::tests::randoms;
 
     #[test]
     fn vector_and_portable_kernels_give_the_same_bits() {
@@ -696,8 +685,8 @@ mod tests {
             return;
         }
         let offs: Vec<usize> = (0..37).map(|k| k * 3 + k % 2).collect();
-        let grid = rand(400, 1);
-        let w = rand(37 * CO, 2);
+        let grid = randoms(400, 1);
+        let w = randoms(37 * CO, 2);
         let pin = [0, 70, 3, 140, 17, 99];
         let pout = [40, 0, 90, 20, 150, 120];
         let ld = 170;
@@ -724,8 +713,8 @@ mod tests {
             out_row: 35,
         };
         let (grid_len, dy_len) = (160, 200);
-        let grids = rand(3 * grid_len, 3);
-        let dys = rand(3 * dy_len, 4);
+        let grids = randoms(3 * grid_len, 3);
+        let dys = randoms(3 * dy_len, 4);
         let chunk = Chunk {
             grids: &grids,
             grid_len,

@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::conv::{ConvDims, sized, with_scratch};
-use super::direct::{Kernel, Layout};
+use super::direct::{Kernel, Layout, pack_weight};
 
 /// Channels per vector.
 const LANES: usize = 16;
@@ -36,23 +36,12 @@ pub(super) fn fits(d: &ConvDims) -> bool {
     d.stride == 1 && d.groups == 1 && d.k_h * d.k_w > 1 && d.c_out.is_multiple_of(LANES)
 }
 
-/// `[c_out, kd]` weights as `[c_out / 16, kd, 16]`: one vector load per entry and block.
-fn pack_weight(weight: &[f32], kd: usize) -> Vec<f32> {
-    let mut packed = vec![0f32; weight.len()];
-    for (co, row) in weight.chunks_exact(kd).enumerate() {
-        let block = &mut packed[co / LANES * kd * LANES..][..kd * LANES];
-        for (k, &v) in row.iter().enumerate() {
-            block[k * LANES + co % LANES] = v;
-        }
-    }
-    packed
-}
-
 /// `y = conv(x, weight)` (no bias), `[n, c_out, o_h, o_w]`.
 pub(super) fn forward(x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
     let lay = Layout::new(d);
     let kd = lay.offs.len();
-    let packed = pack_weight(weight, kd);
+    // `[c_out / 16, kd, 16]`: one vector load per entry and block of channels.
+    let packed = pack_weight(weight, kd, LANES, d.c_out);
     let (img_in, p) = (d.c_in * d.h * d.w, d.o_h * d.o_w);
     let img_out = d.c_out * p;
     let mut y = vec![0f32; d.n * img_out];
@@ -235,26 +224,16 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::ops::tests::randoms;
 
     #[test]
     fn vector_and_portable_tiles_give_the_same_bits() {
         if Kernel::detect() != Kernel::Avx512 {
             return;
         }
-        let mut s = 9u64;
-        let mut rand = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-                })
-                .collect()
-        };
         let offs: Vec<usize> = (0..29).map(|k| k * 5 + k % 3).collect();
-        let grids = rand(400);
-        let w = rand(3 * 29 * LANES);
+        let grids = randoms(400, 9);
+        let w = randoms(3 * 29 * LANES, 10);
         let pin = [0, 90, 7, 250, 33, 1, 120, 64];
         for n in [PIX, 4, 3, 1] {
             for blocks in 1..=BLOCKS {

@@ -23,7 +23,7 @@ const BN_BOUND: f32 = 2e-6;
 /// pooling only moves values: it must agree exactly.)
 const POOL_BOUND: f32 = 5e-7;
 
-fn randoms(len: usize, seed: u64) -> Vec<f32> {
+pub(super) fn randoms(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
