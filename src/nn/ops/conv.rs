@@ -3,11 +3,12 @@
 //!
 //! Dense stride-1 convolutions run direct kernels without unfolding: [`super::direct`] on
 //! planes 16 or more wide, [`super::direct_narrow`]'s forward on narrower ones with output
-//! channels in vectors of 16. Other dense and grouped ones (and those kernels' missing
-//! gradients) unfold the input (im2col) and multiply with `gemm`. The input gradient of a stride-1 one is computed as a forward convolution of
-//! the output gradient. Depthwise ones (one input and one output channel per group) run a direct loop
-//! per plane, where a product with one output row would waste `gemm`; at stride 1 on a
-//! zero-padded copy of the plane, so that each tap is one contiguous multiply-add.
+//! channels in vectors of 16. Other dense and grouped ones (and the narrow planes' weight
+//! gradient) unfold the input (im2col) and multiply with `gemm`. The input gradient of a
+//! stride-1 convolution is computed as a forward convolution of the output gradient.
+//! Depthwise ones (one input and one output channel per group) run a direct loop per plane,
+//! where a product with one output row would waste `gemm`; at stride 1 on a zero-padded copy
+//! of the plane, so that each tap is one contiguous multiply-add.
 //!
 //! Work is split over images (forward and input gradient) or over fixed slices of the batch
 //! (weight gradient), never inside a sum whose order would then depend on the thread count:

@@ -220,8 +220,7 @@ pub(super) fn forward(x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
 /// into `out`, each image's `out.1` floats apart and its channels `lay.out_plane` apart.
 ///
 /// Output channels outermost: a tile's weights stay in the nearest cache while it sweeps the
-/// wave's images; with the images outermost, a wide layer on small planes (VGG's 256
-/// channels on 8×8) streamed all its weights from memory once per image.
+/// wave's images, instead of every image streaming all of a wide layer's weights again.
 fn forward_wave(
     kernel: Kernel,
     grids: &[f32],

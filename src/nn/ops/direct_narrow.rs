@@ -6,8 +6,8 @@
 //! times the input. Here a vector holds sixteen output channels of one pixel: each step
 //! broadcasts one input value per pixel of the tile from the padded grid and multiplies it by
 //! the weights of those channels, so there is no junk and no copy of the input beyond the
-//! padding. Output channels must come in whole vectors (every family's 3×3 layer but the
-//! first has 16, 32, 64 or more).
+//! padding. Output channels must come in whole vectors (the dense 3×3 layers of the ResNets,
+//! VGGs and Conv-N after their first have 16, 32, 64 or more).
 //!
 //! Numerics: each output is a chain of fused multiply-adds over `(ci, ky, kx)` in order, in
 //! the vector kernel and in the portable one alike (checked in tests).
@@ -31,7 +31,8 @@ const BLOCKS: usize = 3;
 const WAVE_PIXELS: usize = 256;
 
 /// Whether this kernel handles the convolution: dense, stride 1, a kernel wider than one
-/// tap, output channels in whole vectors.
+/// tap, output channels in whole vectors (`conv` offers it only what [`super::direct`] does
+/// not take).
 pub(super) fn fits(d: &ConvDims) -> bool {
     d.stride == 1 && d.groups == 1 && d.k_h * d.k_w > 1 && d.c_out.is_multiple_of(LANES)
 }
