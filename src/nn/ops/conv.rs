@@ -1,9 +1,9 @@
 //! 2-D convolution on the CPU: forward, input gradient, weight and bias gradients, over
 //! `f32` buffers in NCHW order, and its registration with Flex and `Autodiff<Flex>`.
 //!
-//! Dense stride-1 convolutions run direct kernels without unfolding: [`super::direct`] on
-//! planes 16 or more wide, [`super::direct_narrow`]'s forward on narrower ones with output
-//! channels in vectors of 16. Other dense and grouped ones (and the narrow planes' weight
+//! On CPUs with AVX-512, dense stride-1 convolutions run direct kernels without unfolding:
+//! [`super::direct`] on planes 16 or more wide, [`super::direct_narrow`]'s forward on
+//! narrower ones with output channels in vectors of 16. Other dense and grouped ones (and the narrow planes' weight
 //! gradient) unfold the input (im2col) and multiply with `gemm`. The input gradient of a
 //! stride-1 convolution is computed as a forward convolution of the output gradient.
 //! Depthwise ones (one input and one output channel per group) run a direct loop per plane,
@@ -372,12 +372,12 @@ fn unstack(src: &[f32], c: usize, p: usize, cg: usize, g: usize, imgs: usize, ds
 /// `y = conv(x, weight) + bias`, `[n, c_out, o_h, o_w]`.
 pub(crate) fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &ConvDims) -> Vec<f32> {
     let p = d.p();
-    if direct::fits(d) || direct_narrow::fits(d) {
-        let mut out = if direct::fits(d) {
-            direct::forward(x, weight, d)
-        } else {
-            direct_narrow::forward(x, weight, d)
-        };
+    let direct_out = match (direct::kernel_for(d), direct_narrow::kernel_for(d)) {
+        (Some(kernel), _) => Some(direct::forward(kernel, x, weight, d)),
+        (None, Some(kernel)) => Some(direct_narrow::forward(kernel, x, weight, d)),
+        (None, None) => None,
+    };
+    if let Some(mut out) = direct_out {
         add_bias(&mut out, bias, d);
         return out;
     }
@@ -602,8 +602,8 @@ pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usi
         return dw;
     }
     let parts = (budget / wsize).clamp(1, d.n.min(MAX_PARTS));
-    if direct::fits(d) {
-        return direct::weight_grad(x, dy, d, parts);
+    if let Some(kernel) = direct::kernel_for(d) {
+        return direct::weight_grad(kernel, x, dy, d, parts);
     }
     let threaded = thread_inside(parts);
     let nb = d.wave();

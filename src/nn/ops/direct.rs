@@ -15,9 +15,14 @@
 //! computed on grid-wide rows (output at `oy·wg + ox`, one run per plane, the columns past
 //! `o_w` junk) in a scratch buffer and copied out.
 //!
+//! The kernels need AVX-512 (see [`Kernel`]); on other CPUs these convolutions keep im2col +
+//! `gemm`, whose results differ from these in the last bits (as `gemm`'s own AVX2 and
+//! AVX-512 kernels already did, see `bench/RESULTS.md`).
+//!
 //! Numerics: every output is a chain of fused multiply-adds over `(ci, ky, kx)` in order, and
-//! every weight-gradient entry sums sixteen lanes the same way, so the vector kernel and the
-//! portable one give the same bits (checked in tests), on any CPU and any thread count.
+//! every weight-gradient entry sums sixteen lanes in a fixed order, so results have the same
+//! bits with any thread count; a plain-Rust version of the same arithmetic pins this down in
+//! tests.
 
 use rayon::prelude::*;
 
@@ -49,10 +54,12 @@ const WAVE_VECS: usize = 48;
 /// Floats of images the weight gradient reads per pass (see [`weight_grad`]).
 const CHUNK_FLOATS: usize = 1 << 18;
 
-/// Whether the direct kernels handle this convolution: dense, stride 1, a kernel wider
-/// than one tap, outputs at least [`MIN_WIDTH`] wide.
-pub(super) fn fits(d: &ConvDims) -> bool {
-    d.stride == 1 && d.groups == 1 && d.k_h * d.k_w > 1 && d.o_w >= MIN_WIDTH
+/// The kernel for this convolution, if the direct kernels take it: dense, stride 1, a
+/// kernel wider than one tap, outputs at least [`MIN_WIDTH`] wide, on a CPU with AVX-512
+/// (see [`Kernel`]).
+pub(super) fn kernel_for(d: &ConvDims) -> Option<Kernel> {
+    let fits = d.stride == 1 && d.groups == 1 && d.k_h * d.k_w > 1 && d.o_w >= MIN_WIDTH;
+    fits.then(Kernel::detect).flatten()
 }
 
 /// Where the vectors of one output plane lie: `rows` rows of `vpr` vectors, rows `in_row`
@@ -176,7 +183,7 @@ pub(super) fn pack_weight(weight: &[f32], kd: usize, block: usize, c_pad: usize)
 
 /// `y = conv(x, weight)` (no bias), `[n, c_out, o_h, o_w]`, a few images per task (see
 /// [`WAVE_VECS`]).
-pub(super) fn forward(x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
+pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
     let lay = Layout::new(d);
     let packed = pack_weight(weight, lay.offs.len(), CO, lay.co_pad);
     let (img_in, img_out) = (d.c_in * d.h * d.w, d.c_out * d.o_h * d.o_w);
@@ -185,7 +192,6 @@ pub(super) fn forward(x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
         return y;
     }
     let nb = WAVE_VECS.div_ceil(lay.walk.vectors()).clamp(1, d.n);
-    let kernel = Kernel::detect();
     let grid_len = d.c_in * lay.plane;
     y.par_chunks_mut(nb * img_out)
         .enumerate()
@@ -260,7 +266,13 @@ fn forward_wave(
 /// in one pass. Within a chunk every entry sums its products in sixteen lanes, images and
 /// positions in order; the lanes are then added in a fixed order into the slice's partial
 /// gradient, and the partials are added in slice order.
-pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &ConvDims, parts: usize) -> Vec<f32> {
+pub(super) fn weight_grad(
+    kernel: Kernel,
+    x: &[f32],
+    dy: &[f32],
+    d: &ConvDims,
+    parts: usize,
+) -> Vec<f32> {
     let lay = Layout::new(d);
     let kd = lay.offs.len();
     let dy_copy = if lay.in_place {
@@ -269,7 +281,6 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &ConvDims, parts: usize) -> 
         d.c_out * lay.out_plane
     };
     let chunk = (CHUNK_FLOATS / (d.c_in * lay.plane + dy_copy)).clamp(1, d.n);
-    let kernel = Kernel::detect();
     let (img_in, img_out) = (d.c_in * d.h * d.w, d.c_out * d.o_h * d.o_w);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
@@ -358,6 +369,7 @@ fn weight_grad_chunk(kernel: Kernel, chunk: &Chunk, c_out: usize, lay: &Layout, 
     }
 }
 
+#[cfg(test)]
 /// Sums sixteen lanes pairwise: lane `i` gains lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`
 /// (the AVX-512 kernel's shuffles add the same pairs, sixteen sums at a time).
 fn sum_lanes(v: &[f32; LANES]) -> f32 {
@@ -380,22 +392,28 @@ struct Tile<'a> {
     channels: usize,
 }
 
-/// Which kernel this CPU runs; both give the same bits.
+/// Which kernel runs. Only CPUs with AVX-512 get one: there the kernels beat im2col +
+/// `gemm` (see `bench/RESULTS.md`), while elsewhere `gemm`'s AVX2 kernels are the fast way
+/// and the convolutions keep it. `Portable`, the same arithmetic in plain Rust (fifty times
+/// slower than the AVX-512 kernel), is the kernels' definition in tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) enum Kernel {
     /// AVX-512 registers (x86-64 with `avx512f`).
     Avx512,
-    /// Plain Rust with fused multiply-adds, for any other CPU.
+    /// Plain Rust with fused multiply-adds, lane by lane.
+    #[cfg(test)]
     Portable,
 }
 
 impl Kernel {
-    pub(super) fn detect() -> Self {
+    /// The kernel this CPU runs, if any.
+    pub(super) fn detect() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return Kernel::Avx512;
+            return Some(Kernel::Avx512);
         }
-        Kernel::Portable
+        None
     }
 
     /// For the tile's channels `c` and vectors `v`, lanes `l` (`offs` rising):
@@ -422,6 +440,7 @@ impl Kernel {
             Kernel::Avx512 => unsafe { avx512::forward_tile(at, grid, offs, w, dst, ld) },
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx512 => unreachable!("detected only on x86-64"),
+            #[cfg(test)]
             Kernel::Portable => portable::forward_tile(at, grid, offs, w, dst, ld),
         }
     }
@@ -449,12 +468,14 @@ impl Kernel {
             Kernel::Avx512 => unsafe { avx512::weight_grad_tile(chunk, chans, walk, offs) },
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx512 => unreachable!("detected only on x86-64"),
+            #[cfg(test)]
             Kernel::Portable => portable::weight_grad_tile(chunk, chans, walk, offs)
                 .map(|row| row.map(|v| sum_lanes(&v))),
         }
     }
 }
 
+#[cfg(test)]
 mod portable {
     //! The kernels' arithmetic in plain Rust, lane by lane.
     use super::{CO, Chunk, KT, LANES, Tile, VECS, Walk};
@@ -680,7 +701,7 @@ mod tests {
 
     #[test]
     fn vector_and_portable_kernels_give_the_same_bits() {
-        if Kernel::detect() != Kernel::Avx512 {
+        if Kernel::detect() != Some(Kernel::Avx512) {
             return;
         }
         let offs: Vec<usize> = (0..37).map(|k| k * 3 + k % 2).collect();

@@ -9,8 +9,9 @@
 //! padding. Output channels must come in whole vectors (the dense 3×3 layers of the ResNets,
 //! VGGs and Conv-N after their first have 16, 32, 64 or more).
 //!
-//! Numerics: each output is a chain of fused multiply-adds over `(ci, ky, kx)` in order, in
-//! the vector kernel and in the portable one alike (checked in tests).
+//! Numerics: each output is a chain of fused multiply-adds over `(ci, ky, kx)` in order (a
+//! plain-Rust version of the same arithmetic checks the AVX-512 kernel in tests). Like
+//! [`super::direct`], it runs only on CPUs with AVX-512.
 
 use rayon::prelude::*;
 
@@ -30,15 +31,16 @@ const BLOCKS: usize = 3;
 /// weights, once in cache, serve this many pixels.
 const WAVE_PIXELS: usize = 256;
 
-/// Whether this kernel handles the convolution: dense, stride 1, a kernel wider than one
-/// tap, output channels in whole vectors (`conv` offers it only what [`super::direct`] does
-/// not take).
-pub(super) fn fits(d: &ConvDims) -> bool {
-    d.stride == 1 && d.groups == 1 && d.k_h * d.k_w > 1 && d.c_out.is_multiple_of(LANES)
+/// The kernel for this convolution, if this forward takes it: dense, stride 1, a kernel
+/// wider than one tap, output channels in whole vectors, a CPU with AVX-512 (`conv` offers
+/// it only what [`super::direct`] does not take).
+pub(super) fn kernel_for(d: &ConvDims) -> Option<Kernel> {
+    let fits = d.stride == 1 && d.groups == 1 && d.k_h * d.k_w > 1 && d.c_out.is_multiple_of(LANES);
+    fits.then(Kernel::detect).flatten()
 }
 
 /// `y = conv(x, weight)` (no bias), `[n, c_out, o_h, o_w]`.
-pub(super) fn forward(x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
+pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
     let lay = Layout::new(d);
     let kd = lay.offs.len();
     // `[c_out / 16, kd, 16]`: one vector load per entry and block of channels.
@@ -51,7 +53,6 @@ pub(super) fn forward(x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
     }
     let nb = WAVE_PIXELS.div_ceil(p).clamp(1, d.n);
     let grid_len = d.c_in * lay.plane;
-    let kernel = Kernel::detect();
     y.par_chunks_mut(nb * img_out)
         .enumerate()
         .for_each(|(wi, y)| {
@@ -112,11 +113,13 @@ impl Kernel {
             Kernel::Avx512 => unsafe { avx512::narrow_tile(grids, pin, offs, w, blocks) },
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx512 => unreachable!("detected only on x86-64"),
+            #[cfg(test)]
             Kernel::Portable => portable_tile(grids, pin, offs, w, blocks),
         }
     }
 }
 
+#[cfg(test)]
 fn portable_tile(
     grids: &[f32],
     pin: &[usize],
@@ -229,7 +232,7 @@ mod tests {
 
     #[test]
     fn vector_and_portable_tiles_give_the_same_bits() {
-        if Kernel::detect() != Kernel::Avx512 {
+        if Kernel::detect() != Some(Kernel::Avx512) {
             return;
         }
         let offs: Vec<usize> = (0..29).map(|k| k * 5 + k % 3).collect();
