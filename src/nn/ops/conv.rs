@@ -107,6 +107,10 @@ impl ConvDims {
     fn hw(&self) -> usize {
         self.h * self.w
     }
+    /// Columns of a plane padded by `pad` on both sides (see [`pad_plane`]).
+    pub(super) fn grid_width(&self) -> usize {
+        self.w + 2 * self.pad
+    }
     fn p(&self) -> usize {
         self.o_h * self.o_w
     }
@@ -235,6 +239,36 @@ impl Tap {
     }
 }
 
+/// A tap `(ky, kx)` that reads inside the plane for some output: the output rows and columns
+/// whose input lies in the plane ([`valid_range`]), and the input column the first of those
+/// columns reads.
+struct TapSpan {
+    ky: usize,
+    kx: usize,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    first: usize,
+}
+
+/// The taps of `d` that read inside the plane for at least one output column, in `(ky, kx)`
+/// order (col2im and the strided depthwise loops; im2col also needs the others, to zero).
+fn live_taps(d: &ConvDims) -> impl Iterator<Item = TapSpan> + '_ {
+    let s = d.stride;
+    (0..d.k_h).flat_map(move |ky| {
+        let rows = valid_range(ky, d.pad, s, d.h, d.o_h);
+        (0..d.k_w).filter_map(move |kx| {
+            let cols = valid_range(kx, d.pad, s, d.w, d.o_w);
+            (cols.0 < cols.1).then(|| TapSpan {
+                ky,
+                kx,
+                rows,
+                cols,
+                first: cols.0 * s + kx - d.pad,
+            })
+        })
+    })
+}
+
 /// One im2col row from a [`Tap`]: the run is one copy, and the outputs that read padding
 /// (edge columns, and rows outside `tap.rows`) are zeroed.
 fn shifted_plane(plane: &[f32], d: &ConvDims, tap: &Tap, row: &mut [f32]) {
@@ -277,29 +311,28 @@ fn col2im(col: &[f32], ld: usize, off: usize, d: &ConvDims, g: usize, dx: &mut [
     let (hw, ow, s) = (d.hw(), d.o_w, d.stride);
     // Tap geometry outside the channel loop, as in `im2col`. Each input still takes its taps'
     // contributions in `(ky, kx)` order.
-    for ky in 0..d.k_h {
-        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
-        for kx in 0..d.k_w {
-            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
-            if x_lo >= x_hi {
-                continue;
-            }
-            let first = x_lo * s + kx - d.pad;
-            for ci in 0..d.cig() {
-                let plane = &mut dx[(g * d.cig() + ci) * hw..][..hw];
-                let r = (ci * d.k_h + ky) * d.k_w + kx;
-                let row = &col[r * ld + off..][..d.p()];
-                for oy in y_lo..y_hi {
-                    let dst = &mut plane[(oy * s + ky - d.pad) * d.w..][..d.w];
-                    let src = &row[oy * ow + x_lo..oy * ow + x_hi];
-                    if s == 1 {
-                        for (a, b) in dst[first..first + src.len()].iter_mut().zip(src) {
-                            *a += b;
-                        }
-                    } else {
-                        for (o, b) in src.iter().enumerate() {
-                            dst[first + o * s] += b;
-                        }
+    for TapSpan {
+        ky,
+        kx,
+        rows: (y_lo, y_hi),
+        cols: (x_lo, x_hi),
+        first,
+    } in live_taps(d)
+    {
+        for ci in 0..d.cig() {
+            let plane = &mut dx[(g * d.cig() + ci) * hw..][..hw];
+            let r = (ci * d.k_h + ky) * d.k_w + kx;
+            let row = &col[r * ld + off..][..d.p()];
+            for oy in y_lo..y_hi {
+                let dst = &mut plane[(oy * s + ky - d.pad) * d.w..][..d.w];
+                let src = &row[oy * ow + x_lo..oy * ow + x_hi];
+                if s == 1 {
+                    for (a, b) in dst[first..first + src.len()].iter_mut().zip(src) {
+                        *a += b;
+                    }
+                } else {
+                    for (o, b) in src.iter().enumerate() {
+                        dst[first + o * s] += b;
                     }
                 }
             }
@@ -727,7 +760,7 @@ struct Grid<'a> {
 impl Grid<'_> {
     /// Floats a grid takes: its rows, and the overhang the last tap's run reads past them.
     fn len(d: &ConvDims) -> usize {
-        (d.h + 2 * d.pad) * (d.w + 2 * d.pad) + d.k_w
+        (d.h + 2 * d.pad) * d.grid_width() + d.k_w
     }
 
     /// The run tap `t` (`ky·k_w + kx`) reads, as long as the grid-wide output.
@@ -736,24 +769,39 @@ impl Grid<'_> {
     }
 }
 
-fn padded_grid<'a>(x: &[f32], d: &ConvDims, buf: &'a mut Vec<f32>) -> Grid<'a> {
-    let wp = d.w + 2 * d.pad;
-    let grid = sized(buf, Grid::len(d));
-    grid.fill(0.0);
-    for (iy, row) in x.chunks_exact(d.w).enumerate() {
-        grid[(iy + d.pad) * wp + d.pad..][..d.w].copy_from_slice(row);
+/// Copies one input plane (`[h, w]`) into `dst` zero-padded by `pad` on every side, rows
+/// [`ConvDims::grid_width`] apart; the rest of `dst` is zeroed.
+pub(super) fn pad_plane(src: &[f32], d: &ConvDims, dst: &mut [f32]) {
+    let wg = d.grid_width();
+    dst.fill(0.0);
+    for (iy, row) in src.chunks_exact(d.w).enumerate() {
+        dst[(iy + d.pad) * wg + d.pad..][..d.w].copy_from_slice(row);
     }
-    Grid { data: grid, wp }
+}
+
+/// Copies one output plane (`[o_h, o_w]`) onto the first `o_h` grid-wide rows of `dst`
+/// (output `(oy, ox)` at `oy·grid_width + ox`), the junk columns zeroed.
+pub(super) fn onto_grid_rows(src: &[f32], d: &ConvDims, dst: &mut [f32]) {
+    let wg = d.grid_width();
+    for (oy, src) in src.chunks_exact(d.o_w).enumerate() {
+        dst[oy * wg..][..d.o_w].copy_from_slice(src);
+        zero_few(&mut dst[oy * wg + d.o_w..(oy + 1) * wg]);
+    }
+}
+
+fn padded_grid<'a>(x: &[f32], d: &ConvDims, buf: &'a mut Vec<f32>) -> Grid<'a> {
+    let grid = sized(buf, Grid::len(d));
+    pad_plane(x, d, grid);
+    Grid {
+        data: grid,
+        wp: d.grid_width(),
+    }
 }
 
 /// One output-gradient plane on grid-wide rows (see [`Grid`]), junk columns zero.
 fn grid_rows<'a>(dy: &[f32], d: &ConvDims, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    let wp = d.w + 2 * d.pad;
-    let rows = sized(buf, d.o_h * wp);
-    for (oy, src) in dy.chunks_exact(d.o_w).enumerate() {
-        rows[oy * wp..][..d.o_w].copy_from_slice(src);
-        zero_few(&mut rows[oy * wp + d.o_w..(oy + 1) * wp]);
-    }
+    let rows = sized(buf, d.o_h * d.grid_width());
+    onto_grid_rows(dy, d, rows);
     rows
 }
 
@@ -772,26 +820,25 @@ fn depthwise_forward(x: &[f32], w: &[f32], d: &ConvDims, y: &mut [f32], s: &mut 
         return;
     }
     let (ow, s) = (d.o_w, d.stride);
-    for ky in 0..d.k_h {
-        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
-        for kx in 0..d.k_w {
-            let wv = w[ky * d.k_w + kx];
-            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
-            if x_lo >= x_hi {
-                continue;
-            }
-            let first = x_lo * s + kx - d.pad;
-            for oy in y_lo..y_hi {
-                let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
-                let dst = &mut y[oy * ow + x_lo..oy * ow + x_hi];
-                if s == 1 {
-                    for (o, v) in dst.iter_mut().zip(&src[first..]) {
-                        *o += wv * v;
-                    }
-                } else {
-                    for (j, o) in dst.iter_mut().enumerate() {
-                        *o += wv * src[first + j * s];
-                    }
+    for TapSpan {
+        ky,
+        kx,
+        rows: (y_lo, y_hi),
+        cols: (x_lo, x_hi),
+        first,
+    } in live_taps(d)
+    {
+        let wv = w[ky * d.k_w + kx];
+        for oy in y_lo..y_hi {
+            let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
+            let dst = &mut y[oy * ow + x_lo..oy * ow + x_hi];
+            if s == 1 {
+                for (o, v) in dst.iter_mut().zip(&src[first..]) {
+                    *o += wv * v;
+                }
+            } else {
+                for (j, o) in dst.iter_mut().enumerate() {
+                    *o += wv * src[first + j * s];
                 }
             }
         }
@@ -802,7 +849,7 @@ fn depthwise_forward(x: &[f32], w: &[f32], d: &ConvDims, y: &mut [f32], s: &mut 
 fn depthwise_input_grad(dy: &[f32], w: &[f32], d: &ConvDims, dx: &mut [f32], s: &mut Scratch) {
     if d.stride == 1 {
         let rows = grid_rows(dy, d, &mut s.mat);
-        let wp = d.w + 2 * d.pad;
+        let wp = d.grid_width();
         let grid = sized(&mut s.col, Grid::len(d));
         grid.fill(0.0);
         for (t, &wv) in w.iter().enumerate() {
@@ -815,26 +862,25 @@ fn depthwise_input_grad(dy: &[f32], w: &[f32], d: &ConvDims, dx: &mut [f32], s: 
         return;
     }
     let (ow, s) = (d.o_w, d.stride);
-    for ky in 0..d.k_h {
-        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
-        for kx in 0..d.k_w {
-            let wv = w[ky * d.k_w + kx];
-            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
-            if x_lo >= x_hi {
-                continue;
-            }
-            let first = x_lo * s + kx - d.pad;
-            for oy in y_lo..y_hi {
-                let dst = &mut dx[(oy * s + ky - d.pad) * d.w..][..d.w];
-                let src = &dy[oy * ow + x_lo..oy * ow + x_hi];
-                if s == 1 {
-                    for (a, g) in dst[first..].iter_mut().zip(src) {
-                        *a += wv * g;
-                    }
-                } else {
-                    for (j, g) in src.iter().enumerate() {
-                        dst[first + j * s] += wv * g;
-                    }
+    for TapSpan {
+        ky,
+        kx,
+        rows: (y_lo, y_hi),
+        cols: (x_lo, x_hi),
+        first,
+    } in live_taps(d)
+    {
+        let wv = w[ky * d.k_w + kx];
+        for oy in y_lo..y_hi {
+            let dst = &mut dx[(oy * s + ky - d.pad) * d.w..][..d.w];
+            let src = &dy[oy * ow + x_lo..oy * ow + x_hi];
+            if s == 1 {
+                for (a, g) in dst[first..].iter_mut().zip(src) {
+                    *a += wv * g;
+                }
+            } else {
+                for (j, g) in src.iter().enumerate() {
+                    dst[first + j * s] += wv * g;
                 }
             }
         }
@@ -852,29 +898,28 @@ fn depthwise_weight_grad(x: &[f32], dy: &[f32], d: &ConvDims, acc: &mut [f64], s
         return;
     }
     let (ow, s) = (d.o_w, d.stride);
-    for ky in 0..d.k_h {
-        let (y_lo, y_hi) = valid_range(ky, d.pad, s, d.h, d.o_h);
-        for kx in 0..d.k_w {
-            let (x_lo, x_hi) = valid_range(kx, d.pad, s, d.w, ow);
-            if x_lo >= x_hi {
-                continue;
-            }
-            let first = x_lo * s + kx - d.pad;
-            let mut total = 0f64;
-            for oy in y_lo..y_hi {
-                let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
-                let g = &dy[oy * ow + x_lo..oy * ow + x_hi];
-                total += if s == 1 {
-                    raw::dot(g, &src[first..first + g.len()])
-                } else {
-                    g.iter()
-                        .enumerate()
-                        .map(|(j, &g)| f64::from(g * src[first + j * s]))
-                        .sum()
-                };
-            }
-            acc[ky * d.k_w + kx] += total;
+    for TapSpan {
+        ky,
+        kx,
+        rows: (y_lo, y_hi),
+        cols: (x_lo, x_hi),
+        first,
+    } in live_taps(d)
+    {
+        let mut total = 0f64;
+        for oy in y_lo..y_hi {
+            let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
+            let g = &dy[oy * ow + x_lo..oy * ow + x_hi];
+            total += if s == 1 {
+                raw::dot(g, &src[first..first + g.len()])
+            } else {
+                g.iter()
+                    .enumerate()
+                    .map(|(j, &g)| f64::from(g * src[first + j * s]))
+                    .sum()
+            };
         }
+        acc[ky * d.k_w + kx] += total;
     }
 }
 

@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{ConvDims, sized, sum_in_order, with_scratch};
+use super::conv::{ConvDims, onto_grid_rows, pad_plane, sized, sum_in_order, with_scratch};
 
 /// Floats per vector (one AVX-512 register); the portable kernel uses the same lanes.
 const LANES: usize = 16;
@@ -95,8 +95,6 @@ impl Walk {
 
 /// Where one image's padded planes and outputs lie.
 pub(super) struct Layout {
-    /// Grid width: `w + 2·pad`.
-    pub(super) wg: usize,
     /// Floats per padded input plane, including what the last vector of the last tap reads.
     pub(super) plane: usize,
     /// Output channels rounded up to whole tiles.
@@ -114,7 +112,7 @@ pub(super) struct Layout {
 
 impl Layout {
     pub(super) fn new(d: &ConvDims) -> Self {
-        let wg = d.w + 2 * d.pad;
+        let wg = d.grid_width();
         let in_place = d.o_w.is_multiple_of(LANES);
         let (walk, out_plane) = if in_place {
             let walk = Walk {
@@ -145,7 +143,6 @@ impl Layout {
             }
         }
         Self {
-            wg,
             plane,
             co_pad: d.c_out.div_ceil(CO) * CO,
             offs,
@@ -155,14 +152,13 @@ impl Layout {
         }
     }
 
-    /// Copies one image (`[c_in, h, w]`) into zeroed padded planes.
+    /// Copies one image (`[c_in, h, w]`) into its padded planes (`grid`: `c_in · plane`).
     pub(super) fn fill_grid(&self, x: &[f32], d: &ConvDims, grid: &mut [f32]) {
-        grid.fill(0.0);
-        for (ci, plane) in x.chunks_exact(d.h * d.w).enumerate() {
-            let dst = &mut grid[ci * self.plane..][..self.plane];
-            for (iy, row) in plane.chunks_exact(d.w).enumerate() {
-                dst[(iy + d.pad) * self.wg + d.pad..][..d.w].copy_from_slice(row);
-            }
+        for (plane, dst) in x
+            .chunks_exact(d.h * d.w)
+            .zip(grid.chunks_exact_mut(self.plane))
+        {
+            pad_plane(plane, d, dst);
         }
     }
 }
@@ -212,7 +208,7 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
                 for (y, out) in y.chunks_exact_mut(img_out).zip(out.chunks_exact(out_img)) {
                     for (co, y) in y.chunks_exact_mut(d.o_h * d.o_w).enumerate() {
                         for (oy, row) in y.chunks_exact_mut(d.o_w).enumerate() {
-                            let src = &out[co * lay.out_plane + oy * lay.wg..][..d.o_w];
+                            let src = &out[co * lay.out_plane + oy * d.grid_width()..][..d.o_w];
                             row.copy_from_slice(src);
                         }
                     }
@@ -328,11 +324,13 @@ pub(super) fn weight_grad(
 /// One image's `dy` (`[c_out, o_h, o_w]`) on grid-wide rows (`lay.out_plane` per channel),
 /// zero wherever there is no output (junk columns, the rounding).
 fn grid_rows(dy: &[f32], d: &ConvDims, lay: &Layout, rows: &mut [f32]) {
-    rows.fill(0.0);
-    for (co, plane) in dy.chunks_exact(d.o_h * d.o_w).enumerate() {
-        for (oy, src) in plane.chunks_exact(d.o_w).enumerate() {
-            rows[co * lay.out_plane + oy * lay.wg..][..d.o_w].copy_from_slice(src);
-        }
+    let valid = d.o_h * d.grid_width();
+    for (plane, dst) in dy
+        .chunks_exact(d.o_h * d.o_w)
+        .zip(rows.chunks_exact_mut(lay.out_plane))
+    {
+        onto_grid_rows(plane, d, dst);
+        dst[valid..].fill(0.0);
     }
 }
 

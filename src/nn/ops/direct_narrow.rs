@@ -67,7 +67,7 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
                     .map(|u| {
                         let (img, q) = (u / p, u % p);
                         let (oy, ox) = (q / d.o_w, q % d.o_w);
-                        (img * grid_len + oy * lay.wg + ox, img * img_out + q)
+                        (img * grid_len + oy * d.grid_width() + ox, img * img_out + q)
                     })
                     .unzip();
                 let blocks = d.c_out / LANES;
