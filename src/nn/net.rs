@@ -324,8 +324,8 @@ impl<B: NnBackend> Net<B> {
                     Act::Flat(t) => Act::Flat(relu(t)),
                 },
                 Step::Relu6 => match x {
-                    Act::Map(t) => Act::Map(t.clamp(0.0, 6.0)),
-                    Act::Flat(t) => Act::Flat(t.clamp(0.0, 6.0)),
+                    Act::Map(t) => Act::Map(B::nn_relu6(t)),
+                    Act::Flat(t) => Act::Flat(B::nn_relu6(t)),
                 },
                 Step::MaxPool { kernel, stride } => {
                     Act::Map(B::nn_max_pool2d(x.map(), *kernel, *stride, 0))

@@ -59,14 +59,29 @@ fn per_channel(d: &BnDims, f: impl Fn(&mut LaneSum, usize) + Sync) -> Vec<f64> {
         .collect()
 }
 
-/// Applies `f(channel, row of x, row of out)` to every row.
-fn per_row(out: &mut [f32], d: &BnDims, f: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    if d.hw == 0 {
-        return;
-    }
-    out.par_chunks_mut(d.hw)
-        .enumerate()
-        .for_each(|(row, o)| f(row % d.c, row, o));
+/// Two sums per channel, as [`per_channel`] makes one, from one pass over the rows.
+fn per_channel_pair(
+    d: &BnDims,
+    f: impl Fn([&mut LaneSum; 2], usize) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    (0..d.c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut a, mut b) = (LaneSum::new(), LaneSum::new());
+            (0..d.n).for_each(|i| f([&mut a, &mut b], i * d.c + ch));
+            (a.total(), b.total())
+        })
+        .unzip()
+}
+
+/// `out[i] = f(a[i], b[i])` with `f = per_channel(channel of i)`, rows in parallel.
+fn per_row<F: Fn(f32, f32) -> f32>(
+    a: &[f32],
+    b: &[f32],
+    d: &BnDims,
+    per_channel: impl Fn(usize) -> F + Sync,
+) -> Vec<f32> {
+    raw::par_zip_map(a, b, d.hw, |row| per_channel(row % d.c))
 }
 
 /// Training-mode output and what its backward pass needs.
@@ -102,12 +117,9 @@ pub(crate) fn train_forward(
         .map(|v| (1.0 / (v + eps).sqrt()) as f32)
         .collect();
     let var = var64.iter().map(|&v| v as f32).collect();
-    let mut y = vec![0f32; x.len()];
-    per_row(&mut y, d, |ch, r, out| {
+    let y = per_row(x, x, d, |ch| {
         let (m, a, b) = (mean[ch], gamma[ch] * inv_std[ch], beta[ch]);
-        for (o, &v) in out.iter_mut().zip(row(r)) {
-            *o = (v - m) * a + b;
-        }
+        move |v, _| (v - m) * a + b
     });
     TrainOut {
         y,
@@ -128,10 +140,11 @@ pub(crate) fn train_backward(
     need_x: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let row = |t, r| d.row(t, r);
-    let sum_dy = per_channel(d, |s, r| s.add(row(dy, r), row(dy, r), |g, _| g));
-    let sum_dy_xc = per_channel(d, |s, r| {
+    // Both sums in one pass over `dy` (each added in the same order as alone).
+    let (sum_dy, sum_dy_xc) = per_channel_pair(d, |[s, t], r| {
         let m = mean[r % d.c];
-        s.add(row(dy, r), row(x, r), |g, v| g * (v - m));
+        s.add(row(dy, r), row(dy, r), |g, _| g);
+        t.add(row(dy, r), row(x, r), |g, v| g * (v - m));
     });
     let dgamma = (0..d.c)
         .map(|ch| (sum_dy_xc[ch] * f64::from(inv_std[ch])) as f32)
@@ -149,14 +162,10 @@ pub(crate) fn train_backward(
                 ]
             })
             .collect();
-        let mut dx = vec![0f32; x.len()];
-        per_row(&mut dx, d, |ch, r, out| {
+        per_row(dy, x, d, |ch| {
             let ([k1, k2, k3], m) = (k[ch], mean[ch]);
-            for ((o, &g), &v) in out.iter_mut().zip(row(dy, r)).zip(row(x, r)) {
-                *o = k1 * g + (k2 * (v - m) + k3);
-            }
-        });
-        dx
+            move |g, v| k1 * g + (k2 * (v - m) + k3)
+        })
     });
     (dx, dgamma, dbeta)
 }
@@ -178,14 +187,10 @@ pub(crate) fn eval_forward(
     eps: f64,
 ) -> Vec<f32> {
     let inv_std = inv_std_of(var, eps);
-    let mut y = vec![0f32; x.len()];
-    per_row(&mut y, d, |ch, r, out| {
+    per_row(x, x, d, |ch| {
         let (m, a, b) = (mean[ch], gamma[ch] * inv_std[ch], beta[ch]);
-        for (o, &v) in out.iter_mut().zip(&x[r * d.hw..][..d.hw]) {
-            *o = (v - m) * a + b;
-        }
-    });
-    y
+        move |v, _| (v - m) * a + b
+    })
 }
 
 /// Gradients of the evaluation-mode batch norm, each only when asked for:
@@ -219,14 +224,10 @@ pub(crate) fn eval_backward(
     };
     let per_c = |f: &dyn Fn(usize) -> f64| (0..d.c).map(|ch| f(ch) as f32).collect::<Vec<_>>();
     let dx = need[0].then(|| {
-        let mut dx = vec![0f32; x.len()];
-        per_row(&mut dx, d, |ch, r, out| {
+        per_row(dy, dy, d, |ch| {
             let a = gamma[ch] * inv_std[ch];
-            for (o, &g) in out.iter_mut().zip(row(dy, r)) {
-                *o = a * g;
-            }
-        });
-        dx
+            move |g, _| a * g
+        })
     });
     let s = |ch: usize| f64::from(inv_std[ch]);
     let g = |ch: usize| f64::from(gamma[ch]);

@@ -20,6 +20,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
+mod activation;
 mod batch_norm;
 mod conv;
 mod direct;
@@ -77,7 +78,7 @@ pub struct BatchNormTrain<B: Backend> {
     pub var: Tensor<B, 1>,
 }
 
-/// Convolutions, batch norm and pooling. Every method has burn's generic implementation
+/// Convolutions, batch norm, pooling and ReLU6. Every method has burn's generic implementation
 /// ([`reference`]) as its default.
 pub trait NnBackend: Backend {
     /// `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in / groups, k, k]`, `bias` `[c_out]`.
@@ -139,12 +140,25 @@ pub trait NnBackend: Backend {
     fn nn_global_avg_pool(x: Tensor<Self, 4>) -> Tensor<Self, 2> {
         reference::global_avg_pool(x)
     }
+
+    /// ReLU6, `min(max(x, 0), 6)`, element-wise.
+    fn nn_relu6<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        reference::relu6(x)
+    }
 }
 
 /// Implements [`NnBackend`] for a CPU backend with the given kernels, each falling back to
 /// burn's generic ops while [`reference_ops`] is set (for before/after timings and tests).
 macro_rules! cpu_kernels {
-    ($backend:ty, $conv:path, $bn_train:path, $bn_eval:path, $pool:path, $global_avg:path) => {
+    (
+        $backend:ty,
+        $conv:path,
+        $bn_train:path,
+        $bn_eval:path,
+        $pool:path,
+        $global_avg:path,
+        $relu6:path
+    ) => {
         impl NnBackend for $backend {
             fn nn_conv2d(
                 x: Tensor<Self, 4>,
@@ -214,6 +228,13 @@ macro_rules! cpu_kernels {
                 }
                 $global_avg(x)
             }
+
+            fn nn_relu6<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+                if reference_ops() {
+                    return reference::relu6(x);
+                }
+                $relu6(x)
+            }
         }
     };
 }
@@ -225,7 +246,8 @@ cpu_kernels!(
     batch_norm::flex_train,
     batch_norm::flex_eval,
     pool::flex,
-    pool::flex_global_avg
+    pool::flex_global_avg,
+    activation::flex
 );
 // The same kernels as single autodiff operations with hand-written backward passes.
 cpu_kernels!(
@@ -234,7 +256,8 @@ cpu_kernels!(
     batch_norm::autodiff_train,
     batch_norm::autodiff_eval,
     pool::autodiff,
-    pool::autodiff_global_avg
+    pool::autodiff_global_avg,
+    activation::autodiff
 );
 
 #[cfg(feature = "cuda")]

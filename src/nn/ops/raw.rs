@@ -4,6 +4,7 @@
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use rayon::prelude::*;
 
 /// A Flex tensor's primitive, for a kernel.
 pub(crate) fn primitive<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
@@ -180,6 +181,33 @@ pub(crate) fn matmul_into(
             parallelism,
         );
     }
+}
+
+/// `out[i] = f(a[i], b[i])` for every `i` (`a` and `b` equally long), in chunks of `chunk`
+/// elements in parallel, `f = per_chunk(chunk index)`, into a new vector that is not zeroed
+/// first: on activation-sized buffers a serial zero fill cost as much as a parallel pass.
+pub(crate) fn par_zip_map<F: Fn(f32, f32) -> f32>(
+    a: &[f32],
+    b: &[f32],
+    chunk: usize,
+    per_chunk: impl Fn(usize) -> F + Sync,
+) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "par_zip_map: operands differ in length");
+    let (len, chunk) = (a.len(), chunk.max(1));
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, part)| {
+            let f = per_chunk(i);
+            let (a, b) = (&a[i * chunk..][..part.len()], &b[i * chunk..][..part.len()]);
+            for ((o, &x), &y) in part.iter_mut().zip(a).zip(b) {
+                o.write(f(x, y));
+            }
+        });
+    // SAFETY: the chunks cover `0..len` and the loop above writes every element of each.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Lanes of the sums below: independent partial sums let the compiler use vector registers

@@ -81,3 +81,9 @@ pub fn global_avg_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
 }
+
+/// `clamp(x, 0, 6)`: burn's gradient flows at exactly 0 and 6 too (the CPU kernel's does not,
+/// as PyTorch's).
+pub fn relu6<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clamp(0.0, 6.0)
+}

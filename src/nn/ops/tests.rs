@@ -360,6 +360,48 @@ fn pooling_matches_burn() {
     assert_close("global avg pool: dx", &grads[0], &grads_ref[0], POOL_BOUND);
 }
 
+/// ReLU6: the forward pass is burn's `clamp(0, 6)` bit for bit (NaN included); the gradient
+/// flows where `0 < x < 6` only, as in PyTorch, where burn's also flows at exactly 0 and 6.
+#[test]
+fn relu6_matches_burn_except_for_the_gradient_at_its_bounds() {
+    let mut xs: Vec<f32> = randoms(4 * 3 * 5 * 5, 60).iter().map(|v| 8.0 * v).collect();
+    xs[..5].copy_from_slice(&[0.0, 6.0, -0.0, f32::NAN, 6.5]);
+    let x = || {
+        let data = TensorData::new(xs.clone(), vec![4, 3, 5, 5]);
+        Tensor::<Ad, 4>::from_data(data, &Default::default()).require_grad()
+    };
+    let (x_ours, x_burn) = (x(), x());
+    let (y, grads) = grads_of(Ad::nn_relu6(x_ours.clone()), 61, [&x_ours], &[]);
+    let (y_ref, grads_ref) = grads_of(reference::relu6(x_burn.clone()), 61, [&x_burn], &[]);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&y), bits(&y_ref));
+    assert_eq!(bits(&y[..3]), bits(&[0.0, 6.0, -0.0]));
+    assert!(y[3].is_nan());
+    assert_eq!(y[4], 6.0);
+    // The gradient of Σ y·r is r where 0 < x < 6, else 0.
+    let r = randoms(xs.len(), 61);
+    let expected: Vec<f32> = xs
+        .iter()
+        .zip(&r)
+        .map(|(&x, &r)| if x > 0.0 && x < 6.0 { r } else { 0.0 })
+        .collect();
+    assert_eq!(bits(&grads[0]), bits(&expected));
+    // burn's differs at exactly 0 and 6 (and for NaN, which its masks let through).
+    for (i, (a, b)) in grads[0].iter().zip(&grads_ref[0]).enumerate() {
+        if i >= 4 {
+            assert_eq!(a.to_bits(), b.to_bits(), "dx[{i}]");
+        }
+    }
+    assert_eq!(grads_ref[0][..2], r[..2]);
+    assert_eq!(grads[0][..2], [0.0, 0.0]);
+    // Rank 2 and the inference backend give the same values.
+    let flat = Tensor::<Flex, 2>::from_data(
+        TensorData::new(xs.clone(), vec![12, 25]),
+        &Default::default(),
+    );
+    assert_eq!(bits(&inner_values(Flex::nn_relu6(flat))), bits(&y_ref));
+}
+
 /// One training-shaped pass through every kernel (conv, batch norm, max pool, depthwise,
 /// global pool), gradients included, in a pool of `threads` threads.
 fn pass_bits(threads: usize) -> Vec<u32> {
