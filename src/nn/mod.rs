@@ -5,6 +5,7 @@
 //! ([`Weights`], [`Mask`]); burn tensors exist only inside [`train`] and
 //! [`evaluate`], on whichever backend [`DeviceSpec`] selects.
 
+pub mod adam;
 pub mod arch;
 pub mod checkpoint;
 pub mod correlate;

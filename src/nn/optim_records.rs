@@ -11,18 +11,19 @@
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::momentum::MomentumState;
 use burn::optim::record::AdaptorRecord;
-use burn::optim::{Adam, AdamState, AdaptiveMomentumState, Optimizer, Sgd, SgdState};
+use burn::optim::{AdamState, AdaptiveMomentumState, Optimizer, Sgd, SgdState};
 use burn::record::{FullPrecisionSettings, Record};
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Deserialize;
 
+use super::adam::PipeAdam;
 use super::net::{Net, tensor1};
 use super::ops::NnBackend;
 use super::{NnError, OptimState};
 
 type SgdOptim<B> = OptimizerAdaptor<Sgd<<B as AutodiffBackend>::InnerBackend>, Net<B>, B>;
-type AdamOptim<B> = OptimizerAdaptor<Adam, Net<B>, B>;
+type AdamOptim<B> = OptimizerAdaptor<PipeAdam, Net<B>, B>;
 
 /// The serialised shape of burn's `SgdState` record item.
 #[derive(Deserialize)]
@@ -55,7 +56,10 @@ pub fn sgd_state<B: AutodiffBackend>(optim: &SgdOptim<B>, net: &Net<B>) -> Optio
 }
 
 /// Adam's moments and step count; `None` before the first step.
-pub fn adam_state<B: AutodiffBackend>(optim: &AdamOptim<B>, net: &Net<B>) -> Option<OptimState> {
+pub fn adam_state<B: AutodiffBackend<InnerBackend: NnBackend>>(
+    optim: &AdamOptim<B>,
+    net: &Net<B>,
+) -> Option<OptimState> {
     let records = optim.to_record();
     let (mut step, mut exp_avg, mut exp_avg_sq) = (0, Vec::new(), Vec::new());
     for p in &net.params {

@@ -14,11 +14,12 @@ use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
+use burn::optim::{GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::adam::PipeAdam;
 use super::device::{BackendTask, DeviceSpec, dispatch};
 use super::net::{BN_MOMENTUM, BnMode, Net, Plan, buffers_to_device, from_net, to_net};
 use super::objective::{EvalSums, Objective, one_hot};
@@ -126,14 +127,14 @@ pub struct TrainOutput {
     pub early_stop: Option<EvalPoint>,
 }
 
-enum Opt<B: AutodiffBackend> {
-    Adam(OptimizerAdaptor<Adam, Net<B>, B>),
+enum Opt<B: AutodiffBackend<InnerBackend: NnBackend>> {
+    Adam(OptimizerAdaptor<PipeAdam, Net<B>, B>),
     Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Net<B>, B>),
 }
 
 /// A model and its optimiser on one backend: the low-level training API
 /// ([`train`] drives it; benchmarks use it directly).
-pub struct TrainSession<B: AutodiffBackend> {
+pub struct TrainSession<B: AutodiffBackend<InnerBackend: NnBackend>> {
     model: Option<Net<B>>,
     plan: Plan,
     /// Batch-norm running statistics `[mean₀, var₀, …]`, updated after every step.
@@ -159,12 +160,10 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
         let running = buffers_to_device::<B::InnerBackend>(weights, &device);
         let wd = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
         let mut optim = match cfg.optimizer {
-            OptimizerKind::Adam => Opt::Adam(
-                AdamConfig::new()
-                    .with_epsilon(1e-8)
-                    .with_weight_decay(wd)
-                    .init::<B, Net<B>>(),
-            ),
+            OptimizerKind::Adam => Opt::Adam(OptimizerAdaptor::from(PipeAdam::new(
+                1e-8,
+                wd.map(|w| w.penalty),
+            ))),
             OptimizerKind::Sgd => {
                 let momentum = (cfg.momentum > 0.0).then(|| {
                     MomentumConfig::new()

@@ -21,6 +21,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
 mod activation;
+mod adam;
 mod batch_norm;
 mod conv;
 mod direct;
@@ -78,7 +79,20 @@ pub struct BatchNormTrain<B: Backend> {
     pub var: Tensor<B, 1>,
 }
 
-/// Convolutions, batch norm, pooling and ReLU6. Every method has burn's generic implementation
+/// One Adam step's constants (burn's `Adam` with `amsgrad` off, and its weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    /// L2 penalty added to the gradient (`p·λ + g`), as burn's `WeightDecay`.
+    pub weight_decay: Option<f32>,
+    /// The step's number, from 1.
+    pub time: usize,
+    pub lr: f64,
+}
+
+/// Convolutions, batch norm, pooling, ReLU6 and the Adam step. Every method has burn's generic implementation
 /// ([`reference`]) as its default.
 pub trait NnBackend: Backend {
     /// `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in / groups, k, k]`, `bias` `[c_out]`.
@@ -145,6 +159,18 @@ pub trait NnBackend: Backend {
     fn nn_relu6<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
         reference::relu6(x)
     }
+
+    /// One Adam step of a parameter: the new parameter and first and second moments, from
+    /// the parameter, its gradient and the moments before (`None` at step 1).
+    #[allow(clippy::type_complexity)]
+    fn nn_adam_step<const D: usize>(
+        param: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
+        c: &AdamStep,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+        reference::adam_step(param, grad, moments, c)
+    }
 }
 
 /// Implements [`NnBackend`] for a CPU backend with the given kernels, each falling back to
@@ -157,7 +183,8 @@ macro_rules! cpu_kernels {
         $bn_eval:path,
         $pool:path,
         $global_avg:path,
-        $relu6:path
+        $relu6:path,
+        $adam:path
     ) => {
         impl NnBackend for $backend {
             fn nn_conv2d(
@@ -235,6 +262,18 @@ macro_rules! cpu_kernels {
                 }
                 $relu6(x)
             }
+
+            fn nn_adam_step<const D: usize>(
+                param: Tensor<Self, D>,
+                grad: Tensor<Self, D>,
+                moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
+                c: &AdamStep,
+            ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+                if reference_ops() {
+                    return reference::adam_step(param, grad, moments, c);
+                }
+                $adam(param, grad, moments, c)
+            }
         }
     };
 }
@@ -247,7 +286,8 @@ cpu_kernels!(
     batch_norm::flex_eval,
     pool::flex,
     pool::flex_global_avg,
-    activation::flex
+    activation::flex,
+    adam::flex
 );
 // The same kernels as single autodiff operations with hand-written backward passes.
 cpu_kernels!(
@@ -257,7 +297,8 @@ cpu_kernels!(
     batch_norm::autodiff_eval,
     pool::autodiff,
     pool::autodiff_global_avg,
-    activation::autodiff
+    activation::autodiff,
+    reference::adam_step
 );
 
 #[cfg(feature = "cuda")]

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module;
 use burn::tensor::ops::ConvOptions;
 
-use super::{BatchNormTrain, Conv2dGeometry};
+use super::{AdamStep, BatchNormTrain, Conv2dGeometry};
 
 pub fn conv2d<B: Backend>(
     x: Tensor<B, 4>,
@@ -86,4 +86,34 @@ pub fn global_avg_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
 /// as PyTorch's).
 pub fn relu6<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clamp(0.0, 6.0)
+}
+
+/// burn's `Adam` step (`amsgrad` off), operation for operation.
+#[allow(clippy::type_complexity)]
+pub fn adam_step<B: Backend, const D: usize>(
+    param: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
+    c: &AdamStep,
+) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
+    let grad = match c.weight_decay {
+        Some(penalty) => param.clone().mul_scalar(penalty).add(grad),
+        None => grad,
+    };
+    let (f1, f2) = (1.0 - c.beta_1, 1.0 - c.beta_2);
+    let (m1, m2) = match moments {
+        Some((m1, m2)) => (
+            m1.mul_scalar(c.beta_1).add(grad.clone().mul_scalar(f1)),
+            m2.mul_scalar(c.beta_2).add(grad.square().mul_scalar(f2)),
+        ),
+        None => (grad.clone().mul_scalar(f1), grad.square().mul_scalar(f2)),
+    };
+    let t = i32::try_from(c.time).unwrap_or(i32::MAX);
+    let bc2_sqrt = (1.0 - c.beta_2.powi(t)).sqrt();
+    let combined = bc2_sqrt / (1.0 - c.beta_1.powi(t));
+    let update = m1
+        .clone()
+        .mul_scalar(combined)
+        .div(m2.clone().sqrt().add_scalar(c.epsilon * bc2_sqrt));
+    (param - update.mul_scalar(c.lr), m1, m2)
 }
