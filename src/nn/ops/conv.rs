@@ -414,7 +414,7 @@ pub(crate) fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &ConvD
         add_bias(&mut out, bias, d);
         return out;
     }
-    let mut out = vec![0f32; d.n * d.c_out * p];
+    let mut out = raw::zeros(d.n * d.c_out * p);
     if out.is_empty() {
         return out;
     }
@@ -489,7 +489,7 @@ pub(crate) fn input_grad(dy: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
         return forward(dy, &flipped, None, &dims);
     }
     let (p, hw) = (d.p(), d.hw());
-    let mut dx = vec![0f32; d.n * d.c_in * hw];
+    let mut dx = raw::zeros(d.n * d.c_in * hw);
     if dx.is_empty() {
         return dx;
     }

@@ -27,6 +27,7 @@
 use rayon::prelude::*;
 
 use super::conv::{ConvDims, onto_grid_rows, pad_plane, sized, sum_in_order, with_scratch};
+use super::raw;
 
 /// Floats per vector (one AVX-512 register); the portable kernel uses the same lanes.
 const LANES: usize = 16;
@@ -183,7 +184,7 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
     let lay = Layout::new(d);
     let packed = pack_weight(weight, lay.offs.len(), CO, lay.co_pad);
     let (img_in, img_out) = (d.c_in * d.h * d.w, d.c_out * d.o_h * d.o_w);
-    let mut y = vec![0f32; d.n * img_out];
+    let mut y = raw::zeros(d.n * img_out);
     if y.is_empty() {
         return y;
     }

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use super::conv::{ConvDims, sized, with_scratch};
 use super::direct::{Kernel, Layout, pack_weight};
+use super::raw;
 
 /// Channels per vector.
 const LANES: usize = 16;
@@ -106,7 +107,7 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
     let classes = RowClass::of(d);
     let (img_in, p) = (d.c_in * d.h * d.w, d.o_h * d.o_w);
     let img_out = d.c_out * p;
-    let mut y = vec![0f32; d.n * img_out];
+    let mut y = raw::zeros(d.n * img_out);
     if y.is_empty() {
         return y;
     }

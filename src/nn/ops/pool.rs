@@ -80,7 +80,7 @@ const NO_INDEX: u32 = u32::MAX;
 /// (row-major), as burn's and PyTorch's kernels choose it.
 pub(crate) fn max_forward(x: &[f32], d: &PoolDims) -> (Vec<f32>, Vec<u32>) {
     let (p, hw) = (d.p(), d.hw());
-    let mut y = vec![0f32; d.n * d.c * p];
+    let mut y = raw::zeros(d.n * d.c * p);
     let mut idx = vec![NO_INDEX; y.len()];
     if p == 0 {
         return (y, idx);
@@ -114,7 +114,7 @@ pub(crate) fn max_forward(x: &[f32], d: &PoolDims) -> (Vec<f32>, Vec<u32>) {
 
 pub(crate) fn max_backward(dy: &[f32], idx: &[u32], d: &PoolDims) -> Vec<f32> {
     let (p, hw) = (d.p(), d.hw());
-    let mut dx = vec![0f32; d.n * d.c * hw];
+    let mut dx = raw::zeros(d.n * d.c * hw);
     if hw == 0 {
         return dx;
     }
@@ -132,7 +132,7 @@ pub(crate) fn max_backward(dy: &[f32], idx: &[u32], d: &PoolDims) -> Vec<f32> {
 /// Average pooling, padding included in the divisor `k²`.
 pub(crate) fn avg_forward(x: &[f32], d: &PoolDims) -> Vec<f32> {
     let (p, hw) = (d.p(), d.hw());
-    let mut y = vec![0f32; d.n * d.c * p];
+    let mut y = raw::zeros(d.n * d.c * p);
     if p == 0 {
         return y;
     }
@@ -157,7 +157,7 @@ pub(crate) fn avg_forward(x: &[f32], d: &PoolDims) -> Vec<f32> {
 
 pub(crate) fn avg_backward(dy: &[f32], d: &PoolDims) -> Vec<f32> {
     let (p, hw) = (d.p(), d.hw());
-    let mut dx = vec![0f32; d.n * d.c * hw];
+    let mut dx = raw::zeros(d.n * d.c * hw);
     if hw == 0 {
         return dx;
     }
@@ -189,7 +189,7 @@ pub(crate) fn global_avg_forward(x: &[f32], rows: usize, hw: usize) -> Vec<f32> 
 }
 
 pub(crate) fn global_avg_backward(dy: &[f32], hw: usize) -> Vec<f32> {
-    let mut dx = vec![0f32; dy.len() * hw];
+    let mut dx = raw::zeros(dy.len() * hw);
     if hw == 0 {
         return dx;
     }

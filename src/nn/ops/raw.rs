@@ -183,6 +183,21 @@ pub(crate) fn matmul_into(
     }
 }
 
+/// `len` zeros, written by every thread: a kernel's output zeroed by one thread (`vec!`)
+/// left the others idle while it filled an activation-sized buffer. Small buffers stay on
+/// one thread.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < 1 << 16 {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::new();
+    (0..len)
+        .into_par_iter()
+        .map(|_| 0f32)
+        .collect_into_vec(&mut v);
+    v
+}
+
 /// `out[i] = f(a[i], b[i])` for every `i` (`a` and `b` equally long), in chunks of `chunk`
 /// elements in parallel, `f = per_chunk(chunk index)`, into a new vector that is not zeroed
 /// first: on activation-sized buffers a serial zero fill cost as much as a parallel pass.
