@@ -531,16 +531,20 @@ fn as_forward(weight: &[f32], d: &ConvDims) -> Option<(Vec<f32>, ConvDims)> {
     }
     let (cig, cog, kk) = (d.cig(), d.cog(), d.k_h * d.k_w);
     let mut flipped = vec![0f32; weight.len()];
-    for g in 0..d.groups {
-        for co in 0..cog {
-            for ci in 0..cig {
-                let src = &weight[((g * cog + co) * cig + ci) * kk..][..kk];
-                let dst = &mut flipped[((g * cig + ci) * cog + co) * kk..][..kk];
-                for (t, v) in dst.iter_mut().zip(src.iter().rev()) {
-                    *t = *v;
+    if !flipped.is_empty() {
+        // `[groups, cig, cog, kk]`, one `(g, ci)` per task.
+        flipped
+            .par_chunks_mut(cog * kk)
+            .enumerate()
+            .for_each(|(gci, dst)| {
+                let (g, ci) = (gci / cig, gci % cig);
+                for (co, dst) in dst.chunks_exact_mut(kk).enumerate() {
+                    let src = &weight[((g * cog + co) * cig + ci) * kk..][..kk];
+                    for (t, v) in dst.iter_mut().zip(src.iter().rev()) {
+                        *t = *v;
+                    }
                 }
-            }
-        }
+            });
     }
     let geometry = Conv2dGeometry {
         stride: 1,
@@ -646,7 +650,7 @@ pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usi
         .map(|part| {
             let (first, end) = (part * d.n / parts, (part + 1) * d.n / parts);
             // Per group `[kd, cog]`: the transpose of the gradient, see `weight_grad_wave`.
-            let mut acc_t = vec![0f32; wsize];
+            let mut acc_t = raw::zeros(wsize);
             let mut start = first;
             while start < end {
                 let imgs = nb.min(end - start);
@@ -660,14 +664,14 @@ pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usi
         .collect();
     let total_t = sum_in_order(partials);
     let mut dw = vec![0f32; wsize];
-    for g in 0..d.groups {
-        let (src, dst) = (&total_t[g * cog * kd..], &mut dw[g * cog * kd..]);
-        for r in 0..kd {
-            for co in 0..cog {
-                dst[co * kd + r] = src[r * cog + co];
-            }
+    // Back from `[kd, cog]` per group, one output channel per task.
+    dw.par_chunks_mut(kd).enumerate().for_each(|(row, dst)| {
+        let (g, co) = (row / cog, row % cog);
+        let src = &total_t[g * cog * kd..][..cog * kd];
+        for (r, v) in dst.iter_mut().enumerate() {
+            *v = src[r * cog + co];
         }
-    }
+    });
     dw
 }
 

@@ -168,13 +168,21 @@ impl Layout {
 /// (zeros past `c_out`, up to `c_pad` channels), so that a tile's weights for one entry are
 /// adjacent.
 pub(super) fn pack_weight(weight: &[f32], kd: usize, block: usize, c_pad: usize) -> Vec<f32> {
-    let mut packed = vec![0f32; c_pad * kd];
-    for (co, row) in weight.chunks_exact(kd).enumerate() {
-        let tile = &mut packed[co / block * block * kd..][..block * kd];
-        for (k, &v) in row.iter().enumerate() {
-            tile[k * block + co % block] = v;
-        }
+    let mut packed = raw::zeros(c_pad * kd);
+    if packed.is_empty() {
+        return packed;
     }
+    // Tiles in parallel: a 512×4608 weight packed on one thread kept the other idle.
+    packed
+        .par_chunks_mut(block * kd)
+        .zip(weight.par_chunks(block * kd))
+        .for_each(|(tile, rows)| {
+            for (c, row) in rows.chunks_exact(kd).enumerate() {
+                for (k, &v) in row.iter().enumerate() {
+                    tile[k * block + c] = v;
+                }
+            }
+        });
     packed
 }
 
