@@ -4,8 +4,11 @@
 # ratio pipe / PyTorch (< 1: pipe is faster), with each model's parameters and forward FLOPs.
 #
 # Usage: bench/compare_families.sh [STEPS=5]
-#   CASES="resnet20_32:128 conv4_32:60"   models (examples/family_step.rs) and batch sizes;
-#                                         the default is issue 9's list, below
+#   CASES="resnet20_32:128 conv4_32:60"   models (examples/family_step.rs) and batch sizes,
+#                                         each with its own step count after a second colon
+#                                         (lenet_28:60:200); the default is issue 9's list,
+#                                         below, LeNet at 200 steps: its step takes about a
+#                                         millisecond, and over 5 the ratio swung 0.7 to 1.2
 #   EPOCH_STEPS=79                        also times ResNet-20 for this many steps of 128
 #                                         (79 × 128 = 10,112 images: one epoch of 10k); 0: skip
 #   PIPE_NN_OPS=reference                 pipe on burn's generic conv, batch-norm and pooling
@@ -14,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps="${1:-5}"
-cases="${CASES:-resnet20_32:128 conv4_32:60 vgg11_32:128 mobilenet_v2_tiny_32:128 lenet_28:60}"
+cases="${CASES:-resnet20_32:128 conv4_32:60 vgg11_32:128 mobilenet_v2_tiny_32:128 lenet_28:60:200}"
 epoch_steps="${EPOCH_STEPS:-79}"
 threads="$(nproc)"
 python3 -c 'import torch' 2>/dev/null || { echo "install PyTorch: pip install torch" >&2; exit 1; }
@@ -39,10 +42,11 @@ PY
 
 printf '%-24s %5s %10s %13s %10s %10s %7s\n' model batch params fwd_flops pipe_ms torch_ms ratio
 for case in $cases; do
-    compare "${case%%:*}" "${case##*:}" "$steps" "${case%%:*}"
+    IFS=: read -r name batch n <<<"$case"
+    compare "$name" "$batch" "${n:-$steps}" "$name"
 done
 if [ "$epoch_steps" -gt 0 ]; then
     compare resnet20_32 128 "$epoch_steps" "resnet20_32 epoch/step"
     echo "(epoch: $epoch_steps steps of 128 = $((epoch_steps * 128)) images; ms are per step, × $epoch_steps for the epoch)"
 fi
-echo "$steps timed steps after 2 warm-up, $threads threads on both sides (torch.set_num_threads($threads))"
+echo "$steps timed steps (unless the case names its own) after 2 warm-up, $threads threads on both sides (torch.set_num_threads($threads))"
