@@ -55,7 +55,7 @@ fn step(
     };
     // Before the first step there are no moments: `g` stands in, unread.
     let (m1, m2) = moments.unwrap_or((g, g));
-    let (mut p_new, mut m1_new, mut m2_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let (mut p_new, mut m1_new, mut m2_new) = (raw::zeros(n), raw::zeros(n), raw::zeros(n));
     p_new
         .par_chunks_mut(CHUNK)
         .zip(m1_new.par_chunks_mut(CHUNK))

@@ -23,6 +23,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorPrimitive};
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -250,6 +251,36 @@ struct TapSpan {
     first: usize,
 }
 
+impl TapSpan {
+    /// The tap's position in its `k_h·k_w` kernel.
+    fn index(&self, d: &ConvDims) -> usize {
+        self.ky * d.k_w + self.kx
+    }
+
+    /// Each output row the tap reads inside the plane: where the input row it reads starts
+    /// (`iy·w`), and the outputs of that row it reaches, as positions in the output plane.
+    fn rows<'a>(&'a self, d: &'a ConvDims) -> impl Iterator<Item = (usize, Range<usize>)> + 'a {
+        let (x_lo, x_hi) = self.cols;
+        (self.rows.0..self.rows.1).map(move |oy| {
+            let iy = oy * d.stride + self.ky - d.pad;
+            (iy * d.w, oy * d.o_w + x_lo..oy * d.o_w + x_hi)
+        })
+    }
+}
+
+/// `dst[first + j·s] += a·src[j]` for every `j`.
+fn add_strided(dst: &mut [f32], first: usize, s: usize, a: f32, src: &[f32]) {
+    if s == 1 {
+        for (o, v) in dst[first..first + src.len()].iter_mut().zip(src) {
+            *o += a * v;
+        }
+    } else {
+        for (j, v) in src.iter().enumerate() {
+            dst[first + j * s] += a * v;
+        }
+    }
+}
+
 /// The taps of `d` that read inside the plane for at least one output column, in `(ky, kx)`
 /// order (col2im and the strided depthwise loops; im2col also needs the others, to zero).
 fn live_taps(d: &ConvDims) -> impl Iterator<Item = TapSpan> + '_ {
@@ -308,33 +339,17 @@ fn zero_few(xs: &mut [f32]) {
 /// Adds the unfolded gradient `col` (layout as in [`im2col`]) back onto group `g` of one
 /// image's input gradient `dx`.
 fn col2im(col: &[f32], ld: usize, off: usize, d: &ConvDims, g: usize, dx: &mut [f32]) {
-    let (hw, ow, s) = (d.hw(), d.o_w, d.stride);
+    let (hw, s) = (d.hw(), d.stride);
     // Tap geometry outside the channel loop, as in `im2col`. Each input still takes its taps'
     // contributions in `(ky, kx)` order.
-    for TapSpan {
-        ky,
-        kx,
-        rows: (y_lo, y_hi),
-        cols: (x_lo, x_hi),
-        first,
-    } in live_taps(d)
-    {
+    for tap in live_taps(d) {
         for ci in 0..d.cig() {
             let plane = &mut dx[(g * d.cig() + ci) * hw..][..hw];
-            let r = (ci * d.k_h + ky) * d.k_w + kx;
+            let r = ci * d.k_h * d.k_w + tap.index(d);
             let row = &col[r * ld + off..][..d.p()];
-            for oy in y_lo..y_hi {
-                let dst = &mut plane[(oy * s + ky - d.pad) * d.w..][..d.w];
-                let src = &row[oy * ow + x_lo..oy * ow + x_hi];
-                if s == 1 {
-                    for (a, b) in dst[first..first + src.len()].iter_mut().zip(src) {
-                        *a += b;
-                    }
-                } else {
-                    for (o, b) in src.iter().enumerate() {
-                        dst[first + o * s] += b;
-                    }
-                }
+            for (input, out) in tap.rows(d) {
+                // `1·v` is `v`: the sums are those of a plain addition.
+                add_strided(&mut plane[input..][..d.w], tap.first, s, 1.0, &row[out]);
             }
         }
     }
@@ -823,27 +838,13 @@ fn depthwise_forward(x: &[f32], w: &[f32], d: &ConvDims, y: &mut [f32], s: &mut 
         }
         return;
     }
-    let (ow, s) = (d.o_w, d.stride);
-    for TapSpan {
-        ky,
-        kx,
-        rows: (y_lo, y_hi),
-        cols: (x_lo, x_hi),
-        first,
-    } in live_taps(d)
-    {
-        let wv = w[ky * d.k_w + kx];
-        for oy in y_lo..y_hi {
-            let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
-            let dst = &mut y[oy * ow + x_lo..oy * ow + x_hi];
-            if s == 1 {
-                for (o, v) in dst.iter_mut().zip(&src[first..]) {
-                    *o += wv * v;
-                }
-            } else {
-                for (j, o) in dst.iter_mut().enumerate() {
-                    *o += wv * src[first + j * s];
-                }
+    let s = d.stride;
+    for tap in live_taps(d) {
+        let wv = w[tap.index(d)];
+        for (input, out) in tap.rows(d) {
+            let src = &x[input..][..d.w];
+            for (j, o) in y[out].iter_mut().enumerate() {
+                *o += wv * src[tap.first + j * s];
             }
         }
     }
@@ -865,28 +866,10 @@ fn depthwise_input_grad(dy: &[f32], w: &[f32], d: &ConvDims, dx: &mut [f32], s: 
         }
         return;
     }
-    let (ow, s) = (d.o_w, d.stride);
-    for TapSpan {
-        ky,
-        kx,
-        rows: (y_lo, y_hi),
-        cols: (x_lo, x_hi),
-        first,
-    } in live_taps(d)
-    {
-        let wv = w[ky * d.k_w + kx];
-        for oy in y_lo..y_hi {
-            let dst = &mut dx[(oy * s + ky - d.pad) * d.w..][..d.w];
-            let src = &dy[oy * ow + x_lo..oy * ow + x_hi];
-            if s == 1 {
-                for (a, g) in dst[first..].iter_mut().zip(src) {
-                    *a += wv * g;
-                }
-            } else {
-                for (j, g) in src.iter().enumerate() {
-                    dst[first + j * s] += wv * g;
-                }
-            }
+    for tap in live_taps(d) {
+        let wv = w[tap.index(d)];
+        for (input, out) in tap.rows(d) {
+            add_strided(&mut dx[input..][..d.w], tap.first, d.stride, wv, &dy[out]);
         }
     }
 }
@@ -901,29 +884,18 @@ fn depthwise_weight_grad(x: &[f32], dy: &[f32], d: &ConvDims, acc: &mut [f64], s
         }
         return;
     }
-    let (ow, s) = (d.o_w, d.stride);
-    for TapSpan {
-        ky,
-        kx,
-        rows: (y_lo, y_hi),
-        cols: (x_lo, x_hi),
-        first,
-    } in live_taps(d)
-    {
+    let s = d.stride;
+    for tap in live_taps(d) {
         let mut total = 0f64;
-        for oy in y_lo..y_hi {
-            let src = &x[(oy * s + ky - d.pad) * d.w..][..d.w];
-            let g = &dy[oy * ow + x_lo..oy * ow + x_hi];
-            total += if s == 1 {
-                raw::dot(g, &src[first..first + g.len()])
-            } else {
-                g.iter()
-                    .enumerate()
-                    .map(|(j, &g)| f64::from(g * src[first + j * s]))
-                    .sum()
-            };
+        for (input, out) in tap.rows(d) {
+            let src = &x[input..][..d.w];
+            total += dy[out]
+                .iter()
+                .enumerate()
+                .map(|(j, &g)| f64::from(g * src[tap.first + j * s]))
+                .sum::<f64>();
         }
-        acc[ky * d.k_w + kx] += total;
+        acc[tap.index(d)] += total;
     }
 }
 

@@ -186,17 +186,22 @@ pub(super) fn pack_weight(weight: &[f32], kd: usize, block: usize, c_pad: usize)
     packed
 }
 
-/// `y = conv(x, weight)` (no bias), `[n, c_out, o_h, o_w]`, a few images per task (see
-/// [`WAVE_VECS`]).
-pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
-    let lay = Layout::new(d);
-    let packed = pack_weight(weight, lay.offs.len(), CO, lay.co_pad);
+/// A convolution's output `[n, c_out, o_h, o_w]`, computed in waves of up to `nb` images
+/// in parallel: `wave(grids, y, imgs, mat)` gets the wave's images padded side by side
+/// (`grids`, `c_in·lay.plane` floats per image), its `imgs` images' outputs `y`, and a spare
+/// scratch buffer `mat`. Both direct kernels' forwards run on it.
+pub(super) fn in_waves(
+    x: &[f32],
+    d: &ConvDims,
+    lay: &Layout,
+    nb: usize,
+    wave: impl Fn(&[f32], &mut [f32], usize, &mut Vec<f32>) + Sync,
+) -> Vec<f32> {
     let (img_in, img_out) = (d.c_in * d.h * d.w, d.c_out * d.o_h * d.o_w);
     let mut y = raw::zeros(d.n * img_out);
     if y.is_empty() {
         return y;
     }
-    let nb = WAVE_VECS.div_ceil(lay.walk.vectors()).clamp(1, d.n);
     let grid_len = d.c_in * lay.plane;
     y.par_chunks_mut(nb * img_out)
         .enumerate()
@@ -207,24 +212,38 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
                 for (i, grid) in grids.chunks_exact_mut(grid_len).enumerate() {
                     lay.fill_grid(&x[(wi * nb + i) * img_in..][..img_in], d, grid);
                 }
-                if lay.in_place {
-                    forward_wave(kernel, grids, &packed, &lay, imgs, (y, img_out), d.c_out);
-                    return;
-                }
-                let out_img = d.c_out * lay.out_plane;
-                let out = sized(&mut s.mat, imgs * out_img);
-                forward_wave(kernel, grids, &packed, &lay, imgs, (out, out_img), d.c_out);
-                for (y, out) in y.chunks_exact_mut(img_out).zip(out.chunks_exact(out_img)) {
-                    for (co, y) in y.chunks_exact_mut(d.o_h * d.o_w).enumerate() {
-                        for (oy, row) in y.chunks_exact_mut(d.o_w).enumerate() {
-                            let src = &out[co * lay.out_plane + oy * d.grid_width()..][..d.o_w];
-                            row.copy_from_slice(src);
-                        }
-                    }
-                }
+                wave(grids, y, imgs, &mut s.mat);
             })
         });
     y
+}
+
+/// `y = conv(x, weight)` (no bias), `[n, c_out, o_h, o_w]`, a few images per task (see
+/// [`WAVE_VECS`]).
+pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -> Vec<f32> {
+    let lay = Layout::new(d);
+    let packed = pack_weight(weight, lay.offs.len(), CO, lay.co_pad);
+    let img_out = d.c_out * d.o_h * d.o_w;
+    let nb = WAVE_VECS
+        .div_ceil(lay.walk.vectors().max(1))
+        .clamp(1, d.n.max(1));
+    in_waves(x, d, &lay, nb, |grids, y, imgs, mat| {
+        if lay.in_place {
+            forward_wave(kernel, grids, &packed, &lay, imgs, (y, img_out), d.c_out);
+            return;
+        }
+        let out_img = d.c_out * lay.out_plane;
+        let out = sized(mat, imgs * out_img);
+        forward_wave(kernel, grids, &packed, &lay, imgs, (out, out_img), d.c_out);
+        for (y, out) in y.chunks_exact_mut(img_out).zip(out.chunks_exact(out_img)) {
+            for (co, y) in y.chunks_exact_mut(d.o_h * d.o_w).enumerate() {
+                for (oy, row) in y.chunks_exact_mut(d.o_w).enumerate() {
+                    let src = &out[co * lay.out_plane + oy * d.grid_width()..][..d.o_w];
+                    row.copy_from_slice(src);
+                }
+            }
+        }
+    })
 }
 
 /// The `channels` output planes of `imgs` images (padded planes side by side in `grids`)

@@ -19,11 +19,8 @@
 //! plain-Rust version of the same arithmetic checks the AVX-512 kernel in tests). Like
 //! [`super::direct`], it runs only on CPUs with AVX-512.
 
-use rayon::prelude::*;
-
-use super::conv::{ConvDims, sized, with_scratch};
-use super::direct::{Kernel, Layout, pack_weight};
-use super::raw;
+use super::conv::ConvDims;
+use super::direct::{Kernel, Layout, in_waves, pack_weight};
 
 /// Channels per vector.
 const LANES: usize = 16;
@@ -105,60 +102,46 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
     // `[c_out / 16, kd, 16]`: one vector load per entry and block of channels.
     let packed = pack_weight(weight, kd, LANES, d.c_out);
     let classes = RowClass::of(d);
-    let (img_in, p) = (d.c_in * d.h * d.w, d.o_h * d.o_w);
+    let p = d.o_h * d.o_w;
     let img_out = d.c_out * p;
-    let mut y = raw::zeros(d.n * img_out);
-    if y.is_empty() {
-        return y;
-    }
-    let nb = WAVE_PIXELS.div_ceil(p).clamp(1, d.n);
     let grid_len = d.c_in * lay.plane;
-    y.par_chunks_mut(nb * img_out)
-        .enumerate()
-        .for_each(|(wi, y)| {
-            let imgs = y.len() / img_out;
-            with_scratch(|s| {
-                let grids = sized(&mut s.col, imgs * grid_len);
-                for (i, grid) in grids.chunks_exact_mut(grid_len).enumerate() {
-                    lay.fill_grid(&x[(wi * nb + i) * img_in..][..img_in], d, grid);
-                }
-                for class in &classes {
-                    // Each output pixel of the class: where its window starts on the grids,
-                    // where it goes in `y`.
-                    let (pin, pout): (Vec<usize>, Vec<usize>) = (0..imgs)
-                        .flat_map(|img| class.rows.iter().map(move |&oy| (img, oy)))
-                        .flat_map(|(img, oy)| (0..d.o_w).map(move |ox| (img, oy, ox)))
-                        .map(|(img, oy, ox)| {
-                            let at = img * grid_len + oy * d.grid_width() + ox;
-                            (at, img * img_out + oy * d.o_w + ox)
-                        })
-                        .unzip();
-                    let blocks = d.c_out / LANES;
-                    let mut b0 = 0;
-                    while b0 < blocks {
-                        let nbk = BLOCKS.min(blocks - b0);
-                        let w = &packed[b0 * kd * LANES..][..nbk * kd * LANES];
-                        let ops = Operands {
-                            grids,
-                            plane: lay.plane,
-                            c_in: d.c_in,
-                            w,
-                            kd,
-                        };
-                        for (pin, pout) in pin.chunks(PIX).zip(pout.chunks(PIX)) {
-                            let sums = kernel.narrow_tile(ops, pin, class, nbk);
-                            for (i, &at) in pout.iter().enumerate() {
-                                for (c, &v) in sums[i][..nbk * LANES].iter().enumerate() {
-                                    y[(b0 * LANES + c) * p + at] = v;
-                                }
-                            }
+    let nb = WAVE_PIXELS.div_ceil(p.max(1)).clamp(1, d.n.max(1));
+    in_waves(x, d, &lay, nb, |grids, y, imgs, _| {
+        for class in &classes {
+            // Each output pixel of the class: where its window starts on the grids, where it
+            // goes in `y`.
+            let (pin, pout): (Vec<usize>, Vec<usize>) = (0..imgs)
+                .flat_map(|img| class.rows.iter().map(move |&oy| (img, oy)))
+                .flat_map(|(img, oy)| (0..d.o_w).map(move |ox| (img, oy, ox)))
+                .map(|(img, oy, ox)| {
+                    let at = img * grid_len + oy * d.grid_width() + ox;
+                    (at, img * img_out + oy * d.o_w + ox)
+                })
+                .unzip();
+            let blocks = d.c_out / LANES;
+            let mut b0 = 0;
+            while b0 < blocks {
+                let nbk = BLOCKS.min(blocks - b0);
+                let w = &packed[b0 * kd * LANES..][..nbk * kd * LANES];
+                let ops = Operands {
+                    grids,
+                    plane: lay.plane,
+                    c_in: d.c_in,
+                    w,
+                    kd,
+                };
+                for (pin, pout) in pin.chunks(PIX).zip(pout.chunks(PIX)) {
+                    let sums = kernel.narrow_tile(ops, pin, class, nbk);
+                    for (i, &at) in pout.iter().enumerate() {
+                        for (c, &v) in sums[i][..nbk * LANES].iter().enumerate() {
+                            y[(b0 * LANES + c) * p + at] = v;
                         }
-                        b0 += nbk;
                     }
                 }
-            })
-        });
-    y
+                b0 += nbk;
+            }
+        }
+    })
 }
 
 impl Kernel {
