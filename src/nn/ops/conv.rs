@@ -2,9 +2,9 @@
 //! `f32` buffers in NCHW order, and its registration with Flex and `Autodiff<Flex>`.
 //!
 //! On CPUs with AVX-512, dense stride-1 convolutions run direct kernels without unfolding:
-//! [`super::direct`] on planes 16 or more wide, [`super::direct_narrow`]'s forward on
-//! narrower ones with output channels in vectors of 16. Other dense and grouped ones (and the narrow planes' weight
-//! gradient) unfold the input (im2col) and multiply with `gemm`. The input gradient of a
+//! [`super::direct`] on planes 16 or more wide, [`super::direct_narrow`] (forward) and
+//! [`super::narrow_weight_grad`] on narrower ones with output channels in vectors of 16.
+//! Other dense and grouped ones unfold the input (im2col) and multiply with `gemm`. The input gradient of a
 //! stride-1 convolution is computed as a forward convolution of the output gradient.
 //! Depthwise ones (one input and one output channel per group) run a direct loop per plane,
 //! where a product with one output row would waste `gemm`; at stride 1 on a zero-padded copy
@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::Conv2dGeometry;
 use super::raw::{self, Dense, Mat, MatMut, matmul, matmul_into, valid_range};
-use super::{direct, direct_narrow};
+use super::{direct, direct_narrow, narrow_weight_grad};
 
 /// Columns of the unfolded input a product is given at least: images with small planes
 /// (late VGG layers, 4×4) are stacked side by side up to this, so that one product does many
@@ -656,6 +656,9 @@ pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usi
     let parts = (budget / wsize).clamp(1, d.n.min(MAX_PARTS));
     if let Some(kernel) = direct::kernel_for(d) {
         return direct::weight_grad(kernel, x, dy, d, parts);
+    }
+    if let Some(kernel) = direct_narrow::kernel_for(d) {
+        return narrow_weight_grad::weight_grad(kernel, x, dy, d, parts);
     }
     let threaded = thread_inside(parts);
     let nb = d.wave();

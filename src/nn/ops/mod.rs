@@ -26,6 +26,7 @@ mod batch_norm;
 mod conv;
 mod direct;
 mod direct_narrow;
+mod narrow_weight_grad;
 mod pool;
 mod raw;
 pub mod reference;

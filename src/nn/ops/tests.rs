@@ -213,11 +213,12 @@ fn conv_kernels_match_burn_for_the_families_shapes() {
 #[test]
 fn conv_weight_gradient_is_the_same_for_every_batch_split() {
     use super::conv::{ConvDims, weight_grad, weight_grad_split};
-    // Through im2col (5 wide) and through the direct kernels (16 wide).
-    for (h, w) in [(5, 5), (3, 16)] {
+    // Through im2col (5 wide), the direct kernels (16 wide) and the narrow-plane kernels
+    // (4 wide, output channels in a vector).
+    for (h, w, c_out) in [(5, 5, 6), (3, 16, 6), (4, 4, 16)] {
         let d = ConvDims::new(
             [7, 4, h, w],
-            [6, 4, 3, 3],
+            [c_out, 4, 3, 3],
             Conv2dGeometry {
                 stride: 1,
                 padding: 1,
@@ -225,10 +226,10 @@ fn conv_weight_gradient_is_the_same_for_every_batch_split() {
             },
         );
         let x = randoms(7 * 4 * h * w, 1);
-        let dy = randoms(7 * 6 * h * w, 2);
+        let dy = randoms(7 * c_out * h * w, 2);
         let whole = weight_grad(&x, &dy, &d);
         // Budgets that cut the batch into 7, 3 and 1 slices: different sums, all close.
-        for budget in [1, 3 * 6 * 36, 7 * 6 * 36] {
+        for budget in [1, 3 * c_out * 36, 7 * c_out * 36] {
             let split = weight_grad_split(&x, &dy, &d, budget);
             assert_close(
                 &format!("{w} wide, budget {budget}"),
@@ -402,8 +403,9 @@ fn relu6_matches_burn_except_for_the_gradient_at_its_bounds() {
     assert_eq!(bits(&inner_values(Flex::nn_relu6(flat))), bits(&y_ref));
 }
 
-/// One training-shaped pass through every kernel (conv, batch norm, max pool, depthwise,
-/// global pool), gradients included, in a pool of `threads` threads.
+/// One training-shaped pass through every kernel (conv on a wide and on a narrow plane,
+/// batch norm, max pool, depthwise, global pool), gradients included, in a pool of
+/// `threads` threads.
 fn pass_bits(threads: usize) -> Vec<u32> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -418,19 +420,21 @@ fn pass_bits(threads: usize) -> Vec<u32> {
         let depthwise = Conv2dGeometry {
             stride: 2,
             padding: 1,
-            groups: 8,
+            groups: 16,
         };
         let x = tensor([6, 3, 12, 16], 50).require_grad();
         let w1 = tensor([8, 3, 3, 3], 51).require_grad();
-        let w2 = tensor([8, 1, 3, 3], 52).require_grad();
+        let w2 = tensor([16, 1, 3, 3], 52).require_grad();
+        let w3 = tensor([16, 8, 3, 3], 56).require_grad();
         let gamma = tensor([8], 53).require_grad();
         let beta = tensor([8], 54).require_grad();
         let y = Ad::nn_conv2d(x.clone(), w1.clone(), None, dense);
         let bn = Ad::nn_batch_norm_train(y, gamma.clone(), beta.clone(), 1e-5);
         let y = Ad::nn_max_pool2d(bn.output, 2, 2, 0);
+        let y = Ad::nn_conv2d(y, w3.clone(), None, dense);
         let y = Ad::nn_conv2d(y, w2.clone(), None, depthwise);
         let y = Ad::nn_global_avg_pool(y);
-        let (out, grads) = grads_of(y, 55, [&x, &w1, &w2], &[&gamma, &beta]);
+        let (out, grads) = grads_of(y, 55, [&x, &w1, &w3, &w2], &[&gamma, &beta]);
         let mut all = out;
         all.extend(values(bn.mean));
         all.extend(values(bn.var));
