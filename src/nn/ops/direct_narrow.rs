@@ -1,5 +1,6 @@
 //! The forward of dense stride-1 convolutions on planes narrower than [`super::direct`]
 //! takes (VGG's and ResNet's 8×8, 4×4 and 2×2 layers), with vectors along output channels.
+//! Their weight gradient is [`super::narrow_weight_grad`]'s.
 //!
 //! Why a second kernel: on a narrow plane a vector along the row covers junk columns of the
 //! padded grid (a quarter of the work on 8×8), and unfolding (im2col) costs a copy nine
@@ -9,11 +10,13 @@
 //! padding. Output channels must come in whole vectors (the dense 3×3 layers of the ResNets,
 //! VGGs and Conv-N after their first have 16, 32, 64 or more).
 //!
-//! Window rows that fall in the padding are skipped, not multiplied by zero: output rows
-//! are grouped by which kernel rows land inside the image ([`RowClass`]), and a tile takes
-//! pixels of one class (whole rows, from one image or the next few). On a 3×3 window with
-//! padding 1 that is a third of the taps of the first and last rows: 8% of the work on an
-//! 8×8 plane, 17% on 4×4, 33% on 2×2. Skipping a zero product leaves every sum as it was.
+//! Window taps that fall in the padding are skipped, not multiplied by zero: output
+//! positions are grouped by which taps land inside the image ([`WindowClass`]: corners,
+//! edges, the inside), and a tile takes pixels of one class (from one image or the next
+//! few). On a 3×3 window with padding 1 that is 16% of the work on an 8×8 plane, 31% on 4×4,
+//! 56% on 2×2. The taps inside form one run of columns per kernel row ([`Segment`]), so the
+//! kernel finds each tap's weights by counting, without an index per tap (which cost a fifth
+//! of the kernel's speed when tried). Skipping a zero product leaves every sum as it was.
 //!
 //! Numerics: each output is a chain of fused multiply-adds over `(ci, ky, kx)` in order (a
 //! plain-Rust version of the same arithmetic checks the AVX-512 kernel in tests). Like
@@ -43,43 +46,50 @@ pub(super) fn kernel_for(d: &ConvDims) -> Option<Kernel> {
     fits.then(Kernel::detect).flatten()
 }
 
-/// Output rows whose window has the same kernel rows inside the image, and those taps: for
-/// each input channel, the entries `(ky, kx)` with `ky` inside, one run of `k_w` per row.
-pub(super) struct RowClass {
-    /// Output rows `oy` of the class, rising.
-    rows: Vec<usize>,
-    /// The first entry of the run within a channel's `k_h·k_w`: `ky_first·k_w`.
-    first: usize,
-    /// Grid offset of each tap of the run from its channel's plane: `ky·wg + kx`, rising.
-    run: Vec<usize>,
+/// Output positions whose window has the same taps inside the image, and those taps as one
+/// segment per kernel row.
+pub(super) struct WindowClass {
+    /// Output positions `oy·o_w + ox` of the class, rising.
+    positions: Vec<usize>,
+    /// The taps inside, per input channel.
+    segs: Vec<Segment>,
 }
 
-impl RowClass {
-    /// The classes of a stride-1 convolution's output rows (three for a 3×3 kernel with
-    /// padding 1 on a plane at least 3 high: first row, last row, the rest).
-    pub(super) fn of(d: &ConvDims) -> Vec<RowClass> {
-        let mut classes: Vec<(std::ops::Range<usize>, RowClass)> = Vec::new();
-        for oy in 0..d.o_h {
-            let inside = d.pad.saturating_sub(oy)..(d.h + d.pad - oy).min(d.k_h);
-            if let Some((_, class)) = classes.iter_mut().find(|(r, _)| *r == inside) {
-                class.rows.push(oy);
-                continue;
-            }
-            let run = inside
-                .clone()
-                .flat_map(|ky| (0..d.k_w).map(move |kx| ky * d.grid_width() + kx))
+/// Taps `kx0..kx0 + len` of kernel row `ky`: grid offsets `grid + j` from the channel's plane,
+/// weight entries `entry + j` within the channel's `k_h·k_w` (`grid = ky·wg + kx0`,
+/// `entry = ky·k_w + kx0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Segment {
+    grid: usize,
+    entry: usize,
+    len: usize,
+}
+
+impl WindowClass {
+    /// The classes of a stride-1 convolution's output positions (nine for a 3×3 kernel with
+    /// padding 1 on a plane at least 3 high and wide: four corners, four edges, the rest).
+    pub(super) fn of(d: &ConvDims) -> Vec<WindowClass> {
+        let inside =
+            |o: usize, len: usize, k: usize| d.pad.saturating_sub(o)..(len + d.pad - o).min(k);
+        let mut classes: Vec<WindowClass> = Vec::new();
+        for q in 0..d.o_h * d.o_w {
+            let xs = inside(q % d.o_w, d.w, d.k_w);
+            let segs: Vec<Segment> = inside(q / d.o_w, d.h, d.k_h)
+                .map(|ky| Segment {
+                    grid: ky * d.grid_width() + xs.start,
+                    entry: ky * d.k_w + xs.start,
+                    len: xs.len(),
+                })
                 .collect();
-            let first = inside.start * d.k_w;
-            classes.push((
-                inside,
-                RowClass {
-                    rows: vec![oy],
-                    first,
-                    run,
-                },
-            ));
+            match classes.iter_mut().find(|c| c.segs == segs) {
+                Some(class) => class.positions.push(q),
+                None => classes.push(WindowClass {
+                    positions: vec![q],
+                    segs,
+                }),
+            }
         }
-        classes.into_iter().map(|(_, class)| class).collect()
+        classes
     }
 }
 
@@ -101,7 +111,7 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
     let kd = lay.offs.len();
     // `[c_out / 16, kd, 16]`: one vector load per entry and block of channels.
     let packed = pack_weight(weight, kd, LANES, d.c_out);
-    let classes = RowClass::of(d);
+    let classes = WindowClass::of(d);
     let p = d.o_h * d.o_w;
     let img_out = d.c_out * p;
     let grid_len = d.c_in * lay.plane;
@@ -111,11 +121,10 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
             // Each output pixel of the class: where its window starts on the grids, where it
             // goes in `y`.
             let (pin, pout): (Vec<usize>, Vec<usize>) = (0..imgs)
-                .flat_map(|img| class.rows.iter().map(move |&oy| (img, oy)))
-                .flat_map(|(img, oy)| (0..d.o_w).map(move |ox| (img, oy, ox)))
-                .map(|(img, oy, ox)| {
-                    let at = img * grid_len + oy * d.grid_width() + ox;
-                    (at, img * img_out + oy * d.o_w + ox)
+                .flat_map(|img| class.positions.iter().map(move |&q| (img, q)))
+                .map(|(img, q)| {
+                    let at = img * grid_len + (q / d.o_w) * d.grid_width() + q % d.o_w;
+                    (at, img * img_out + q)
                 })
                 .unzip();
             let blocks = d.c_out / LANES;
@@ -146,14 +155,14 @@ pub(super) fn forward(kernel: Kernel, x: &[f32], weight: &[f32], d: &ConvDims) -
 
 impl Kernel {
     /// For each pixel `i` of the tile and output channel `c < blocks·16`, the sum over input
-    /// channels `ci` and the class's taps `t`, in that order, of
-    /// `grid[pin[i] + ci·plane + run[t]] · w[(c / 16)·kd·16 + (ci·kk + first + t)·16 + c mod 16]`
+    /// channels `ci`, the class's segments and their taps `j`, in that order, of
+    /// `grid[pin[i] + ci·plane + seg.grid + j] · w[(c / 16)·kd·16 + (ci·kk + seg.entry + j)·16 + c mod 16]`
     /// (`kk = kd / c_in`).
     pub(super) fn narrow_tile(
         self,
         ops: Operands,
         pin: &[usize],
-        class: &RowClass,
+        class: &WindowClass,
         blocks: usize,
     ) -> [[f32; BLOCKS * LANES]; PIX] {
         let Operands {
@@ -165,18 +174,17 @@ impl Kernel {
         } = ops;
         assert!((1..=PIX).contains(&pin.len()) && (1..=BLOCKS).contains(&blocks));
         assert!(c_in > 0 && kd.is_multiple_of(c_in) && w.len() >= blocks * kd * LANES);
-        assert!(class.first + class.run.len() <= kd / c_in);
-        // `run` rises (`RowClass::of` builds it so): its last entry is its largest.
-        debug_assert!(class.run.is_sorted());
-        let reach = (c_in - 1) * plane + class.run.last().unwrap_or(&0);
+        let kk = kd / c_in;
+        assert!(class.segs.iter().all(|s| s.entry + s.len <= kk));
+        let last = class.segs.iter().map(|s| s.grid + s.len).max().unwrap_or(1);
+        let reach = (c_in - 1) * plane + last.max(1) - 1;
         assert!(reach + pin.iter().max().unwrap_or(&0) < grids.len());
         let t = Taps {
             plane,
             c_in,
-            kk: kd / c_in,
+            kk,
             kd,
-            first: class.first,
-            run: &class.run,
+            segs: &class.segs,
         };
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -197,8 +205,7 @@ struct Taps<'a> {
     /// Entries per input channel, `k_h·k_w`.
     kk: usize,
     kd: usize,
-    first: usize,
-    run: &'a [usize],
+    segs: &'a [Segment],
 }
 
 #[cfg(test)]
@@ -211,14 +218,16 @@ fn portable_tile(
 ) -> [[f32; BLOCKS * LANES]; PIX] {
     let mut acc = [[0f32; BLOCKS * LANES]; PIX];
     for ci in 0..t.c_in {
-        for (j, &r) in t.run.iter().enumerate() {
-            let k = ci * t.kk + t.first + j;
-            for (acc, &at) in acc.iter_mut().zip(pin) {
-                let xv = grids[at + ci * t.plane + r];
-                for b in 0..blocks {
-                    let wv = &w[(b * t.kd + k) * LANES..][..LANES];
-                    for (a, &wv) in acc[b * LANES..][..LANES].iter_mut().zip(wv) {
-                        *a = xv.mul_add(wv, *a);
+        for seg in t.segs {
+            for j in 0..seg.len {
+                let k = ci * t.kk + seg.entry + j;
+                for (acc, &at) in acc.iter_mut().zip(pin) {
+                    let xv = grids[at + ci * t.plane + seg.grid + j];
+                    for b in 0..blocks {
+                        let wv = &w[(b * t.kd + k) * LANES..][..LANES];
+                        for (a, &wv) in acc[b * LANES..][..LANES].iter_mut().zip(wv) {
+                            *a = xv.mul_add(wv, *a);
+                        }
                     }
                 }
             }
@@ -243,33 +252,34 @@ mod avx512 {
         w: &[f32],
         blocks: usize,
     ) -> [[f32; BLOCKS * LANES]; PIX] {
-        match (pin.len(), blocks) {
-            (PIX, 3) => tile::<PIX, 3>(grids, pin, t, w),
-            (PIX, 2) => tile::<PIX, 2>(grids, pin, t, w),
-            (PIX, 1) => tile::<PIX, 1>(grids, pin, t, w),
-            (4, 3) => tile::<4, 3>(grids, pin, t, w),
-            (4, 2) => tile::<4, 2>(grids, pin, t, w),
-            (4, 1) => tile::<4, 1>(grids, pin, t, w),
-            (n, 3) => tile_any::<3>(n, grids, pin, t, w),
-            (n, 2) => tile_any::<2>(n, grids, pin, t, w),
-            (n, _) => tile_any::<1>(n, grids, pin, t, w),
+        // Every tile size has its own loop: with the taps cut at the edges, the classes of
+        // corners and edges leave tiles of any size (7×7 planes, six images a wave: corner
+        // tiles of 6, edge tiles of 8, 8, 8, 6).
+        match pin.len() {
+            PIX => by_blocks::<PIX>(grids, pin, t, w, blocks),
+            7 => by_blocks::<7>(grids, pin, t, w, blocks),
+            6 => by_blocks::<6>(grids, pin, t, w, blocks),
+            5 => by_blocks::<5>(grids, pin, t, w, blocks),
+            4 => by_blocks::<4>(grids, pin, t, w, blocks),
+            3 => by_blocks::<3>(grids, pin, t, w, blocks),
+            2 => by_blocks::<2>(grids, pin, t, w, blocks),
+            _ => by_blocks::<1>(grids, pin, t, w, blocks),
         }
     }
 
-    /// Fewer pixels than a whole tile, one at a time.
     #[target_feature(enable = "avx512f")]
-    fn tile_any<const B: usize>(
-        n: usize,
+    fn by_blocks<const P: usize>(
         grids: &[f32],
         pin: &[usize],
         t: &Taps,
         w: &[f32],
+        blocks: usize,
     ) -> [[f32; BLOCKS * LANES]; PIX] {
-        let mut out = [[0f32; BLOCKS * LANES]; PIX];
-        for i in 0..n {
-            out[i] = tile::<1, B>(grids, &pin[i..i + 1], t, w)[0];
+        match blocks {
+            3 => tile::<P, 3>(grids, pin, t, w),
+            2 => tile::<P, 2>(grids, pin, t, w),
+            _ => tile::<P, 1>(grids, pin, t, w),
         }
-        out
     }
 
     #[target_feature(enable = "avx512f")]
@@ -280,23 +290,26 @@ mod avx512 {
         t: &Taps,
         w: &[f32],
     ) -> [[f32; BLOCKS * LANES]; PIX] {
-        // SAFETY (all blocks below): `pin[i] + ci·plane + run[j] < grids.len()` and
-        // `(b·kd + ci·kk + first + j + 1)·LANES ≤ w.len()`, checked by the caller.
+        // SAFETY (all blocks below): `pin[i] + ci·plane + seg.grid + j < grids.len()` and
+        // `(b·kd + ci·kk + seg.entry + j + 1)·LANES ≤ w.len()`, checked by the caller.
         let base: [*const f32; P] = std::array::from_fn(|i| unsafe { grids.as_ptr().add(pin[i]) });
         let stride = t.kd * LANES;
         let mut acc = [[_mm512_setzero_ps(); B]; P];
         for ci in 0..t.c_in {
             let g = ci * t.plane;
-            let wc = unsafe { w.as_ptr().add((ci * t.kk + t.first) * LANES) };
-            for (j, &r) in t.run.iter().enumerate() {
-                unsafe {
-                    let wk = wc.add(j * LANES);
-                    let wv: [__m512; B] =
-                        std::array::from_fn(|b| _mm512_loadu_ps(wk.add(b * stride)));
-                    for (acc, base) in acc.iter_mut().zip(&base) {
-                        let xv = _mm512_set1_ps(*base.add(g + r));
-                        for (a, &wv) in acc.iter_mut().zip(&wv) {
-                            *a = _mm512_fmadd_ps(xv, wv, *a);
+            let wc = unsafe { w.as_ptr().add(ci * t.kk * LANES) };
+            for seg in t.segs {
+                for j in 0..seg.len {
+                    unsafe {
+                        let wk = wc.add((seg.entry + j) * LANES);
+                        let wv: [__m512; B] =
+                            std::array::from_fn(|b| _mm512_loadu_ps(wk.add(b * stride)));
+                        let r = g + seg.grid + j;
+                        for (acc, base) in acc.iter_mut().zip(&base) {
+                            let xv = _mm512_set1_ps(*base.add(r));
+                            for (a, &wv) in acc.iter_mut().zip(&wv) {
+                                *a = _mm512_fmadd_ps(xv, wv, *a);
+                            }
                         }
                     }
                 }
@@ -323,11 +336,22 @@ mod tests {
         if Kernel::detect() != Some(Kernel::Avx512) {
             return;
         }
-        // 5 channels of 9 entries, a run of 6 from entry 3 (a first row's taps), planes of 30.
-        let class = RowClass {
-            rows: Vec::new(),
-            first: 3,
-            run: vec![6, 7, 8, 12, 13, 14],
+        // 5 channels of 9 entries; a corner's taps (kernel rows 1 and 2, columns 1 and 2,
+        // grid rows 6 wide), planes of 30.
+        let class = WindowClass {
+            positions: Vec::new(),
+            segs: vec![
+                Segment {
+                    grid: 7,
+                    entry: 4,
+                    len: 2,
+                },
+                Segment {
+                    grid: 13,
+                    entry: 7,
+                    len: 2,
+                },
+            ],
         };
         let (c_in, kd, plane) = (5, 45, 30);
         let grids = randoms(c_in * plane + 260, 9);
@@ -340,7 +364,7 @@ mod tests {
             kd,
         };
         let pin = [0, 90, 7, 250, 33, 1, 120, 64];
-        for n in [PIX, 4, 3, 1] {
+        for n in 1..=PIX {
             for blocks in 1..=BLOCKS {
                 let a = Kernel::Avx512.narrow_tile(ops, &pin[..n], &class, blocks);
                 let b = Kernel::Portable.narrow_tile(ops, &pin[..n], &class, blocks);
@@ -355,31 +379,61 @@ mod tests {
         }
     }
 
-    /// A 3×3 window with padding 1 on a 4-row plane: the first row keeps kernel rows 1 and
-    /// 2, the last rows 0 and 1, the middle two all three.
+    /// A 3×3 window with padding 1 on a plane 4 high and 5 wide: nine classes (corners,
+    /// edges, the inside), each with the kernel rows and columns inside the image. On a 2×2
+    /// plane each position is a corner with four taps; on 1×1 only the centre tap is inside.
     #[test]
-    fn row_classes_keep_the_kernel_rows_inside_the_image() {
+    fn window_classes_keep_the_taps_inside_the_image() {
         let geometry = crate::nn::ops::Conv2dGeometry {
             stride: 1,
             padding: 1,
             groups: 1,
         };
+        let seg = |grid, entry, len| Segment { grid, entry, len };
         let d = ConvDims::new([1, 2, 4, 5], [16, 2, 3, 3], geometry);
         let wg = d.grid_width();
-        let classes = RowClass::of(&d);
-        let rows: Vec<&[usize]> = classes.iter().map(|c| &c.rows[..]).collect();
-        assert_eq!(rows, [&[0][..], &[1, 2], &[3]]);
-        let taps = |ky: std::ops::Range<usize>| -> Vec<usize> {
-            ky.flat_map(|ky| (0..3).map(move |kx| ky * wg + kx))
-                .collect()
-        };
-        assert_eq!((classes[0].first, &classes[0].run), (3, &taps(1..3)));
-        assert_eq!((classes[1].first, &classes[1].run), (0, &taps(0..3)));
-        assert_eq!((classes[2].first, &classes[2].run), (0, &taps(0..2)));
-        // One row: only the middle kernel row lands inside.
+        let classes = WindowClass::of(&d);
+        let positions: Vec<Vec<usize>> = classes.iter().map(|c| c.positions.clone()).collect();
+        let expected: [&[usize]; 9] = [
+            &[0],
+            &[1, 2, 3],
+            &[4],
+            &[5, 10],
+            &[6, 7, 8, 11, 12, 13],
+            &[9, 14],
+            &[15],
+            &[16, 17, 18],
+            &[19],
+        ];
+        assert_eq!(positions, expected);
+        // Top-left corner: rows 1–2, columns 1–2; the inside: everything; bottom-right:
+        // rows 0–1, columns 0–1.
+        assert_eq!(classes[0].segs, [seg(wg + 1, 4, 2), seg(2 * wg + 1, 7, 2)]);
+        assert_eq!(
+            classes[4].segs,
+            [seg(0, 0, 3), seg(wg, 3, 3), seg(2 * wg, 6, 3)]
+        );
+        assert_eq!(classes[8].segs, [seg(0, 0, 2), seg(wg, 3, 2)]);
+
+        let d = ConvDims::new([1, 1, 2, 2], [16, 1, 3, 3], geometry);
+        let wg = d.grid_width();
+        let classes = WindowClass::of(&d);
+        let segs: Vec<(Vec<usize>, Vec<Segment>)> =
+            classes.into_iter().map(|c| (c.positions, c.segs)).collect();
+        assert_eq!(
+            segs,
+            [
+                (vec![0], vec![seg(wg + 1, 4, 2), seg(2 * wg + 1, 7, 2)]),
+                (vec![1], vec![seg(wg, 3, 2), seg(2 * wg, 6, 2)]),
+                (vec![2], vec![seg(1, 1, 2), seg(wg + 1, 4, 2)]),
+                (vec![3], vec![seg(0, 0, 2), seg(wg, 3, 2)]),
+            ]
+        );
+
         let d = ConvDims::new([1, 1, 1, 1], [16, 1, 3, 3], geometry);
-        let classes = RowClass::of(&d);
+        let wg = d.grid_width();
+        let classes = WindowClass::of(&d);
         assert_eq!(classes.len(), 1);
-        assert_eq!((classes[0].first, &classes[0].run[..]), (3, &[3, 4, 5][..]));
+        assert_eq!(classes[0].segs, [seg(wg + 1, 4, 1)]);
     }
 }
