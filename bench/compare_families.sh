@@ -9,6 +9,10 @@
 #                                         (lenet_28:60:200); the default is issue 9's list,
 #                                         below, LeNet at 200 steps: its step takes about a
 #                                         millisecond, and over 5 the ratio swung 0.7 to 1.2
+#   ROUNDS=3                              pipe and PyTorch alternate this many times per case;
+#                                         the table gives each side's median and their ratio,
+#                                         then every round's ms (this machine's neighbours
+#                                         moved single timings by up to 2x within minutes)
 #   EPOCH_STEPS=79                        also times ResNet-20 for this many steps of 128
 #                                         (79 × 128 = 10,112 images: one epoch of 10k); 0: skip
 #   PIPE_NN_OPS=reference                 pipe on burn's generic conv, batch-norm and pooling
@@ -19,6 +23,7 @@ cd "$(dirname "$0")/.."
 steps="${1:-5}"
 cases="${CASES:-resnet20_32:128 conv4_32:60 vgg11_32:128 mobilenet_v2_tiny_32:128 lenet_28:60:200}"
 epoch_steps="${EPOCH_STEPS:-79}"
+rounds="${ROUNDS:-3}"
 threads="$(nproc)"
 python3 -c 'import torch' 2>/dev/null || { echo "install PyTorch: pip install torch" >&2; exit 1; }
 out="$(mktemp -d)"
@@ -26,21 +31,27 @@ trap 'rm -rf "$out"' EXIT
 cargo build --release --locked -q --example family_step
 bin="${CARGO_TARGET_DIR:-target}/release/examples/family_step"
 
-# compare NAME BATCH STEPS LABEL: one line of the table.
+# compare NAME BATCH STEPS LABEL: one line of the table, from ROUNDS alternating runs.
 compare() {
-    local name="$1" batch="$2" n="$3" label="$4" pipe_line torch_line
-    pipe_line="$(ONLY="$name" "$bin" "$out" "$batch" "$n" | awk '$1 == "BENCH"')"
-    torch_line="$(python3 bench/torch_family_step.py "$out" "$threads" "$batch" "$n" "$name" | awk '$1 == "BENCH"')"
-    python3 - "$label" "$batch" "$n" "$pipe_line" "$torch_line" <<'PY'
-import sys
-label, batch, n, pipe, torch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(), sys.argv[5].split()
-a, b = float(pipe[2]), float(torch[2])
+    local name="$1" batch="$2" n="$3" label="$4" pipe_line torch_line pipe_ms="" torch_ms=""
+    for _ in $(seq "$rounds"); do
+        pipe_line="$(ONLY="$name" "$bin" "$out" "$batch" "$n" | awk '$1 == "BENCH"')"
+        torch_line="$(python3 bench/torch_family_step.py "$out" "$threads" "$batch" "$n" "$name" | awk '$1 == "BENCH"')"
+        pipe_ms="$pipe_ms $(awk '{print $3}' <<<"$pipe_line")"
+        torch_ms="$torch_ms $(awk '{print $3}' <<<"$torch_line")"
+    done
+    python3 - "$label" "$batch" "$pipe_line" "$pipe_ms" "$torch_ms" <<'PY'
+import statistics, sys
+label, batch, pipe = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
+a_all, b_all = [float(v) for v in sys.argv[4].split()], [float(v) for v in sys.argv[5].split()]
+a, b = statistics.median(a_all), statistics.median(b_all)
 params, flops = int(pipe[3]), int(pipe[4])
-print(f"{label:<24} {batch:>5} {params:>10,} {flops:>13,} {a:10.1f} {b:10.1f} {a / b:7.2f}")
+rounds = " ".join(f"{x:.1f}/{y:.1f}" for x, y in zip(a_all, b_all))
+print(f"{label:<24} {batch:>5} {params:>10,} {flops:>13,} {a:10.1f} {b:10.1f} {a / b:7.2f}   {rounds}")
 PY
 }
 
-printf '%-24s %5s %10s %13s %10s %10s %7s\n' model batch params fwd_flops pipe_ms torch_ms ratio
+printf '%-24s %5s %10s %13s %10s %10s %7s   %s\n' model batch params fwd_flops pipe_ms torch_ms ratio "rounds (pipe/torch ms)"
 for case in $cases; do
     IFS=: read -r name batch n <<<"$case"
     compare "$name" "$batch" "${n:-$steps}" "$name"
@@ -49,4 +60,4 @@ if [ "$epoch_steps" -gt 0 ]; then
     compare resnet20_32 128 "$epoch_steps" "resnet20_32 epoch/step"
     echo "(epoch: $epoch_steps steps of 128 = $((epoch_steps * 128)) images; ms are per step, × $epoch_steps for the epoch)"
 fi
-echo "$steps timed steps (unless the case names its own) after 2 warm-up, $threads threads on both sides (torch.set_num_threads($threads))"
+echo "$steps timed steps (unless the case names its own) after 2 warm-up, $threads threads on both sides (torch.set_num_threads($threads)); ms: median of $rounds alternating rounds"
