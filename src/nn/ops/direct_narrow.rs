@@ -69,8 +69,10 @@ impl WindowClass {
     /// The classes of a stride-1 convolution's output positions (nine for a 3×3 kernel with
     /// padding 1 on a plane at least 3 high and wide: four corners, four edges, the rest).
     pub(super) fn of(d: &ConvDims) -> Vec<WindowClass> {
-        let inside =
-            |o: usize, len: usize, k: usize| d.pad.saturating_sub(o)..(len + d.pad - o).min(k);
+        // Taps `k` along one axis inside an input `len` long for output position `o`.
+        let inside = |o: usize, len: usize, k: usize| {
+            d.pad.saturating_sub(o)..(len + d.pad).saturating_sub(o).min(k)
+        };
         let mut classes: Vec<WindowClass> = Vec::new();
         for q in 0..d.o_h * d.o_w {
             let xs = inside(q % d.o_w, d.w, d.k_w);
