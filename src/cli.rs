@@ -537,6 +537,7 @@ fn cmd_run(
         keep_going: g.keep_going,
         device: device.to_string(),
         detach: ex.detach,
+        threads,
     };
     let scheduling = Scheduling {
         store: &store,
@@ -826,10 +827,12 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
         let slurm_cpus = std::env::var("SLURM_CPUS_PER_TASK").ok()?;
         slurm_cpus.parse().ok()
     });
-    match threads {
-        Some(t) => host::set_cpu_threads(t),
-        None if std::env::var_os("SLURM_JOB_ID").is_some() => host::set_cpu_threads(1),
-        None => {}
+    let threads = match threads {
+        None if std::env::var_os("SLURM_JOB_ID").is_some() => Some(1),
+        t => t,
+    };
+    if let Some(t) = threads {
+        host::set_cpu_threads(t);
     }
     on_interrupt("interrupted: stopping the stage; its unfinished folder is removed");
     eprintln!(
@@ -846,6 +849,7 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
         runtime: &runtime,
         sink: &sink,
         cancel: &CANCEL,
+        cpu_threads: threads,
     };
     let end = worker.run(&job);
     match &end {

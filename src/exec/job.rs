@@ -183,6 +183,8 @@ pub struct Worker<'a> {
     pub runtime: &'a Runtime,
     pub sink: &'a dyn EventSink,
     pub cancel: &'a AtomicBool,
+    /// Threads of the pool each job runs in ([`super::on_own_pool`]); `None`: rayon's default.
+    pub cpu_threads: Option<usize>,
 }
 
 impl Worker<'_> {
@@ -190,7 +192,7 @@ impl Worker<'_> {
     /// complete; otherwise computes and publishes it. Reports `Start`, `Waiting` and `Corrupt`
     /// to the sink; the end is the caller's to report.
     pub fn run(&self, job: &JobSpec) -> Finished {
-        match self.try_run(job) {
+        match super::on_own_pool(self.cpu_threads, || self.try_run(job)) {
             Ok(f) => f,
             Err(JobError { message, io }) => Finished::Failed {
                 error: message,
@@ -207,6 +209,7 @@ impl Worker<'_> {
             runtime,
             sink,
             cancel,
+            cpu_threads: _,
         } = *self;
         let name = job.stage.as_str();
         let key = job.key.as_str();

@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub device: String,
     /// Return once every job is handed over (executors whose jobs outlive this process).
     pub detach: bool,
+    /// Threads of each local job's pool; `None`: rayon's default (`RAYON_NUM_THREADS` or the
+    /// cores).
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -145,6 +148,7 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
         runtime: env.runtime,
         sink: env.sink,
         cancel: env.cancel,
+        cpu_threads: env.opts.threads,
     };
     let scheduling = Scheduling {
         store: env.store,

@@ -63,7 +63,8 @@ pub fn time_train_steps(device: &DeviceSpec, job: ModelTiming) -> Result<f64, Nn
         ));
     }
     job.spec.validate().map_err(NnError::Invalid)?;
-    dispatch(device, job)
+    // As a pipeline's stages run: inside a thread pool of their own.
+    crate::exec::on_own_pool(None, || dispatch(device, job))
 }
 
 /// `n` MNIST-shaped samples (`[1, 28, 28]` standard normals, a random label of 10), seeded:

@@ -71,6 +71,7 @@ pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool)
         keep_going,
         device: DeviceSpec::Cpu.to_string(),
         detach: false,
+        threads: None,
     };
     let (sink, runtime) = (PlainSink::new(true), Runtime::new(DeviceSpec::Cpu));
     let env = exec::Engine {
