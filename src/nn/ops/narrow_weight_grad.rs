@@ -64,7 +64,7 @@ pub(super) fn weight_grad(
         .into_par_iter()
         .map(|part| {
             let (first, end) = (part * d.n / parts, (part + 1) * d.n / parts);
-            // `[kd, c_out]`: a tile's sums for one entry add to its row as whole vectors.
+            // `[kd, c_out]`: a tile continues the sums of an entry along its row, in vectors.
             let mut acc_t = raw::zeros(kd * d.c_out);
             let mut start = first;
             while start < end {
