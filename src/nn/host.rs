@@ -51,7 +51,8 @@ pub fn cpu_threads(jobs: usize, cores: usize) -> usize {
     (cores / jobs.max(1)).max(1)
 }
 
-/// Sizes rayon's global pool, which the CPU backend's arithmetic runs on, to `threads`.
+/// Sizes rayon's global pool to `threads`: what runs outside a job (a pipeline's jobs
+/// compute in pools of their own of the same size, `exec::on_own_pool`).
 /// Rayon allows this once per process, before the pool is first used; a later call (a test
 /// harness running several commands in one process) leaves the pool as it is.
 pub fn set_cpu_threads(threads: usize) {
