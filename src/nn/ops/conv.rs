@@ -663,34 +663,20 @@ pub(crate) fn weight_grad_split(x: &[f32], dy: &[f32], d: &ConvDims, budget: usi
     let threaded = thread_inside(parts);
     let nb = d.wave();
     let (img_in, img_out) = (d.c_in * hw, d.c_out * p);
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let (first, end) = (part * d.n / parts, (part + 1) * d.n / parts);
-            // Per group `[kd, cog]`: the transpose of the gradient, see `weight_grad_wave`.
-            let mut acc_t = raw::zeros(wsize);
-            let mut start = first;
-            while start < end {
-                let imgs = nb.min(end - start);
-                let x = &x[start * img_in..][..imgs * img_in];
-                let dy = &dy[start * img_out..][..imgs * img_out];
-                with_scratch(|s| weight_grad_wave(x, dy, d, imgs, &mut acc_t, threaded, s));
-                start += imgs;
-            }
-            acc_t
-        })
-        .collect();
-    let total_t = sum_in_order(partials);
-    let mut dw = vec![0f32; wsize];
-    // Back from `[kd, cog]` per group, one output channel per task.
-    dw.par_chunks_mut(kd).enumerate().for_each(|(row, dst)| {
-        let (g, co) = (row / cog, row % cog);
-        let src = &total_t[g * cog * kd..][..cog * kd];
-        for (r, v) in dst.iter_mut().enumerate() {
-            *v = src[r * cog + co];
+    let total_t = sum_over_slices(d.n, parts, |slice| {
+        // Per group `[kd, cog]`: the transpose of the gradient, see `weight_grad_wave`.
+        let mut acc_t = raw::zeros(wsize);
+        let mut start = slice.start;
+        while start < slice.end {
+            let imgs = nb.min(slice.end - start);
+            let x = &x[start * img_in..][..imgs * img_in];
+            let dy = &dy[start * img_out..][..imgs * img_out];
+            with_scratch(|s| weight_grad_wave(x, dy, d, imgs, &mut acc_t, threaded, s));
+            start += imgs;
         }
+        acc_t
     });
-    dw
+    untranspose(&total_t, d.groups, cog, kd)
 }
 
 /// Adds the weight gradient of `imgs` consecutive images to `acc_t`, which holds per group
@@ -735,8 +721,45 @@ fn weight_grad_wave(
     }
 }
 
+/// The sum over the batch (`n` images) cut into `parts` slices fixed by the shapes: each
+/// slice's `part(images)` computed in parallel, the results added in slice order, so the bits
+/// do not depend on the thread count. All three weight gradients sum this way.
+pub(super) fn sum_over_slices(
+    n: usize,
+    parts: usize,
+    part: impl Fn(Range<usize>) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let partials = (0..parts)
+        .into_par_iter()
+        .map(|i| part(i * n / parts..(i + 1) * n / parts))
+        .collect();
+    sum_in_order(partials)
+}
+
+/// `[c_out, kd]` back from its transpose, per group `[kd, cog]` (as the weight gradients
+/// accumulate it), sixteen output channels per task so that each row of the transpose is
+/// read a cache line at a time.
+pub(super) fn untranspose(total_t: &[f32], groups: usize, cog: usize, kd: usize) -> Vec<f32> {
+    let mut dw = raw::zeros(groups * cog * kd);
+    dw.par_chunks_mut(cog * kd)
+        .zip(total_t.par_chunks(cog * kd))
+        .for_each(|(dst, src)| {
+            dst.par_chunks_mut(16 * kd)
+                .enumerate()
+                .for_each(|(cb, dst)| {
+                    let (c0, cn) = (cb * 16, dst.len() / kd);
+                    for (k, row) in src.chunks_exact(cog).enumerate() {
+                        for (c, &v) in row[c0..c0 + cn].iter().enumerate() {
+                            dst[c * kd + k] = v;
+                        }
+                    }
+                });
+        });
+    dw
+}
+
 /// Element-wise sum of equally long buffers, always in the order given.
-pub(super) fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
     let mut total = parts.remove(0);
     if parts.is_empty() {
         return total;

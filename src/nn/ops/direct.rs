@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{ConvDims, onto_grid_rows, pad_plane, sized, sum_in_order, with_scratch};
+use super::conv::{ConvDims, onto_grid_rows, pad_plane, sized, sum_over_slices, with_scratch};
 use super::raw;
 
 /// Floats per vector (one AVX-512 register); the portable kernel uses the same lanes.
@@ -306,47 +306,40 @@ pub(super) fn weight_grad(
     };
     let chunk = (CHUNK_FLOATS / (d.c_in * lay.plane + dy_copy)).clamp(1, d.n);
     let (img_in, img_out) = (d.c_in * d.h * d.w, d.c_out * d.o_h * d.o_w);
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let (first, end) = (part * d.n / parts, (part + 1) * d.n / parts);
-            let mut acc = vec![0f32; d.c_out * kd];
-            let mut start = first;
-            while start < end {
-                let imgs = chunk.min(end - start);
-                with_scratch(|s| {
-                    let grid_len = d.c_in * lay.plane;
-                    let grids = sized(&mut s.col, imgs * grid_len);
-                    for (i, grid) in grids.chunks_exact_mut(grid_len).enumerate() {
-                        lay.fill_grid(&x[(start + i) * img_in..][..img_in], d, grid);
+    sum_over_slices(d.n, parts, |slice| {
+        let mut acc = vec![0f32; d.c_out * kd];
+        let mut start = slice.start;
+        while start < slice.end {
+            let imgs = chunk.min(slice.end - start);
+            with_scratch(|s| {
+                let grid_len = d.c_in * lay.plane;
+                let grids = sized(&mut s.col, imgs * grid_len);
+                for (i, grid) in grids.chunks_exact_mut(grid_len).enumerate() {
+                    lay.fill_grid(&x[(start + i) * img_in..][..img_in], d, grid);
+                }
+                let dy = &dy[start * img_out..][..imgs * img_out];
+                let (dys, dy_len) = if lay.in_place {
+                    (dy, img_out)
+                } else {
+                    let rows = sized(&mut s.mat, imgs * dy_copy);
+                    for (dy, rows) in dy.chunks_exact(img_out).zip(rows.chunks_exact_mut(dy_copy)) {
+                        grid_rows(dy, d, &lay, rows);
                     }
-                    let dy = &dy[start * img_out..][..imgs * img_out];
-                    let (dys, dy_len) = if lay.in_place {
-                        (dy, img_out)
-                    } else {
-                        let rows = sized(&mut s.mat, imgs * dy_copy);
-                        for (dy, rows) in
-                            dy.chunks_exact(img_out).zip(rows.chunks_exact_mut(dy_copy))
-                        {
-                            grid_rows(dy, d, &lay, rows);
-                        }
-                        (&*rows, dy_copy)
-                    };
-                    let chunk = Chunk {
-                        grids,
-                        grid_len,
-                        dys,
-                        dy_len,
-                        imgs,
-                    };
-                    weight_grad_chunk(kernel, &chunk, d.c_out, &lay, &mut acc);
-                });
-                start += imgs;
-            }
-            acc
-        })
-        .collect();
-    sum_in_order(partials)
+                    (&*rows, dy_copy)
+                };
+                let chunk = Chunk {
+                    grids,
+                    grid_len,
+                    dys,
+                    dy_len,
+                    imgs,
+                };
+                weight_grad_chunk(kernel, &chunk, d.c_out, &lay, &mut acc);
+            });
+            start += imgs;
+        }
+        acc
+    })
 }
 
 /// One image's `dy` (`[c_out, o_h, o_w]`) on grid-wide rows (`lay.out_plane` per channel),

@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::conv::{ConvDims, sized, sum_in_order, with_scratch};
+use super::conv::{ConvDims, sized, sum_over_slices, untranspose, with_scratch};
 use super::direct::{Kernel, Layout};
 use super::raw;
 
@@ -60,63 +60,46 @@ pub(super) fn weight_grad(
     let (img_in, img_out) = (d.c_in * d.h * d.w, d.c_out * p);
     let grid_len = d.c_in * lay.plane;
     let nb = WAVE_PIXELS.div_ceil(p.max(1)).clamp(1, d.n.max(1));
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let (first, end) = (part * d.n / parts, (part + 1) * d.n / parts);
-            // `[kd, c_out]`: a tile continues the sums of an entry along its row, in vectors.
-            let mut acc_t = raw::zeros(kd * d.c_out);
-            let mut start = first;
-            while start < end {
-                let imgs = nb.min(end - start);
-                with_scratch(|s| {
-                    // One slice may be the whole batch: its copies take every thread.
-                    let grids = sized(&mut s.col, imgs * grid_len);
-                    let x = &x[start * img_in..][..imgs * img_in];
-                    grids
-                        .par_chunks_exact_mut(grid_len)
-                        .zip(x.par_chunks_exact(img_in))
-                        .for_each(|(grid, x)| lay.fill_grid(x, d, grid));
-                    // `dy` of the wave as `[imgs·p, c_out]`: channels of a pixel adjacent.
-                    let dy_t = sized(&mut s.mat, imgs * img_out);
-                    let dy = &dy[start * img_out..][..imgs * img_out];
-                    dy_t.par_chunks_exact_mut(img_out)
-                        .zip(dy.par_chunks_exact(img_out))
-                        .for_each(|(dy_t, dy)| {
-                            for (co, plane) in dy.chunks_exact(p).enumerate() {
-                                for (q, &v) in plane.iter().enumerate() {
-                                    dy_t[q * d.c_out + co] = v;
-                                }
+    let total_t = sum_over_slices(d.n, parts, |slice| {
+        // `[kd, c_out]`: a tile continues the sums of an entry along its row, in vectors.
+        let mut acc_t = raw::zeros(kd * d.c_out);
+        let mut start = slice.start;
+        while start < slice.end {
+            let imgs = nb.min(slice.end - start);
+            with_scratch(|s| {
+                // One slice may be the whole batch: its copies take every thread.
+                let grids = sized(&mut s.col, imgs * grid_len);
+                let x = &x[start * img_in..][..imgs * img_in];
+                grids
+                    .par_chunks_exact_mut(grid_len)
+                    .zip(x.par_chunks_exact(img_in))
+                    .for_each(|(grid, x)| lay.fill_grid(x, d, grid));
+                // `dy` of the wave as `[imgs·p, c_out]`: channels of a pixel adjacent.
+                let dy_t = sized(&mut s.mat, imgs * img_out);
+                let dy = &dy[start * img_out..][..imgs * img_out];
+                dy_t.par_chunks_exact_mut(img_out)
+                    .zip(dy.par_chunks_exact(img_out))
+                    .for_each(|(dy_t, dy)| {
+                        for (co, plane) in dy.chunks_exact(p).enumerate() {
+                            for (q, &v) in plane.iter().enumerate() {
+                                dy_t[q * d.c_out + co] = v;
                             }
-                        });
-                    let wave = Wave {
-                        grids,
-                        grid_len,
-                        plane: lay.plane,
-                        dy_t,
-                        imgs,
-                    };
-                    wave_into(kernel, &wave, d, &mut acc_t);
-                });
-                start += imgs;
-            }
-            acc_t
-        })
-        .collect();
-    let total_t = sum_in_order(partials);
-    // Back to `[c_out, kd]`, sixteen output channels per task: each row of `total_t` is
-    // read a cache line at a time.
-    let mut dw = raw::zeros(d.c_out * kd);
-    dw.par_chunks_mut(LANES * kd)
-        .enumerate()
-        .for_each(|(cb, dst)| {
-            for (k, src) in total_t.chunks_exact(d.c_out).enumerate() {
-                for (c, &v) in src[cb * LANES..][..LANES].iter().enumerate() {
-                    dst[c * kd + k] = v;
-                }
-            }
-        });
-    dw
+                        }
+                    });
+                let wave = Wave {
+                    grids,
+                    grid_len,
+                    plane: lay.plane,
+                    dy_t,
+                    imgs,
+                };
+                wave_into(kernel, &wave, d, &mut acc_t);
+            });
+            start += imgs;
+        }
+        acc_t
+    });
+    untranspose(&total_t, 1, d.c_out, kd)
 }
 
 /// One wave's images: padded input planes and `dy` with channels innermost.
