@@ -7,8 +7,8 @@
 //! jobs of a local run (`-j 2` by default on two cores, one pool thread each) queued for the
 //! same workers. Running the job inside a pool of its own makes its operations fork and join
 //! among that pool's threads, the job's own among them: LeNet-300-100 training steps (batch
-//! 60, two threads) took 0.89–0.94 ms this way against 1.20–1.23 (bench/RESULTS.md). Results do not depend on the
-//! number of threads, so nothing a job computes changes.
+//! 60, two threads) took 0.89–0.94 ms this way against 1.20–1.23 (bench/RESULTS.md).
+//! Results do not depend on the number of threads, so nothing a job computes changes.
 
 /// Runs `f` on a new pool of `threads` threads (`None`: rayon's default, `RAYON_NUM_THREADS`
 /// or one per core), `f` itself on one of them. If the pool cannot be made (the system
