@@ -71,7 +71,7 @@ fn epoch(c: &mut Criterion) {
                 &data,
                 &cfg,
                 &DeviceSpec::Cpu,
-                &mut |_| ControlFlow::Continue(()),
+                &mut |_: &pipe::nn::Progress| ControlFlow::Continue(()),
             )
             .unwrap();
             black_box(out.weights)

@@ -83,6 +83,11 @@ pub struct Global {
     /// cores divided by --jobs, at least 1]. Results do not depend on it.
     #[arg(long, global = true, env = "PIPE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// How often long stages (train, netaug_train) save a progress checkpoint, which the next
+    /// attempt at the same key resumes from bit for bit; they also save one when stopped
+    /// (Ctrl-C, SIGTERM). `30s`, `5m`, `1h`; `0`: never. Not part of keys.
+    #[arg(long, global = true, env = "PIPE_CHECKPOINT_EVERY", default_value = "5m", value_name = "DURATION", value_parser = checkpoint_interval)]
+    pub checkpoint_every: CheckpointEvery,
     /// Override a value as if written in the file: `-S stages.dense.lr=0.1`,
     /// `-S defaults.train.iterations=50000`, `-S levels.imp.count=12`. Part of the keys.
     #[arg(short = 'S', long = "set", global = true, value_name = "PATH=VALUE")]
@@ -99,6 +104,25 @@ pub struct Global {
     /// Only errors and the final tables.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+/// `--checkpoint-every`: `None` is never.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckpointEvery(pub Option<std::time::Duration>);
+
+fn checkpoint_interval(text: &str) -> Result<CheckpointEvery, String> {
+    let d = clock::parse_duration(text)?;
+    Ok(CheckpointEvery((!d.is_zero()).then_some(d)))
+}
+
+impl CheckpointEvery {
+    /// The flag as a worker's command line repeats it.
+    fn to_arg(self) -> String {
+        match self.0 {
+            None => "--checkpoint-every=0".into(),
+            Some(d) => format!("--checkpoint-every={}ms", d.as_millis().max(1)),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -404,10 +428,10 @@ pub fn plan_table(plan: &exec::Plan) -> Table {
     let mut t = Table::new(["", "Stage", "Kind", "Key", "Why"]);
     for s in &plan.stages {
         t.push(vec![
-            if s.cached() {
-                "hit".into()
-            } else {
-                "run".into()
+            match s.resumes_at {
+                _ if s.cached() => "hit".into(),
+                Some((done, total)) => format!("run (resumes at {done}/{total})"),
+                None => "run".into(),
             },
             s.instance.name.clone(),
             s.instance.kind.clone(),
@@ -538,6 +562,7 @@ fn cmd_run(
         device: device.to_string(),
         detach: ex.detach,
         threads,
+        checkpoint_every: g.checkpoint_every.0,
     };
     let scheduling = Scheduling {
         store: &store,
@@ -560,6 +585,7 @@ fn cmd_run(
             if let Some(t) = worker_threads {
                 args.push(format!("--threads={t}"));
             }
+            args.push(g.checkpoint_every.to_arg());
             if g.verbose > 0 {
                 args.push(format!("-{}", "v".repeat(usize::from(g.verbose))));
             }
@@ -714,14 +740,7 @@ fn cmd_run(
             record.id
         );
     } else {
-        out!(
-            "run {}: {} ran, {} cached, {} failed, {:.1}s",
-            record.id,
-            record.count(StageStatus::Ran),
-            record.count(StageStatus::Hit),
-            record.count(StageStatus::Failed),
-            record.duration_s
-        );
+        out!("{}", run_line(&record, &store));
     }
     if let Some(msg) = plots_written {
         out!("{msg}");
@@ -834,7 +853,9 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
     if let Some(t) = threads {
         host::set_cpu_threads(t);
     }
-    on_interrupt("interrupted: stopping the stage; its unfinished folder is removed");
+    on_interrupt(
+        "interrupted: stopping the stage; its unfinished folder is removed, its progress kept to resume from",
+    );
     eprintln!(
         "pipe worker: stage `{}` (key {}) on {}, device {}",
         job.stage,
@@ -850,6 +871,7 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
         sink: &sink,
         cancel: &CANCEL,
         cpu_threads: threads,
+        checkpoint_every: g.checkpoint_every.0,
     };
     let end = worker.run(&job);
     match &end {
@@ -875,6 +897,51 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
         Finished::Cancelled => eprintln!("interrupted {}", job.stage),
     }
     finish(end)
+}
+
+/// The run's last line: what ran (and how much of it resumed from a progress checkpoint),
+/// what was cached, what failed; an interrupted run says so first, with what it left to
+/// resume from.
+fn run_line(record: &RunRecord, store: &Store) -> String {
+    let resumed = record
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Ran && s.resumed_at.is_some())
+        .count();
+    let ran = match resumed {
+        0 => format!("{} ran", record.count(StageStatus::Ran)),
+        n => format!("{} ran ({n} resumed)", record.count(StageStatus::Ran)),
+    };
+    let counts = format!(
+        "{ran}, {} cached, {} failed",
+        record.count(StageStatus::Hit),
+        record.count(StageStatus::Failed)
+    );
+    if record.outcome != "interrupted" {
+        return format!("run {}: {counts}, {:.1}s", record.id, record.duration_s);
+    }
+    let mut keys: Vec<&str> = record
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::NotRun)
+        .map(|s| s.key.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let saved = keys
+        .iter()
+        .filter(|k| store.resume_area(k).peek().is_some())
+        .count();
+    let not_run = record.count(StageStatus::NotRun);
+    let left = if saved > 0 {
+        format!("{not_run} not run ({saved} with a progress checkpoint: the next run resumes it)")
+    } else {
+        format!("{not_run} not run")
+    };
+    format!(
+        "run {}: interrupted: {counts}, {left}, {:.1}s",
+        record.id, record.duration_s
+    )
 }
 
 pub fn summary_table(rec: &RunRecord) -> Table {
@@ -920,7 +987,13 @@ fn cmd_explain(
     out!("stage:  {}", s.instance.name);
     out!("kind:   {}", s.instance.kind);
     out!("key:    {}", s.key);
-    out!("status: {}", if s.cached() { "cached" } else { "will run" });
+    match s.resumes_at {
+        _ if s.cached() => out!("status: cached"),
+        Some((done, total)) => out!(
+            "status: will run, resuming at {done}/{total} from the progress checkpoint an interrupted attempt left"
+        ),
+        None => out!("status: will run"),
+    }
     out!("pre-image (BLAKE3 of its canonical form is the key):");
     out!(
         "{}",

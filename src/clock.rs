@@ -26,6 +26,34 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
+/// A duration as a user writes one: a number with a unit (`250ms`, `30s`, `5m`, `2h`), or a
+/// plain number of seconds; fractions are allowed (`1.5h`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let not_a_duration =
+        || format!("`{text}` is not a duration; write e.g. `30s`, `5m`, `1h` or 0");
+    if number.is_empty() {
+        return Err(not_a_duration());
+    }
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}`; write a number with ms, s, m or h (`30s`, `5m`), or 0"
+            ));
+        }
+    };
+    let value: f64 = number.parse().map_err(|_| not_a_duration())?;
+    std::time::Duration::try_from_secs_f64(value * scale).map_err(|e| format!("`{text}`: {e}"))
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -68,6 +96,24 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_as_users_write_them() {
+        let d = |t| parse_duration(t).unwrap();
+        assert_eq!(d("0"), Duration::ZERO);
+        assert_eq!(d("90"), Duration::from_secs(90));
+        assert_eq!(d("30s"), Duration::from_secs(30));
+        assert_eq!(d("5m"), Duration::from_secs(300));
+        assert_eq!(d("1.5h"), Duration::from_secs(5400));
+        assert_eq!(d("250ms"), Duration::from_millis(250));
+        assert_eq!(d(" 2 min"), Duration::from_secs(120));
+        let e = parse_duration("5 minutes").unwrap_err();
+        assert!(e.contains("unknown unit `minutes`"), "{e}");
+        let e = parse_duration("soon").unwrap_err();
+        assert!(e.contains("`soon` is not a duration"), "{e}");
+        assert!(parse_duration("-1s").is_err());
+    }
 
     #[test]
     fn run_ids_of_one_second_sort_by_time() {

@@ -16,5 +16,6 @@ pub mod graph;
 pub mod nn;
 pub mod panic_text;
 pub mod report;
+pub mod rng;
 pub mod spec;
 pub mod stages;

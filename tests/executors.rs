@@ -329,6 +329,7 @@ fn manifest(key: &str, total: f64) -> Manifest {
         host: String::new(),
         device: "cpu".into(),
         pipe_version: String::new(),
+        resumed_at: None,
     }
 }
 
@@ -415,6 +416,7 @@ fn resources_are_checked_at_plan_time_and_stay_out_of_keys() {
             "--time=1-00:00:00",
             "--cpus-per-task=2",
             "--mem=1G",
+            "--signal=B:TERM@120",
             "--qos=low"
         ]
     );

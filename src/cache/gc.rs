@@ -4,7 +4,8 @@
 //! removed with the entries only they reached). An entry is reachable when a kept run record
 //! lists its key; run records list every stage of the run, hits included, so this is closed
 //! under "consumed by". Entries whose key lock is held by a live process are left alone, and so
-//! are `tmp/` folders of live writers.
+//! are `tmp/` folders of live writers. Progress checkpoints (`resume/<key>/`) go with the keys
+//! no kept run reaches; an interrupted run's record reaches the stage it left unfinished.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -18,7 +19,8 @@ pub const PARTIAL_GRACE: std::time::Duration = std::time::Duration::from_secs(60
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Removal {
-    /// `entry`, `partial` (an unfinished or quarantined folder) or `run`.
+    /// `entry`, `resume` (the progress checkpoints of a key), `partial` (an unfinished or
+    /// quarantined folder) or `run`.
     pub what: &'static str,
     pub id: String,
     /// The stage name (entries), when known.
@@ -83,6 +85,39 @@ pub fn collect(
             what: "entry",
             id: key,
             name,
+            bytes,
+            path: dir,
+        });
+    }
+
+    // Progress checkpoints: kept while a kept run reaches their key (an interrupted run's
+    // record lists the stage it did not finish), and while a writer holds the key's lock.
+    for (key, dir) in super::resume::areas(cache) {
+        if reachable.contains(key.as_str()) {
+            continue;
+        }
+        let _guard = if super::store::is_key(&key) {
+            match store.try_lock(&key)? {
+                Some(l) => Some(l),
+                None => {
+                    report.busy.push(key);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let bytes = dir_size(&dir);
+        if !dry_run {
+            fs::remove_dir_all(&dir).map_err(|source| CacheError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        report.removed.push(Removal {
+            what: "resume",
+            id: key,
+            name: "progress checkpoints".into(),
             bytes,
             path: dir,
         });

@@ -5,6 +5,7 @@
 //! ```text
 //! entries/<k0k1>/<key>/   one finished stage: its artifacts, manifest.json, COMPLETE
 //! tmp/<key>.<pid>.<n>/    an entry being written (renamed into entries/ when finished)
+//! resume/<key>/<n>/    progress checkpoints of a stage that has not finished (cache/resume.rs)
 //! locks/<key>.lock        per-key lock files (advisory locks; no repository-wide lock)
 //! names/<hash>.json       the last key each stage name had, for "why does this re-run?"
 //! runs/<run-id>.json      run records
@@ -14,6 +15,7 @@
 
 pub mod gc;
 pub mod key;
+pub mod resume;
 pub mod runs;
 pub mod store;
 

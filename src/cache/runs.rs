@@ -56,6 +56,10 @@ pub struct StageRecord {
     /// The executor's id for the job that computed (or will compute) it: a Slurm job id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// Ran on from an interrupted attempt's progress checkpoint at this much work done (a
+    /// training's iterations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -329,6 +333,7 @@ mod tests {
                 metrics: Value::Null,
                 error: None,
                 job: None,
+                resumed_at: None,
             }],
             report: None,
             pipe_version: "0".into(),

@@ -118,6 +118,11 @@ pub struct Manifest {
     pub host: String,
     pub device: String,
     pub pipe_version: String,
+    /// The work done (a training's iterations) in the progress checkpoint this entry was
+    /// continued from, when an earlier attempt was interrupted; a fact of this run, like
+    /// `duration_s`, not of the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<u64>,
 }
 
 /// A held per-key lock; released on drop (or by the OS if the process dies).
@@ -158,6 +163,11 @@ impl Store {
     /// The entry folder of `key` (which callers take from a plan or check with [`is_key`]).
     pub fn entry_dir(&self, key: &str) -> PathBuf {
         self.root.join("entries").join(short(key, 2)).join(key)
+    }
+
+    /// The progress checkpoints of `key` (see [`super::resume`]).
+    pub fn resume_area(&self, key: &str) -> super::resume::ResumeArea {
+        super::resume::ResumeArea::new(&self.root, key)
     }
 
     /// Whether the entry is finished and sealed (it may still fail verification).
@@ -500,7 +510,7 @@ fn is_output_path(file: &str) -> bool {
             .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let mut f = File::create(path).map_err(io(path))?;
     std::io::Write::write_all(&mut f, bytes).map_err(io(path))?;
     f.sync_all().map_err(io(path))
@@ -544,7 +554,7 @@ fn output_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, CacheError> {
 }
 
 /// Digests of every output file under `dir`, by relative path, sorted.
-fn digest_tree(dir: &Path) -> Result<BTreeMap<String, String>, CacheError> {
+pub(crate) fn digest_tree(dir: &Path) -> Result<BTreeMap<String, String>, CacheError> {
     let mut out = BTreeMap::new();
     for (rel, p) in output_files(dir)? {
         // Output files are flushed before digesting: the digest is what a reader checks.
@@ -592,6 +602,7 @@ mod tests {
             host: "h".into(),
             device: "cpu".into(),
             pipe_version: "0".into(),
+            resumed_at: None,
         }
     }
 

@@ -13,10 +13,8 @@ use std::ops::Range;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::loader::rng;
 use super::split::{Inputs, Split, Targets};
-
-const DOMAIN_AUGMENT: u64 = 0x4155_474d_454e_5421; // "AUGMENT!"
+use crate::rng::{self, Domain};
 
 /// Training-time augmentation (the `augment` of a `data` block).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -119,7 +117,7 @@ struct Crops {
 /// The draws of one step's `n` samples.
 fn draws(a: AugmentStep, n: usize) -> Vec<Draw> {
     let p = a.augment.crop_padding;
-    let mut r = rng(a.seed, DOMAIN_AUGMENT, a.iteration);
+    let mut r = rng::stream(a.seed, Domain::Augment, a.iteration);
     (0..n)
         .map(|_| {
             // Without padding the window is the image itself: offset p = 0, nothing drawn.

@@ -1,29 +1,13 @@
 //! Validation splits, subsets (first rows, or class-balanced) and seeded per-epoch batch
 //! orders.
 //!
-//! Every random choice uses `ChaCha8Rng`, so results depend only on the seeds,
-//! never on the platform, backend or thread count.
+//! Every random choice draws from its own stream of [`crate::rng`], so results depend only
+//! on the seeds, never on the platform, backend or thread count.
 
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 
 use super::{DataError, Split};
-
-/// Domain tags so that the same user seed drives independent streams.
-const DOMAIN_VALIDATION: u64 = 0x5641_4c49_4441_5445; // "VALIDATE"
-const DOMAIN_BATCHES: u64 = 0x4241_5443_4845_5321; // "BATCHES!"
-const DOMAIN_SUBSET: u64 = 0x4241_4c53_5542_5345; // "BALSUBSE"
-
-/// A ChaCha8 generator keyed by `(seed, domain)` on stream `stream`.
-pub(crate) fn rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..16].copy_from_slice(&domain.to_le_bytes());
-    let mut r = ChaCha8Rng::from_seed(key);
-    r.set_stream(stream);
-    r
-}
+use crate::rng::{self, Domain};
 
 /// Splits `train` into `(train, validation)`: a seeded permutation picks
 /// `val_size` samples for validation; the rest stay for training. Both parts
@@ -46,7 +30,7 @@ pub fn split_validation(
         return Ok((train.clone(), Split::empty()));
     }
     let mut perm: Vec<usize> = (0..train.n).collect();
-    perm.shuffle(&mut rng(seed, DOMAIN_VALIDATION, 0));
+    perm.shuffle(&mut rng::stream(seed, Domain::Validation, 0));
     let mut val_idx = perm[..val_size].to_vec();
     let mut train_idx = perm[val_size..].to_vec();
     val_idx.sort_unstable();
@@ -90,7 +74,7 @@ pub fn balanced_subset(split: &Split, n: usize, seed: u64) -> Result<Split, Data
                 members.len() * k
             )));
         }
-        members.shuffle(&mut rng(seed, DOMAIN_SUBSET, c as u64));
+        members.shuffle(&mut rng::stream(seed, Domain::BalancedSubset, c as u64));
         picked.extend_from_slice(&members[..quota]);
     }
     picked.sort_unstable();
@@ -105,7 +89,7 @@ pub fn balanced_subset(split: &Split, n: usize, seed: u64) -> Result<Split, Data
 /// returns the full permutation.
 pub fn batch_indices(n: usize, batch: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut perm: Vec<usize> = (0..n).collect();
-    perm.shuffle(&mut rng(seed, DOMAIN_BATCHES, epoch));
+    perm.shuffle(&mut rng::stream(seed, Domain::Batches, epoch));
     if let Some(full) = n.checked_div(batch) {
         perm.truncate(full * batch);
     }

@@ -17,7 +17,7 @@ use super::events::{Event, EventSink};
 use crate::cache::{CacheError, Manifest, PreImage, StageStatus, Store, os_error_in, short};
 use crate::clock;
 use crate::panic_text::panic_text;
-use crate::stages::{InputEntry, Registry, Runtime, StageContext};
+use crate::stages::{InputEntry, Registry, Resume, Runtime, StageContext};
 
 /// Bumped when [`JobSpec`]'s layout changes, so that a worker never misreads a description
 /// written by another version of `pipe`.
@@ -185,6 +185,8 @@ pub struct Worker<'a> {
     pub cancel: &'a AtomicBool,
     /// Threads of the pool each job runs in ([`super::on_own_pool`]); `None`: rayon's default.
     pub cpu_threads: Option<usize>,
+    /// How often long stages save a progress checkpoint (`--checkpoint-every`); `None`: never.
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 impl Worker<'_> {
@@ -210,6 +212,7 @@ impl Worker<'_> {
             sink,
             cancel,
             cpu_threads: _,
+            checkpoint_every,
         } = *self;
         let name = job.stage.as_str();
         let key = job.key.as_str();
@@ -261,6 +264,8 @@ impl Worker<'_> {
             }
         }
         let inputs = self.inputs(job)?;
+        let area = store.resume_area(key);
+        let offered = area.latest();
         let tmp = store.begin(key)?;
         sink.event(&Event::Start { name, key });
         tracing::info!(stage = name, key = short(key, 12), kind = %job.kind, device = %job.device, "running");
@@ -273,10 +278,16 @@ impl Worker<'_> {
             runtime,
             cancel,
             sink,
-        );
+        )
+        .with_resume(Resume {
+            area: area.clone(),
+            offered,
+            every: checkpoint_every,
+        });
         let result = catch_unwind(AssertUnwindSafe(|| kind.run(&job.params, &mut ctx)));
         let seconds = t0.elapsed().as_secs_f64();
         let metrics = Value::Object(ctx.metrics().clone());
+        let resumed_at = ctx.resumed_at();
         drop(ctx);
         match result {
             Ok(Ok(())) => {
@@ -293,9 +304,14 @@ impl Worker<'_> {
                     host: clock::hostname(),
                     device: job.device.clone(),
                     pipe_version: env!("CARGO_PKG_VERSION").to_string(),
+                    resumed_at,
                 };
                 let m = store.publish(tmp, manifest)?;
                 tracing::info!(stage = name, key = short(key, 12), seconds, "published");
+                // The entry is in place: its progress checkpoints have served.
+                if let Err(e) = area.clear() {
+                    tracing::warn!("{name}: its progress checkpoints could not be removed: {e}");
+                }
                 Ok(Finished::Done {
                     status: StageStatus::Ran,
                     manifest: Box::new(m),
@@ -309,7 +325,14 @@ impl Worker<'_> {
                 } else {
                     // A stage's own reads and writes that the OS refused (a full disk during
                     // a checkpoint) count as I/O failures, not as the stage failing.
-                    Err(JobError::of(&e))
+                    let error = JobError::of(&e);
+                    // A failure of the stage itself would come back from its checkpoints as
+                    // well (and one caused by a checkpoint must not trap the key): they go.
+                    // An I/O failure keeps them, to resume once there is space again.
+                    if !error.io {
+                        let _ = area.clear();
+                    }
+                    Err(error)
                 }
             }
             Err(panic) => {

@@ -29,6 +29,9 @@ pub struct PlannedStage {
     pub version: u32,
     pub preimage: PreImage,
     pub why: Why,
+    /// `(done, total)` of the progress checkpoint an interrupted attempt left, when the stage
+    /// will run and resume from it.
+    pub resumes_at: Option<(u64, u64)>,
 }
 
 impl PlannedStage {
@@ -121,12 +124,17 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
                 },
             }
         };
+        let resumes_at = match why {
+            Why::Cached => None,
+            _ => store.resume_area(&key).peek(),
+        };
         stages.push(PlannedStage {
             instance: inst.clone(),
             key,
             version: kind.version(),
             preimage: pre,
             why,
+            resumes_at,
         });
     }
     if !errors.is_empty() {

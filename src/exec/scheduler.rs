@@ -41,6 +41,8 @@ pub struct RunOptions {
     /// Threads of each local job's pool; `None`: rayon's default (`RAYON_NUM_THREADS` or the
     /// cores).
     pub threads: Option<usize>,
+    /// How often long stages save a progress checkpoint; `None`: never.
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 #[derive(Debug)]
@@ -149,6 +151,7 @@ pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
         sink: env.sink,
         cancel: env.cancel,
         cpu_threads: env.opts.threads,
+        checkpoint_every: env.opts.checkpoint_every,
     };
     let scheduling = Scheduling {
         store: env.store,
@@ -465,6 +468,14 @@ pub fn schedule(plan: &Plan, env: Scheduling, exec: &dyn Executor) -> RunOutcome
         .enumerate()
         .map(|(i, s)| {
             let j = job_of_stage[i];
+            let resumed_at = match &state[j] {
+                State::Done {
+                    status: StageStatus::Ran,
+                    manifest,
+                    ..
+                } => manifest.resumed_at,
+                _ => None,
+            };
             let (status, metrics, seconds, error) = match &state[j] {
                 State::Done {
                     status,
@@ -494,6 +505,7 @@ pub fn schedule(plan: &Plan, env: Scheduling, exec: &dyn Executor) -> RunOutcome
                 } else {
                     None
                 },
+                resumed_at,
             }
         })
         .collect();

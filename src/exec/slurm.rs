@@ -274,7 +274,9 @@ fn describe(id: &str, q: Option<&QueueState>) -> String {
         format!(" ({})", q.reason)
     };
     let hint = match q.state.as_str() {
-        "TIMEOUT" => ": it ran out of time; raise `time` for it under `resources:`",
+        "TIMEOUT" => {
+            ": it ran out of time; run again to resume a training from its progress checkpoint, or raise `time` for it under `resources:`"
+        }
         "OUT_OF_MEMORY" => ": it ran out of memory; raise `mem` for it under `resources:`",
         "CANCELLED" if q.reason == "DependencyNeverSatisfied" => ": a job it consumes failed",
         "CANCELLED" => ": cancelled (scancel) while queued or running",
@@ -673,7 +675,7 @@ mod tests {
         };
         assert_eq!(
             describe("7", Some(&q("TIMEOUT", "TimeLimit"))),
-            "slurm job 7 ended TIMEOUT (TimeLimit): it ran out of time; raise `time` for it under `resources:`"
+            "slurm job 7 ended TIMEOUT (TimeLimit): it ran out of time; run again to resume a training from its progress checkpoint, or raise `time` for it under `resources:`"
         );
         assert_eq!(
             describe("8", Some(&q("CANCELLED", "DependencyNeverSatisfied"))),

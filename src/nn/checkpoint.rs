@@ -175,8 +175,35 @@ pub(super) fn serialise_with(
         })
         .collect::<Result<Vec<_>, _>>()?;
     meta.insert("format_version".to_string(), CHECKPOINT_FORMAT.to_string());
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| format_err(path, format!("cannot serialise: {e}")))
+    let mut bytes = safetensors::serialize(views, Some(meta.clone()))
+        .map_err(|e| format_err(path, format!("cannot serialise: {e}")))?;
+    sort_metadata(&mut bytes, &meta).map_err(|e| format_err(path, e))?;
+    Ok(bytes)
+}
+
+/// Rewrites the `__metadata__` object of a safetensors file that `safetensors::serialize`
+/// wrote with `meta`, its entries sorted by key. The crate writes the metadata in the order of
+/// a `HashMap`, which is random per process, so the same state gave files of different bytes
+/// (and digests) from one run to the next. The sorted object has the same entries and so the
+/// same length: offsets and padding stay as they are.
+fn sort_metadata(bytes: &mut [u8], meta: &HashMap<String, String>) -> Result<(), String> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let sorted: std::collections::BTreeMap<&String, &String> = meta.iter().collect();
+    let want = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
+    let start = 8 + PREFIX.len();
+    if bytes.get(8..start) != Some(PREFIX) {
+        return Err("safetensors header without leading metadata".into());
+    }
+    let region = bytes
+        .get_mut(start..start + want.len())
+        .ok_or("safetensors header shorter than its metadata")?;
+    let written: HashMap<String, String> =
+        serde_json::from_slice(region).map_err(|e| format!("metadata not where expected: {e}"))?;
+    if &written != meta {
+        return Err("metadata written differs from the metadata given".into());
+    }
+    region.copy_from_slice(&want);
+    Ok(())
 }
 
 /// Saves `ckpt` as `dir/<stem>.safetensors`, `dir/<stem>.mask.safetensors` and
@@ -491,6 +518,38 @@ fn load_v1(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metadata_is_written_in_key_order_whatever_the_hash_order() {
+        let buffers: Vec<super::Buffer> = vec![(
+            "w".into(),
+            vec![2],
+            Dtype::F32,
+            [1f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )];
+        let path = std::path::Path::new("t.safetensors");
+        let files: Vec<Vec<u8>> = (0..16)
+            .map(|_| {
+                // A new map each time: a new random iteration order.
+                let meta: HashMap<String, String> = ["step", "optimizer", "b", "zeta", "a"]
+                    .iter()
+                    .map(|k| (k.to_string(), format!("v-{k}")))
+                    .collect();
+                serialise_with(path, &buffers, meta).unwrap()
+            })
+            .collect();
+        assert!(files.iter().all(|f| f == &files[0]));
+        let n = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&files[0][8..8 + n]).unwrap();
+        assert!(
+            header.starts_with(&format!(
+                "{{\"__metadata__\":{{\"a\":\"v-a\",\"b\":\"v-b\",\"format_version\":\"{CHECKPOINT_FORMAT}\",\"optimizer\":\"v-optimizer\",\"step\":\"v-step\",\"zeta\":\"v-zeta\"}}"
+            )),
+            "{header}"
+        );
+        let st = SafeTensors::deserialize(&files[0]).unwrap();
+        assert_eq!(st.tensor("w").unwrap().data().len(), 8);
+    }
+
     use super::*;
     use crate::nn::arch::ResnetSpec;
     use crate::nn::{InitScheme, init_weights};

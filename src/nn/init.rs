@@ -1,6 +1,5 @@
 //! Weight initialisation on the host, independent of backend and thread count.
 
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
@@ -8,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::program::ParamRole;
 use super::weights::{Named, Param};
 use super::{ModelSpec, Weights};
+use crate::rng::{self, Domain};
 
 /// Initialisation schemes for the weights (biases are zero, except under `torch_default`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,20 +27,26 @@ pub enum InitScheme {
     TorchDefault,
 }
 
-pub(crate) const DOMAIN_INIT: u64 = 0x494e_4954_5745_4947; // "INITWEIG"
-pub(crate) const DOMAIN_PRUNE: u64 = 0x5052_554e_4552_4e44; // "PRUNERND"
-/// Biases drawn by [`InitScheme::TorchDefault`], one stream per layer.
-pub(crate) const DOMAIN_INIT_BIAS: u64 = 0x494e_4954_4249_4153; // "INITBIAS"
+/// Whose weights are drawn: each purpose has its own random streams ([`crate::rng`]), so a
+/// random re-initialisation never reproduces `init`'s weights, whatever the two seeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitDraw {
+    /// The `init` stage (and everything that asks for "the" initial weights of a seed).
+    Init,
+    /// `reinit`: Rethinking's random re-initialisation.
+    Reinit,
+    /// NetAug's extra channels of the widest network.
+    NetAugWide,
+}
 
-/// A ChaCha8 generator keyed by `(seed, domain)` on stream `stream`: one
-/// independent stream per layer (or per purpose) from a single user seed.
-pub(crate) fn stream_rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..16].copy_from_slice(&domain.to_le_bytes());
-    let mut r = ChaCha8Rng::from_seed(key);
-    r.set_stream(stream);
-    r
+impl InitDraw {
+    fn domains(self) -> (Domain, Domain) {
+        match self {
+            InitDraw::Init => (Domain::InitWeights, Domain::InitBiases),
+            InitDraw::Reinit => (Domain::ReinitWeights, Domain::ReinitBiases),
+            InitDraw::NetAugWide => (Domain::NetAugWideWeights, Domain::NetAugWideBiases),
+        }
+    }
 }
 
 /// Draws fresh weights for `spec`. Prunable weight `k` (conv or linear, in program order)
@@ -55,6 +61,12 @@ pub(crate) fn stream_rng(seed: u64, domain: u64, stream: u64) -> ChaCha8Rng {
 /// re-initialisation differ from the original only in the weights. Batch norm starts at
 /// scale 1, shift 0, running mean 0 and variance 1, as in PyTorch.
 pub fn init_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64) -> Weights {
+    draw_weights(spec, scheme, seed, InitDraw::Init)
+}
+
+/// [`init_weights`] for the purpose `draw`, from that purpose's own streams.
+pub fn draw_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64, draw: InitDraw) -> Weights {
+    let (weight_domain, bias_domain) = draw.domains();
     let mut k = 0u64;
     // The fan-in of the last weight: a bias follows its weight in program order.
     let mut last_fan_in = 0usize;
@@ -65,7 +77,7 @@ pub fn init_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64) -> Weights 
             let n = p.len();
             let data = match p.role {
                 ParamRole::ConvWeight | ParamRole::LinearWeight => {
-                    let mut rng = stream_rng(seed, DOMAIN_INIT, k);
+                    let mut rng = rng::stream(seed, weight_domain, k);
                     k += 1;
                     last_fan_in = p.fan_in;
                     let (fi, fo) = (p.fan_in as f64, p.fan_out as f64);
@@ -78,7 +90,7 @@ pub fn init_weights(spec: &ModelSpec, scheme: InitScheme, seed: u64) -> Weights 
                     }
                 }
                 ParamRole::Bias if scheme == InitScheme::TorchDefault && last_fan_in > 0 => {
-                    let mut rng = stream_rng(seed, DOMAIN_INIT_BIAS, k - 1);
+                    let mut rng = rng::stream(seed, bias_domain, k - 1);
                     uniform(&mut rng, (1.0 / last_fan_in as f64).sqrt(), n)
                 }
                 ParamRole::BnWeight => vec![1.0; n],
@@ -209,6 +221,39 @@ mod tests {
             serde_json::to_string(&InitScheme::TorchDefault).unwrap(),
             "\"torch_default\""
         );
+    }
+
+    /// Rethinking's control must be able to differ from the ticket: for every pair of seeds,
+    /// `reinit`'s weights share no tensor with `init`'s (nor do NetAug's extra channels).
+    #[test]
+    fn reinit_never_reproduces_init_whatever_the_seeds() {
+        let s = ModelSpec::mlp(vec![30, 20, 10]);
+        for scheme in [InitScheme::KaimingNormal, InitScheme::TorchDefault] {
+            let draws = |d| -> Vec<Weights> {
+                (0..=20)
+                    .map(|seed| draw_weights(&s, scheme, seed, d))
+                    .collect()
+            };
+            let (init, reinit, wide) = (
+                draws(InitDraw::Init),
+                draws(InitDraw::Reinit),
+                draws(InitDraw::NetAugWide),
+            );
+            for (i, a) in init.iter().enumerate() {
+                for (j, b) in reinit.iter().chain(&wide).enumerate() {
+                    for (pa, pb) in a.params.iter().zip(&b.params) {
+                        let drawn = pa.is_prunable() || scheme == InitScheme::TorchDefault;
+                        if drawn {
+                            assert_ne!(
+                                pa.data, pb.data,
+                                "{scheme:?} init seed {i}, other {j}: {}",
+                                pa.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

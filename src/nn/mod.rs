@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod step_timing;
 pub mod teacher;
 pub mod train;
+pub mod train_state;
 pub mod weights;
 
 use std::path::PathBuf;
@@ -38,14 +39,16 @@ pub use arch::ModelSpec;
 pub use checkpoint::{Checkpoint, load_checkpoint, save_checkpoint};
 pub use device::{BackendTask, DeviceSpec, dispatch};
 pub use flops::forward_flops;
-pub use init::{InitScheme, init_weights};
+pub use init::{InitDraw, InitScheme, draw_weights, init_weights};
 pub use net::{Net, Plan, from_net, to_net};
 pub use optim_state::{OptimState, load_optim_state, save_optim_state};
 pub use prune::{PruneMethod, PruneScope, prune};
 pub use schedule::{LrSchedule, lr_at};
 pub use train::{
-    EvalPoint, OptimizerKind, Progress, TrainConfig, TrainData, TrainOutput, evaluate, train,
+    Directive, EvalPoint, OptimizerKind, Progress, TrainConfig, TrainData, TrainHooks, TrainOutput,
+    TrainState, evaluate, train, train_from,
 };
+pub use train_state::{load_netaug_state, load_train_state, save_netaug_state, save_train_state};
 pub use weights::{Mask, Named, Param, Weights};
 
 use crate::data::DataError;

@@ -21,7 +21,6 @@
 //! widths describe none of its members.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 
 use burn::module::{Param, ParamId};
 use burn::tensor::activation::log_softmax;
@@ -32,21 +31,15 @@ use rand::seq::index::sample;
 
 use super::arch::ConvnetSpec;
 use super::device::{BackendTask, DeviceSpec, dispatch};
-use super::init::stream_rng;
+use super::init::{InitDraw, draw_weights};
 use super::net::{BnMode, Net, Plan, from_net};
 use super::ops::{NnBackend, TrainBackend};
 use super::program::{Op, Program};
 use super::schedule::{LrSchedule, lr_at};
-use super::train::{EvalPoint, check_split, eval_split};
-use super::{InitScheme, ModelSpec, NnError, Weights, init_weights};
+use super::train::{Directive, EvalPoint, Progress, TrainHooks, check_split, eval_split};
+use super::{InitScheme, ModelSpec, NnError, Weights};
 use crate::data::{BatchOrder, BatchTargets, Split, gather_batch};
-
-/// Random stream of the per-step width draws ("NETAUGWD").
-const DOMAIN_WIDTHS: u64 = 0x4e45_5441_5547_5744;
-/// Random stream of the extra channels' initialisation ("NETAUGIN").
-const DOMAIN_WIDE_INIT: u64 = 0x4e45_5441_5547_494e;
-/// Random stream of the BN calibration images ("NETAUGBN").
-const DOMAIN_CALIBRATION: u64 = 0x4e45_5441_5547_424e;
+use crate::rng::{self, Domain};
 
 /// The widths NetAug uses: for each conv of the base model, its base width and the
 /// augmented choices `round(base × factor)` (ascending, deduplicated, the base first).
@@ -185,7 +178,7 @@ pub fn widen_weights(
     scheme: InitScheme,
     seed: u64,
 ) -> Vec<Vec<f32>> {
-    let mut master: Vec<Vec<f32>> = init_weights(master_spec, scheme, seed ^ DOMAIN_WIDE_INIT)
+    let mut master: Vec<Vec<f32>> = draw_weights(master_spec, scheme, seed, InitDraw::NetAugWide)
         .params
         .into_iter()
         .map(|p| p.data)
@@ -520,6 +513,24 @@ impl NetAugConfig {
     }
 }
 
+/// Where a NetAug training stands after iteration `done` (a progress checkpoint): everything
+/// its continuation depends on, so that a run continued from it ends bit for bit where the
+/// uninterrupted run ends. It is taken after a step and before the end-of-epoch work (the
+/// epoch's mean loss, its evaluation) of that step's epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetAugState {
+    pub done: u64,
+    /// The master parameters, in program order and burn's layout (channels as sorted so far).
+    pub params: Vec<Vec<f32>>,
+    /// The SGD momentum buffers of the master parameters.
+    pub momentum: Vec<Vec<f32>>,
+    pub curve: Vec<EvalPoint>,
+    /// The sum of this epoch's base losses so far, as the device added them in `f32`.
+    pub loss_sum: f32,
+    /// The last finished epoch's mean loss (NaN during the first).
+    pub last_loss: f64,
+}
+
 /// The trained base model (BN statistics calibrated) and one curve point per epoch.
 #[derive(Clone, Debug)]
 pub struct NetAugOutput {
@@ -534,7 +545,7 @@ pub fn calibration_indices(split_n: usize, n: usize, seed: u64) -> Vec<usize> {
     if n >= split_n {
         return (0..split_n).collect();
     }
-    let mut rng = stream_rng(seed, DOMAIN_CALIBRATION, 0);
+    let mut rng = rng::stream(seed, Domain::NetAugCalibration, 0);
     let mut idx = sample(&mut rng, split_n, n).into_vec();
     idx.sort_unstable();
     idx
@@ -542,7 +553,8 @@ pub fn calibration_indices(split_n: usize, n: usize, seed: u64) -> Vec<usize> {
 
 /// Trains the base `convnet` `spec` (dense weights `init`) with NetAug (or, with
 /// `augment: false`, alone) on `train`, evaluating on `val` (if non-empty) and `test` after
-/// every epoch. See the module docs.
+/// every epoch, continuing from `from` when given (a state an earlier attempt handed to
+/// `hooks`). See the module docs.
 #[allow(clippy::too_many_arguments)]
 pub fn netaug_train(
     spec: &ModelSpec,
@@ -552,7 +564,8 @@ pub fn netaug_train(
     test: &Split,
     cfg: &NetAugConfig,
     device: &DeviceSpec,
-    on_progress: &mut dyn FnMut(u64, u64, f64) -> ControlFlow<()>,
+    from: Option<NetAugState>,
+    hooks: &mut dyn TrainHooks<NetAugState>,
 ) -> Result<NetAugOutput, NnError> {
     let ModelSpec::Convnet(base) = spec else {
         return Err(NnError::Invalid(format!(
@@ -577,7 +590,7 @@ pub fn netaug_train(
             cfg.factors
         )));
     }
-    BatchOrder::new(train.n, cfg.batch, cfg.seed, 0)?;
+    let order = BatchOrder::new(train.n, cfg.batch, cfg.seed, 0)?;
     let family = WidthFamily::new(base, &cfg.factors);
     channel_groups(
         &family
@@ -586,6 +599,15 @@ pub fn netaug_train(
             .map_err(NnError::Invalid)?,
     )
     .map_err(NnError::Invalid)?;
+    if let Some(state) = &from {
+        let total = cfg.epochs * order.batches_per_epoch() as u64;
+        let master = if cfg.aug_epochs() > 0 {
+            family.spec(&family.max_widths())
+        } else {
+            family.spec(&family.base_widths())
+        };
+        check_state(state, &param_shapes(&master), total)?;
+    }
     dispatch(
         device,
         Task {
@@ -595,9 +617,29 @@ pub fn netaug_train(
             val,
             test,
             cfg,
-            on_progress,
+            from,
+            hooks,
         },
     )
+}
+
+/// A state to continue from must be of this training: its master's shapes, within its length.
+fn check_state(state: &NetAugState, shapes: &[Vec<usize>], total: u64) -> Result<(), NnError> {
+    let fits = |v: &[Vec<f32>]| {
+        v.len() == shapes.len()
+            && v.iter()
+                .zip(shapes)
+                .all(|(v, s)| v.len() == s.iter().product::<usize>())
+    };
+    if !(1..=total).contains(&state.done) || !fits(&state.params) || !fits(&state.momentum) {
+        return Err(NnError::Invalid(format!(
+            "the NetAug state at iteration {} is not one of this training ({total} iterations, \
+             {} master parameters)",
+            state.done,
+            shapes.len()
+        )));
+    }
+    Ok(())
 }
 
 struct Task<'a, 'b> {
@@ -607,7 +649,8 @@ struct Task<'a, 'b> {
     val: &'a Split,
     test: &'a Split,
     cfg: &'a NetAugConfig,
-    on_progress: &'b mut dyn FnMut(u64, u64, f64) -> ControlFlow<()>,
+    from: Option<NetAugState>,
+    hooks: &'b mut dyn TrainHooks<NetAugState>,
 }
 
 /// A sub-model's plan and parameter shapes.
@@ -648,7 +691,8 @@ impl BackendTask for Task<'_, '_> {
             val,
             test,
             cfg,
-            on_progress,
+            from,
+            hooks,
         } = self;
         type I<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
         let base_spec = family.spec(&family.base_widths());
@@ -681,12 +725,32 @@ impl BackendTask for Task<'_, '_> {
                 .map(|s| Tensor::zeros([s.iter().product::<usize>()], &device))
                 .collect(),
         };
-        let mut order = BatchOrder::new(train.n, cfg.batch, cfg.seed, 0)?;
-        let per_epoch = order.batches_per_epoch() as u64;
+        let per_epoch = (train.n / cfg.batch) as u64;
         let total = cfg.epochs * per_epoch;
         let warmup = cfg.warmup_epochs * per_epoch;
         let calib = calibration_indices(train.n, cfg.calibration_images, cfg.calibration_seed);
-        let mut rng = stream_rng(cfg.seed, DOMAIN_WIDTHS, 0);
+        let mut rng = rng::stream(cfg.seed, Domain::NetAugWidths, 0);
+        let mut curve = Vec::new();
+        let mut it = 0u64;
+        let mut last_loss = f64::NAN;
+        // A continued run: the epoch it was in, the steps of that epoch already done, and
+        // their loss sum. The width draws of the steps done are drawn again and dropped, so
+        // that the stream stands where it stood.
+        let mut resumed: Option<(u64, f32)> = None;
+        let mut first_epoch = 0;
+        if let Some(state) = from {
+            params = to_device(&state.params, &device);
+            sgd.buffers = to_device(&state.momentum, &device);
+            for _ in 0..state.done.min(aug_epochs * per_epoch) {
+                family.sample(&mut rng);
+            }
+            first_epoch = (state.done - 1) / per_epoch;
+            resumed = Some((state.done - first_epoch * per_epoch, state.loss_sum));
+            it = state.done;
+            curve = state.curve;
+            last_loss = state.last_loss;
+        }
+        let mut order = BatchOrder::new(train.n, cfg.batch, cfg.seed, it)?;
         let mut plans: HashMap<Vec<usize>, SubModel> = HashMap::new();
         let [c, h, w] = base.plan.input();
 
@@ -699,14 +763,22 @@ impl BackendTask for Task<'_, '_> {
             (net, running, test_point, val_point)
         };
 
-        let mut curve = Vec::new();
         let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
-        let mut it = 0u64;
-        let mut last_loss = f64::NAN;
         let mut last = None;
-        for epoch in 0..cfg.epochs {
+        for epoch in first_epoch..cfg.epochs {
             let augmenting = epoch < aug_epochs;
-            if augmenting {
+            let (steps_done, mut loss_sum) = match resumed.take() {
+                Some((done, sum)) => (
+                    done,
+                    Some(Tensor::<I<B>, 1>::from_data(
+                        TensorData::new(vec![sum], [1]),
+                        &device,
+                    )),
+                ),
+                None => (0, None),
+            };
+            // The sort opens an epoch; a continued epoch was sorted before it was saved.
+            if augmenting && steps_done == 0 {
                 let mut host = to_host(&params);
                 let mut bufs = to_host(&sgd.buffers);
                 sort_channels(&master_program, &mut host, &mut [&mut bufs])
@@ -714,8 +786,7 @@ impl BackendTask for Task<'_, '_> {
                 params = to_device(&host, &device);
                 sgd.buffers = to_device(&bufs, &device);
             }
-            let mut loss_sum: Option<Tensor<I<B>, 1>> = None;
-            for _ in 0..per_epoch {
+            for _ in steps_done..per_epoch {
                 gather_batch(train, order.next_batch(), None, &mut images, &mut targets);
                 let labels = targets.labels().unwrap_or_default();
                 let n = labels.len();
@@ -751,14 +822,33 @@ impl BackendTask for Task<'_, '_> {
                 let lr = lr_at(cfg.lr, &cfg.schedule, warmup, it, total);
                 sgd.step(&mut params, g, lr);
                 it += 1;
-                if on_progress(it, total, last_loss).is_break() {
-                    return Err(NnError::Cancelled);
-                }
                 let b = base_loss.inner();
-                loss_sum = Some(match loss_sum {
+                let sum = match loss_sum {
                     Some(s) => s + b,
                     None => b,
+                };
+                let directive = hooks.after_step(&Progress {
+                    iteration: it,
+                    total,
+                    train_loss: last_loss,
                 });
+                if matches!(
+                    directive,
+                    Directive::Checkpoint | Directive::CheckpointAndStop
+                ) {
+                    hooks.checkpoint(&NetAugState {
+                        done: it,
+                        params: to_host(&params),
+                        momentum: to_host(&sgd.buffers),
+                        curve: curve.clone(),
+                        loss_sum: sum.clone().into_scalar().elem::<f32>(),
+                        last_loss,
+                    })?;
+                }
+                if matches!(directive, Directive::Stop | Directive::CheckpointAndStop) {
+                    return Err(NnError::Cancelled);
+                }
+                loss_sum = Some(sum);
             }
             let mean = loss_sum
                 .map(|s| s.into_scalar().elem::<f64>() / per_epoch as f64)
@@ -801,6 +891,7 @@ mod tests {
     use super::*;
     use crate::data::{Inputs, Targets};
     use crate::nn::arch::convnet::{ConvLayer, StridedConv};
+    use crate::nn::init_weights;
     use crate::nn::{Mask, to_net};
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
@@ -835,7 +926,7 @@ mod tests {
     }
 
     fn batch<B: Backend<Device = FlexDevice>>(n: usize, seed: u64) -> Tensor<B, 4> {
-        let mut rng = stream_rng(seed, 1, 0);
+        let mut rng = rng::stream(seed, Domain::Augment, 0);
         let v: Vec<f32> = (0..n * 64)
             .map(|_| rng.random_range(-1.0f32..1.0))
             .collect();
@@ -846,7 +937,7 @@ mod tests {
     fn master(family: &WidthFamily) -> (ModelSpec, Vec<Vec<f32>>) {
         let spec = family.spec(&family.max_widths());
         let mut w = init_weights(&spec, InitScheme::KaimingNormal, 7);
-        let mut rng = stream_rng(3, 2, 0);
+        let mut rng = rng::stream(3, Domain::Batches, 0);
         for p in w.params.iter_mut().filter(|p| {
             matches!(
                 p.role,

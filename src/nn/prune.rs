@@ -14,8 +14,8 @@
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::init::{DOMAIN_PRUNE, stream_rng};
 use super::{Mask, NnError, Param, Weights};
+use crate::rng::{self, Domain};
 
 /// How the weights to remove are chosen.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +175,7 @@ pub fn prune(
             PruneMethod::Filter => unreachable!("rejected above"),
             PruneMethod::Random => {
                 // One stream per group, named by its first layer.
-                let mut rng = stream_rng(seed, DOMAIN_PRUNE, layers[0] as u64);
+                let mut rng = rng::stream(seed, Domain::RandomPrune, layers[0] as u64);
                 let (picked, _) = cands.partial_shuffle(&mut rng, k);
                 picked.to_vec()
             }

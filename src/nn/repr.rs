@@ -25,13 +25,11 @@ use std::collections::BTreeSet;
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
-use super::init::stream_rng;
 use super::program::{Op, Program, Shortcut};
 use super::prune::removal_count;
 use super::qr::null_space;
 use super::{Mask, ModelSpec, NnError, Weights};
-
-const DOMAIN_REPR: u64 = 0x5245_5052_494e_4954; // "REPRINIT"
+use crate::rng::{self, Domain};
 
 /// A convolution whose filters RePr can rank, with the parameters one of its filters owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +289,7 @@ pub fn reintroduce(
         rows.extend(d.iter().map(|&f| row(at_drop, f)));
         let basis = null_space(&rows, c.fan_in);
         let bound = 1.0 / (c.fan_in as f64).sqrt();
-        let mut rng = stream_rng(seed, DOMAIN_REPR, l as u64);
+        let mut rng = rng::stream(seed, Domain::ReprFilters, l as u64);
         let uniform = Uniform::new_inclusive(-bound, bound).expect("a positive bound");
         let mut fallback = 0;
         let mut max_abs_cos = 0.0f64;

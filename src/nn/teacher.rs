@@ -16,13 +16,11 @@ use std::collections::HashSet;
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::init::{fresh_buffers, stream_rng};
+use super::init::fresh_buffers;
 use super::program::ParamRole;
 use super::weights::Param;
 use super::{Mask, ModelSpec, NnError, Weights};
-
-const DOMAIN_TEACHER: u64 = 0x5445_4143_4845_5221; // "TEACHER!"
-const DOMAIN_GAUSSIAN: u64 = 0x4741_5553_5349_414e; // "GAUSSIAN"
+use crate::rng::{self, Domain};
 
 /// The weight grid of the teacher's rows.
 pub const TEACHER_GRID: [f32; 5] = [-0.5, -0.25, 0.0, 0.25, 0.5];
@@ -71,7 +69,7 @@ pub fn teacher_draws(widths: &[usize], seed: u64) -> Result<Vec<TeacherDraw>, Nn
         .enumerate()
         .map(|(k, pair)| {
             let (d_in, d_out) = (pair[0], pair[1]);
-            let mut rng = stream_rng(seed, DOMAIN_TEACHER, k as u64);
+            let mut rng = rng::stream(seed, Domain::TeacherWeights, k as u64);
             let mut seen: HashSet<Vec<u8>> = HashSet::new();
             seen.insert(vec![2; d_in]); // grid index 2 is 0: the all-zero row is excluded
             let rows = (0..d_out)
@@ -137,7 +135,7 @@ pub fn teacher_weights(widths: &[usize], seed: u64) -> Result<Weights, NnError> 
 /// `n` samples of `d` values from N(0, std²), row-major, from the ChaCha8 stream `stream` of
 /// `seed` (so the train and eval inputs of one seed are independent).
 pub fn gaussian_inputs(n: usize, d: usize, std: f64, seed: u64, stream: u64) -> Vec<f32> {
-    let mut rng = stream_rng(seed, DOMAIN_GAUSSIAN, stream);
+    let mut rng = rng::stream(seed, Domain::TeacherInputs, stream);
     let dist = Normal::new(0.0f64, std).expect("finite positive std");
     (0..n * d).map(|_| dist.sample(&mut rng) as f32).collect()
 }

@@ -105,6 +105,64 @@ pub struct Progress {
 /// How often (in steps) the current batch loss is read back for [`Progress`].
 pub const LOSS_READ_EVERY: u64 = 25;
 
+/// Where a run stands after iteration `done`: everything its continuation depends on, so that
+/// a run continued from it ends bit for bit where the uninterrupted run ends (a progress
+/// checkpoint; see `stages::train`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// Iterations done (absolute).
+    pub done: u64,
+    /// Weights and batch-norm running statistics after iteration `done`.
+    pub weights: Weights,
+    /// The optimiser's state (`None` for plain SGD).
+    pub optimizer: Option<OptimState>,
+    /// The curve so far, the point at `done` included when there is one.
+    pub curve: Vec<EvalPoint>,
+    /// The `save_at` checkpoints passed so far, and their optimiser states.
+    pub checkpoints: Vec<(u64, Weights)>,
+    pub checkpoint_states: Vec<Option<OptimState>>,
+    /// The sum of the batch losses since the last curve point, as the device added them in
+    /// `f32` (`None` right after a point), over `since_point` steps.
+    pub loss_sum: Option<f32>,
+    pub since_point: u64,
+    /// The loss last shown in progress.
+    pub last_loss: f64,
+}
+
+/// What a run does after a step, as its [`TrainHooks`] decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Directive {
+    Continue,
+    /// Hand the state to [`TrainHooks::checkpoint`], then go on.
+    Checkpoint,
+    /// Stop ([`NnError::Cancelled`]).
+    Stop,
+    /// Hand the state over, then stop: an interrupted run that can be resumed.
+    CheckpointAndStop,
+}
+
+/// What a caller of [`train`] (or of another training loop, whose resumable state is `S`)
+/// hears from the run.
+pub trait TrainHooks<S = TrainState> {
+    /// Called after every step.
+    fn after_step(&mut self, progress: &Progress) -> Directive;
+    /// Called with the run's state when [`TrainHooks::after_step`] asked for it. A failure
+    /// here fails the run.
+    fn checkpoint(&mut self, _state: &S) -> Result<(), NnError> {
+        Ok(())
+    }
+}
+
+/// A progress callback is the simplest hook: it may stop the run, never checkpoints.
+impl<S, F: FnMut(&Progress) -> ControlFlow<()>> TrainHooks<S> for F {
+    fn after_step(&mut self, progress: &Progress) -> Directive {
+        match self(progress) {
+            ControlFlow::Continue(()) => Directive::Continue,
+            ControlFlow::Break(()) => Directive::Stop,
+        }
+    }
+}
+
 /// Evaluation batch size.
 pub const EVAL_BATCH: usize = 2000;
 
@@ -385,8 +443,8 @@ fn check_config(cfg: &TrainConfig) -> Result<(), NnError> {
 
 /// Trains `init` (masked by `mask`) on `data.train`. See the module docs for
 /// iteration counting; evaluation points are at `start_step`, every
-/// `eval_every` iterations and at the end (no duplicates). `on_progress` is
-/// called after every step; `ControlFlow::Break` aborts with
+/// `eval_every` iterations and at the end (no duplicates). `hooks` hear after
+/// every step (a progress closure is one); stopping ends the run with
 /// [`NnError::Cancelled`]. Deterministic on the CPU for the same inputs.
 pub fn train(
     spec: &ModelSpec,
@@ -395,7 +453,23 @@ pub fn train(
     data: &TrainData,
     cfg: &TrainConfig,
     device: &DeviceSpec,
-    on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    hooks: &mut dyn TrainHooks,
+) -> Result<TrainOutput, NnError> {
+    train_from(spec, init, mask, data, cfg, device, None, hooks)
+}
+
+/// [`train`], continued from `from` (a state an earlier attempt of the same run handed to
+/// its hooks) when given: the output is bit for bit that of the uninterrupted run.
+#[allow(clippy::too_many_arguments)]
+pub fn train_from(
+    spec: &ModelSpec,
+    init: &Weights,
+    mask: &Mask,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    device: &DeviceSpec,
+    from: Option<TrainState>,
+    hooks: &mut dyn TrainHooks,
 ) -> Result<TrainOutput, NnError> {
     spec.validate().map_err(NnError::Invalid)?;
     init.check(spec)?;
@@ -418,6 +492,9 @@ pub fn train(
     }
     // Also validates the batch size against the training set.
     BatchOrder::new(data.train.n, cfg.batch, cfg.data_seed, cfg.start_step)?;
+    if let Some(f) = &from {
+        check_state(f, spec, cfg)?;
+    }
     dispatch(
         device,
         TrainTask {
@@ -426,9 +503,30 @@ pub fn train(
             mask,
             data,
             cfg,
-            on_progress,
+            from,
+            hooks,
         },
     )
+}
+
+/// Whether `state` can continue the run of `cfg` on `spec`.
+fn check_state(state: &TrainState, spec: &ModelSpec, cfg: &TrainConfig) -> Result<(), NnError> {
+    state.weights.check(spec)?;
+    if !(cfg.start_step..=cfg.iterations).contains(&state.done) {
+        return Err(NnError::Invalid(format!(
+            "a state at iteration {} cannot continue a run of iterations {}..={}",
+            state.done, cfg.start_step, cfg.iterations
+        )));
+    }
+    if let Some(o) = &state.optimizer {
+        o.check(&state.weights).map_err(NnError::Invalid)?;
+    }
+    if state.curve.is_empty() || state.checkpoints.len() != state.checkpoint_states.len() {
+        return Err(NnError::Invalid(
+            "a state without its curve or with unmatched checkpoints".into(),
+        ));
+    }
+    Ok(())
 }
 
 struct TrainTask<'a, 'b> {
@@ -437,7 +535,8 @@ struct TrainTask<'a, 'b> {
     mask: &'a Mask,
     data: &'a TrainData<'a>,
     cfg: &'a TrainConfig,
-    on_progress: &'b mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    from: Option<TrainState>,
+    hooks: &'b mut dyn TrainHooks,
 }
 
 impl BackendTask for TrainTask<'_, '_> {
@@ -453,18 +552,31 @@ impl BackendTask for TrainTask<'_, '_> {
             mask,
             data,
             cfg,
-            on_progress,
+            from,
+            hooks,
         } = self;
         let objective = Objective::of(data.train);
-        let mut session = TrainSession::<B>::new(spec, init, mask, cfg, device.clone())?
+        // Continuing a state: its weights and optimiser in place of the input's.
+        let continued;
+        let (start, weights, session_cfg) = match &from {
+            Some(f) => {
+                continued = TrainConfig {
+                    resume: f.optimizer.clone(),
+                    ..cfg.clone()
+                };
+                (f.done, &f.weights, &continued)
+            }
+            None => (cfg.start_step, init, cfg),
+        };
+        let mut session = TrainSession::<B>::new(spec, weights, mask, session_cfg, device.clone())?
             .with_objective(objective);
-        let mut order = BatchOrder::new(data.train.n, cfg.batch, cfg.data_seed, cfg.start_step)?;
+        let mut order = BatchOrder::new(data.train.n, cfg.batch, cfg.data_seed, start)?;
         let mut save_at = cfg.save_at.clone();
         save_at.sort_unstable();
         save_at.dedup();
         let mut checkpoints = Vec::new();
         let mut checkpoint_states = Vec::new();
-        if save_at.first() == Some(&cfg.start_step) {
+        if from.is_none() && save_at.first() == Some(&cfg.start_step) {
             checkpoints.push((cfg.start_step, init.masked(mask)));
             checkpoint_states.push(cfg.resume.as_ref().map(|s| s.masked(init, mask)));
         }
@@ -497,42 +609,51 @@ impl BackendTask for TrainTask<'_, '_> {
             }
         };
 
-        // Loss of the first batch at the input weights (forward only).
-        let first_loss = {
-            let mut peek = order.clone();
-            gather_batch(
-                data.train,
-                peek.next_batch(),
-                augment(cfg.start_step),
-                &mut images,
-                &mut targets,
-            );
-            let inner = session.model().valid();
-            let [c, h, w] = session.plan.input();
-            let y = objective
-                .targets(&targets, spec.output_dim(), &device)
-                .expect("the splits' targets were checked against the objective");
-            let n = y.dims()[0];
-            let x = Tensor::from_data(
-                TensorData::new(std::mem::take(&mut images), [n, c, h, w]),
-                &device,
-            );
-            // Batch statistics, as the training step sees them (not recorded).
-            let (logits, _) = inner.forward(&session.plan, x, &BnMode::Batch);
-            scalar(objective.loss(logits, y))
-        };
-        let mut curve = vec![point(&session, cfg.start_step, first_loss)];
-
         let total = cfg.iterations;
-        let mut last_loss = first_loss;
+        let mut last_loss;
         let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut since_point = 0u64;
-        let mut next_save = save_at
-            .iter()
-            .copied()
-            .filter(|&s| s > cfg.start_step)
-            .peekable();
-        for it in cfg.start_step..total {
+        let mut curve;
+        if let Some(f) = from {
+            checkpoints = f.checkpoints;
+            checkpoint_states = f.checkpoint_states;
+            curve = f.curve;
+            last_loss = f.last_loss;
+            since_point = f.since_point;
+            loss_sum = f
+                .loss_sum
+                .map(|v| Tensor::from_data(TensorData::new(vec![v], [1]), &device));
+        } else {
+            // Loss of the first batch at the input weights (forward only).
+            let first_loss = {
+                let mut peek = order.clone();
+                gather_batch(
+                    data.train,
+                    peek.next_batch(),
+                    augment(cfg.start_step),
+                    &mut images,
+                    &mut targets,
+                );
+                let inner = session.model().valid();
+                let [c, h, w] = session.plan.input();
+                let y = objective
+                    .targets(&targets, spec.output_dim(), &device)
+                    .expect("the splits' targets were checked against the objective");
+                let n = y.dims()[0];
+                let x = Tensor::from_data(
+                    TensorData::new(std::mem::take(&mut images), [n, c, h, w]),
+                    &device,
+                );
+                // Batch statistics, as the training step sees them (not recorded).
+                let (logits, _) = inner.forward(&session.plan, x, &BnMode::Batch);
+                scalar(objective.loss(logits, y))
+            };
+            curve = vec![point(&session, cfg.start_step, first_loss)];
+            last_loss = first_loss;
+        }
+
+        let mut next_save = save_at.iter().copied().filter(|&s| s > start).peekable();
+        for it in start..total {
             gather_batch(
                 data.train,
                 order.next_batch(),
@@ -572,7 +693,24 @@ impl BackendTask for TrainTask<'_, '_> {
                 total,
                 train_loss: last_loss,
             };
-            if on_progress(&progress).is_break() {
+            let directive = hooks.after_step(&progress);
+            if matches!(
+                directive,
+                Directive::Checkpoint | Directive::CheckpointAndStop
+            ) {
+                hooks.checkpoint(&TrainState {
+                    done,
+                    weights: session.weights(),
+                    optimizer: session.optimizer_state(),
+                    curve: curve.clone(),
+                    checkpoints: checkpoints.clone(),
+                    checkpoint_states: checkpoint_states.clone(),
+                    loss_sum: loss_sum.clone().map(|t| scalar(t) as f32),
+                    since_point,
+                    last_loss,
+                })?;
+            }
+            if matches!(directive, Directive::Stop | Directive::CheckpointAndStop) {
                 return Err(NnError::Cancelled);
             }
         }
@@ -735,7 +873,7 @@ mod tests {
             &data,
             c,
             &DeviceSpec::Cpu,
-            &mut |_| ControlFlow::Continue(()),
+            &mut |_: &Progress| ControlFlow::Continue(()),
         )
     }
 
@@ -1116,7 +1254,7 @@ mod tests {
             &data,
             &cfg(OptimizerKind::Adam, 10),
             &DeviceSpec::Cpu,
-            &mut |p| {
+            &mut |p: &Progress| {
                 seen.push((p.iteration, p.total));
                 if p.iteration == 3 {
                     ControlFlow::Break(())
@@ -1173,7 +1311,7 @@ mod tests {
                 },
                 &cfg(OptimizerKind::Sgd, 1),
                 &DeviceSpec::Cuda(0),
-                &mut |_| ControlFlow::Continue(())
+                &mut |_: &Progress| ControlFlow::Continue(())
             ),
             Err(NnError::CudaNotCompiled)
         ));
@@ -1266,7 +1404,7 @@ mod mnist_smoke {
             &data,
             &cfg,
             &DeviceSpec::Cpu,
-            &mut |_| ControlFlow::Continue(()),
+            &mut |_: &Progress| ControlFlow::Continue(()),
         )
         .unwrap();
         eprintln!("one epoch: {:?}; curve {:#?}", t.elapsed(), out.curve);

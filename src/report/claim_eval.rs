@@ -366,6 +366,7 @@ mod tests {
             metrics,
             error: None,
             job: None,
+            resumed_at: None,
         }
     }
 

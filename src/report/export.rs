@@ -293,6 +293,7 @@ mod tests {
             metrics,
             error: None,
             job: None,
+            resumed_at: None,
         };
         RunRecord {
             id: "20260101-000000-abcd".into(),

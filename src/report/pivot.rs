@@ -254,6 +254,7 @@ mod tests {
             metrics,
             error: None,
             job: None,
+            resumed_at: None,
         }
     }
 

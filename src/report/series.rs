@@ -347,6 +347,7 @@ mod tests {
             metrics,
             error: None,
             job: None,
+            resumed_at: None,
         }
     }
 

@@ -11,6 +11,10 @@
 //!     "imp.*.train": {gres: "gpu:1"}
 //! ```
 //!
+//! `requeue: true` lets Slurm put a preempted (or failed-node) job back in the queue, where it
+//! resumes from its progress checkpoint; `grace` is how many seconds before the time limit a
+//! job is sent SIGTERM so that a long stage saves one (default 120; 0: not sent).
+//!
 //! A stage gets `default`, then its kind's request, then every matching `stages` pattern in
 //! the order written, each field of a later one replacing the earlier (`extra` accumulates).
 
@@ -22,7 +26,18 @@ use super::expand::glob_match;
 use super::yaml::{Node, NodeKind, Scalar};
 
 const SECTIONS: &[&str] = &["default", "kinds", "stages"];
-const FIELDS: &[&str] = &["partition", "time", "cpus", "mem", "gres", "extra"];
+const FIELDS: &[&str] = &[
+    "partition",
+    "time",
+    "cpus",
+    "mem",
+    "gres",
+    "requeue",
+    "grace",
+    "extra",
+];
+/// Seconds before the time limit that Slurm sends SIGTERM, unless `grace` says otherwise.
+pub const DEFAULT_GRACE: u32 = 120;
 
 /// One stage's request; unset fields are left to the cluster's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,6 +49,10 @@ pub struct ResourceRequest {
     /// Megabytes, or a number with a K/M/G/T suffix.
     pub mem: Option<String>,
     pub gres: Option<String>,
+    /// Whether Slurm may requeue the job after a preemption or a node failure.
+    pub requeue: Option<bool>,
+    /// Seconds before the time limit that the job is sent SIGTERM (to save its progress).
+    pub grace: Option<u32>,
     /// Further `sbatch` options, as written (`--qos=high`, `--account=lab`).
     pub extra: Vec<String>,
 }
@@ -53,6 +72,12 @@ impl ResourceRequest {
         if o.cpus.is_some() {
             self.cpus = o.cpus;
         }
+        if o.requeue.is_some() {
+            self.requeue = o.requeue;
+        }
+        if o.grace.is_some() {
+            self.grace = o.grace;
+        }
         self.extra.extend(o.extra.iter().cloned());
     }
 
@@ -69,6 +94,24 @@ impl ResourceRequest {
         opt("cpus-per-task", &self.cpus.map(|c| c.to_string()));
         opt("mem", &self.mem);
         opt("gres", &self.gres);
+        match self.requeue {
+            Some(true) => a.push("--requeue".into()),
+            Some(false) => a.push("--no-requeue".into()),
+            None => {}
+        }
+        // SIGTERM to the batch shell (which `exec`s the worker) ahead of the limit: the
+        // worker stops its stage, which saves a progress checkpoint to resume from. Never
+        // more than half the limit: Slurm signals at once a job whose limit is shorter than
+        // the grace, which would stop every short job as it starts.
+        let limit = self.time.as_deref().and_then(time_secs);
+        match limit.map_or(self.grace.unwrap_or(DEFAULT_GRACE), |l| {
+            self.grace
+                .unwrap_or(DEFAULT_GRACE)
+                .min(u32::try_from(l / 2).unwrap_or(u32::MAX))
+        }) {
+            0 => {}
+            g => a.push(format!("--signal=B:TERM@{g}")),
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -220,6 +263,18 @@ fn request(node: &Node, errors: &mut Vec<Diagnostic>) -> ResourceRequest {
                 }
                 _ => errors.push(bad("expected a whole number of CPUs, at least 1")),
             },
+            "requeue" => match &v.kind {
+                NodeKind::Scalar(Scalar::Bool(b)) => r.requeue = Some(*b),
+                _ => errors.push(bad("expected true or false")),
+            },
+            "grace" => match &v.kind {
+                NodeKind::Scalar(Scalar::Int(n)) if (0..=i64::from(u32::MAX)).contains(n) => {
+                    r.grace = Some(*n as u32)
+                }
+                _ => errors.push(bad("expected whole seconds, 0 or more").hint(
+                    "e.g. grace: 300 (SIGTERM five minutes before the time limit); 0 sends none",
+                )),
+            },
             "mem" => match mem(v) {
                 Some(m) => r.mem = Some(m),
                 None => errors.push(bad("expected megabytes or a size with K/M/G/T").hint("e.g. mem: 4G or mem: 500M")),
@@ -276,6 +331,27 @@ fn time(v: &Node) -> Option<String> {
     ((1..=3).contains(&parts.len()) && parts.iter().all(|p| num(p))).then(|| s.to_string())
 }
 
+/// Seconds of a time limit in one of Slurm's formats (`None`: unlimited or not understood).
+fn time_secs(s: &str) -> Option<u64> {
+    let (days, rest) = match s.split_once('-') {
+        Some((d, rest)) => (Some(d.parse::<u64>().ok()?), rest),
+        None => (None, s),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = match (days.is_some(), parts.as_slice()) {
+        (false, &[m]) => [0, m, 0],
+        (false, &[m, sec]) => [0, m, sec],
+        (_, &[h, m, sec]) => [h, m, sec],
+        (true, &[h]) => [h, 0, 0],
+        (true, &[h, m]) => [h, m, 0],
+        _ => return None,
+    };
+    Some(((days.unwrap_or(0) * 24 + h) * 60 + m) * 60 + sec)
+}
+
 fn mem(v: &Node) -> Option<String> {
     if let NodeKind::Scalar(Scalar::Int(m)) = &v.kind {
         return (*m > 0).then(|| m.to_string());
@@ -300,6 +376,8 @@ mod tests {
                 "gres" => q.gres = Some(v.to_string()),
                 "mem" => q.mem = Some(v.to_string()),
                 "cpus" => q.cpus = Some(v.parse().unwrap()),
+                "grace" => q.grace = Some(v.parse().unwrap()),
+                "requeue" => q.requeue = Some(v.parse().unwrap()),
                 _ => q.extra.push(v.to_string()),
             }
         }
@@ -329,13 +407,56 @@ mod tests {
                 "--time=60",
                 "--cpus-per-task=2",
                 "--gres=gpu:1",
+                "--signal=B:TERM@120",
                 "--qos=a",
                 "--qos=b"
             ]
         );
         assert_eq!(
             r.for_stage("dense", "evaluate").sbatch_args(),
-            ["--partition=short", "--time=10"]
+            ["--partition=short", "--time=10", "--signal=B:TERM@120"]
         );
+    }
+
+    #[test]
+    fn requeue_and_grace_reach_sbatch() {
+        let r = Resources {
+            default: req(&[("requeue", "true"), ("grace", "300")]),
+            kinds: vec![(
+                "evaluate".into(),
+                req(&[("grace", "0"), ("requeue", "false")]),
+            )],
+            stages: vec![],
+        };
+        assert_eq!(
+            r.for_stage("t", "train").sbatch_args(),
+            ["--requeue", "--signal=B:TERM@300"]
+        );
+        assert_eq!(r.for_stage("e", "evaluate").sbatch_args(), ["--no-requeue"]);
+    }
+
+    #[test]
+    fn the_grace_is_at_most_half_the_time_limit() {
+        let args = |fields: &[(&str, &str)]| req(fields).sbatch_args();
+        assert_eq!(args(&[("time", "3")]), ["--time=3", "--signal=B:TERM@90"]);
+        assert_eq!(
+            args(&[("time", "1:00")]),
+            ["--time=1:00", "--signal=B:TERM@30"]
+        );
+        assert_eq!(
+            args(&[("time", "2:00:00"), ("grace", "600")]),
+            ["--time=2:00:00", "--signal=B:TERM@600"]
+        );
+        assert_eq!(
+            args(&[("time", "1-0")]),
+            ["--time=1-0", "--signal=B:TERM@120"]
+        );
+        assert_eq!(
+            args(&[("time", "UNLIMITED")]),
+            ["--time=UNLIMITED", "--signal=B:TERM@120"]
+        );
+        assert_eq!(time_secs("1-02:03:04"), Some(93_784));
+        assert_eq!(time_secs("0:00:01"), Some(1));
+        assert_eq!(time_secs("90"), Some(5400));
     }
 }

@@ -1,8 +1,10 @@
 //! What a running stage sees: its inputs (as finished cache entries), its output folder, the
-//! run-time resources (device, dataset cache), a progress sink and the cancellation flag.
+//! run-time resources (device, dataset cache), a progress sink, the cancellation flag, and the
+//! key's progress checkpoints (to resume from, and to save into).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -10,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::StageError;
 use super::dataset::DataCache;
+use crate::cache::resume::{ResumeArea, SaveError, Snapshot};
 use crate::nn::{
     Checkpoint, DeviceSpec, OptimState, Weights, load_checkpoint, load_optim_state,
     save_checkpoint, save_optim_state,
@@ -103,7 +106,18 @@ impl Runtime {
     }
 }
 
+/// The progress checkpoints of the entry a stage computes (see [`crate::cache::resume`]).
+pub struct Resume {
+    pub area: ResumeArea,
+    /// The newest valid checkpoint an earlier attempt left, if any.
+    pub offered: Option<Snapshot>,
+    /// How often a long stage saves one; `None`: never (`--checkpoint-every 0`).
+    pub every: Option<Duration>,
+}
+
 pub struct StageContext<'a> {
+    pub(crate) resume: Option<Resume>,
+    pub(crate) resumed_at: Option<u64>,
     pub(crate) name: String,
     pub(crate) inputs: Vec<(String, Vec<InputEntry>)>,
     pub(crate) out_dir: PathBuf,
@@ -123,6 +137,8 @@ impl<'a> StageContext<'a> {
         progress: &'a dyn ProgressSink,
     ) -> Self {
         StageContext {
+            resume: None,
+            resumed_at: None,
             name,
             inputs,
             out_dir,
@@ -135,6 +151,57 @@ impl<'a> StageContext<'a> {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same context with the key's progress checkpoints.
+    pub fn with_resume(mut self, resume: Resume) -> Self {
+        self.resume = Some(resume);
+        self
+    }
+
+    /// The progress checkpoint an earlier attempt of this entry left, to continue from.
+    pub fn resume_point(&self) -> Option<&Snapshot> {
+        self.resume.as_ref()?.offered.as_ref()
+    }
+
+    /// Records that the stage continued from a progress checkpoint at `done` (the run
+    /// summary counts resumed stages).
+    pub fn mark_resumed(&mut self, done: u64) {
+        self.resumed_at = Some(done);
+    }
+
+    /// Undoes [`StageContext::mark_resumed`]: the checkpoint turned out unusable and the
+    /// stage started over.
+    pub fn unmark_resumed(&mut self) {
+        self.resumed_at = None;
+    }
+
+    /// Where the stage continued from, if it did.
+    pub fn resumed_at(&self) -> Option<u64> {
+        self.resumed_at
+    }
+
+    /// How often to save a progress checkpoint; `None`: never.
+    pub fn checkpoint_every(&self) -> Option<Duration> {
+        self.resume.as_ref()?.every
+    }
+
+    /// Saves a progress checkpoint at `done` of `total`: `write` fills the folder it is given,
+    /// which becomes the checkpoint offered to the next attempt only once complete.
+    pub fn save_progress(
+        &self,
+        done: u64,
+        total: u64,
+        write: impl FnOnce(&Path) -> Result<(), StageError>,
+    ) -> Result<(), StageError> {
+        let Some(r) = &self.resume else {
+            return Ok(());
+        };
+        match r.area.save(done, total, write) {
+            Ok(_) => Ok(()),
+            Err(SaveError::Stage(e)) => Err(e),
+            Err(SaveError::Cache(e)) => Err(e.into()),
+        }
     }
 
     /// The single stage bound to `role`.

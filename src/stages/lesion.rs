@@ -14,7 +14,7 @@
 //! goes to `curve.json` (so a `curve: true` plot draws error against k); the summary and the
 //! single deletions are metrics.
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -28,6 +28,7 @@ use crate::nn::lesion::{self, DELETABLE_KINDS, Unit, kendall_tau};
 use crate::nn::lesion_eval::{LesionJob, evaluate_lesions};
 use crate::nn::program::Program;
 use crate::nn::{ModelSpec, NnError};
+use crate::rng::{self, Domain};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
@@ -131,7 +132,9 @@ pub struct Lesion;
 impl Stage for Lesion {
     type Params = LesionParams;
     const KIND: &'static str = "lesion";
-    const VERSION: u32 = 1;
+    /// 2: the random deletions and swaps draw from their own stream (`rng::Domain::
+    /// LesionDraws`) instead of a generator seeded from `seed` alone (issue 24).
+    const VERSION: u32 = 2;
     const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
     const ABOUT: &'static str = "test-time lesions of a trained model: delete single / k random residual blocks (or plain conv layers), swap k pairs {k, swaps, draws, seed, draw_subset, recalibrate, data}";
 
@@ -217,7 +220,7 @@ impl Stage for Lesion {
                 });
             }
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+        let mut rng = rng::stream(p.seed, Domain::LesionDraws, 0);
         for &k in p.k.iter().filter(|&&k| k <= units.len()) {
             for draw in 0..p.draws {
                 let gone: Vec<&str> = pick(&mut rng, units.len(), k)
@@ -443,7 +446,7 @@ mod tests {
 
     #[test]
     fn picks_are_distinct_and_sorted() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut rng = rng::stream(7, Domain::LesionDraws, 0);
         for k in 0..=5 {
             let p = pick(&mut rng, 5, k);
             assert_eq!(p.len(), k);

@@ -16,6 +16,7 @@ pub mod init;
 pub mod lesion;
 pub mod model_facts;
 pub mod netaug_train;
+pub mod progress_checkpoints;
 pub mod prune;
 pub mod reinit;
 pub mod repr_drop;
@@ -31,7 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use context::{InputEntry, ProgressSink, Runtime, StageContext};
+pub use context::{InputEntry, ProgressSink, Resume, Runtime, StageContext};
 pub use erased::{ParamError, StageKind};
 
 /// One input slot of a stage kind.
@@ -113,6 +114,8 @@ pub enum StageError {
     },
     #[error("input `{role}`: {message}")]
     Input { role: String, message: String },
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     #[error("interrupted")]
     Cancelled,
     #[error("{0}")]

@@ -5,16 +5,21 @@
 //! `augment: false` trains the same base model alone through the same code path (SGD with
 //! Nesterov momentum, label smoothing, cosine schedule, BN re-estimation before every
 //! evaluation): the baseline arm of the paper's comparison.
-
-use std::ops::ControlFlow;
+//!
+//! Like `train`, it saves a progress checkpoint every `--checkpoint-every` and when stopped,
+//! and the next attempt at its key continues from it, bit for bit.
 
 use serde::{Deserialize, Serialize};
 
 use super::dataset::DataParams;
 use super::model_facts::{ModelFacts, check_fits};
+use super::progress_checkpoints::CheckpointClock;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::netaug::{NetAugConfig, netaug_train};
-use crate::nn::{Checkpoint, LrSchedule, ModelSpec, OptimizerKind};
+use crate::nn::netaug::{NetAugConfig, NetAugState, netaug_train};
+use crate::nn::{
+    Checkpoint, Directive, LrSchedule, ModelSpec, NnError, OptimizerKind, Progress, TrainHooks,
+    load_netaug_state, save_netaug_state,
+};
 
 /// Seed of the fixed BN-calibration images (the reference's constant, netaug/setup.py).
 pub const CALIBRATION_SEED: u64 = 937_162_211;
@@ -118,7 +123,10 @@ pub struct NetAugTrain;
 impl Stage for NetAugTrain {
     type Params = NetAugParams;
     const KIND: &'static str = "netaug_train";
-    const VERSION: u32 = 1;
+    /// 2: the widest network's extra channels come from NetAug's own random streams (version 1
+    /// drew them from `init`'s streams at seed `seed ^ constant`, which an `init` seed could
+    /// reach); every netaug_train key, and every key downstream of one, changed on purpose.
+    const VERSION: u32 = 2;
     const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "trains a convnet with Network Augmentation (Cai et al. 2022) \
@@ -261,22 +269,13 @@ impl Stage for NetAugTrain {
             eval_every_epochs: p.eval_every_epochs,
         };
         let device = ctx.device().clone();
-        let out = {
-            let ctx_ref = &*ctx;
-            let mut on_progress = |done: u64, total: u64, loss: f64| {
-                if ctx_ref.cancelled() {
-                    return ControlFlow::Break(());
-                }
-                if done.is_multiple_of(25) || done == total {
-                    // The loss is the last finished epoch's mean: none during the first.
-                    let message = if loss.is_finite() {
-                        format!("loss {loss:.4}")
-                    } else {
-                        "first epoch".to_string()
-                    };
-                    ctx_ref.progress(done, total, &message);
-                }
-                ControlFlow::Continue(())
+        let from = resume_point(ctx);
+        let ctx_ref = &*ctx;
+        let attempt = |from| {
+            let mut hooks = StageHooks {
+                ctx: ctx_ref,
+                clock: CheckpointClock::new(ctx_ref),
+                total: 0,
             };
             netaug_train(
                 &start.spec,
@@ -286,9 +285,22 @@ impl Stage for NetAugTrain {
                 &splits.test,
                 &cfg,
                 &device,
-                &mut on_progress,
-            )?
+                from,
+                &mut hooks,
+            )
         };
+        let (out, restarted) = match attempt(from) {
+            // A state this training cannot continue from (checked before any step): start
+            // over from the input.
+            Err(NnError::Invalid(why)) if ctx_ref.resumed_at().is_some() => {
+                tracing::warn!("{}: {why}; starting over", ctx_ref.name());
+                (attempt(None)?, true)
+            }
+            other => (other?, false),
+        };
+        if restarted {
+            ctx.unmark_resumed();
+        }
         ctx.save_model(
             "model",
             &Checkpoint {
@@ -310,6 +322,63 @@ impl Stage for NetAugTrain {
                 ctx.set_metric("val_acc", v);
             }
         }
+        Ok(())
+    }
+}
+
+/// The state an earlier attempt of this entry left in a progress checkpoint, if it reads
+/// (one that does not is passed over with a warning: the training starts from its input).
+fn resume_point(ctx: &mut StageContext) -> Option<NetAugState> {
+    let snap = ctx.resume_point()?.clone();
+    match load_netaug_state(&snap.dir) {
+        Ok(state) => {
+            tracing::info!(
+                stage = ctx.name(),
+                "resuming at iteration {}/{}",
+                state.done,
+                snap.total
+            );
+            ctx.mark_resumed(state.done);
+            Some(state)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}: progress checkpoint {} unreadable ({e}); starting over",
+                ctx.name(),
+                snap.dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// Progress lines, the cancel flag and progress checkpoints, as for `train`.
+struct StageHooks<'c, 'a> {
+    ctx: &'c StageContext<'a>,
+    clock: CheckpointClock,
+    /// The training's length, as the last progress gave it.
+    total: u64,
+}
+
+impl TrainHooks<NetAugState> for StageHooks<'_, '_> {
+    fn after_step(&mut self, pr: &Progress) -> Directive {
+        self.total = pr.total;
+        if pr.iteration.is_multiple_of(25) || pr.iteration == pr.total {
+            // The loss is the last finished epoch's mean: none during the first.
+            let message = if pr.train_loss.is_finite() {
+                format!("loss {:.4}", pr.train_loss)
+            } else {
+                "first epoch".to_string()
+            };
+            self.ctx.progress(pr.iteration, pr.total, &message);
+        }
+        self.clock.directive(self.ctx, pr)
+    }
+
+    fn checkpoint(&mut self, state: &NetAugState) -> Result<(), NnError> {
+        self.clock.save(self.ctx, state.done, self.total, |dir| {
+            save_netaug_state(dir, state)
+        });
         Ok(())
     }
 }

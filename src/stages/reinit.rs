@@ -8,7 +8,7 @@ use super::init::kaiming_normal;
 use super::model_facts::ModelFacts;
 use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::{Checkpoint, InitScheme, Mask, forward_flops, init_weights};
+use crate::nn::{Checkpoint, InitDraw, InitScheme, Mask, draw_weights, forward_flops};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -40,7 +40,10 @@ pub struct Reinit;
 impl Stage for Reinit {
     type Params = ReinitParams;
     const KIND: &'static str = "reinit";
-    const VERSION: u32 = 1;
+    /// 2: the fresh weights come from `reinit`'s own random streams, not `init`'s (with `init`
+    /// and `reinit` at the same seed, version 1 reproduced the ticket's θ0 exactly); every
+    /// reinit key, and every key downstream of one, changed with it, on purpose.
+    const VERSION: u32 = 2;
     const ROLES: &'static [Role] = &[Role::one("mask").taking(MODEL)];
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str =
@@ -58,7 +61,7 @@ impl Stage for Reinit {
 
     fn run(&self, p: &ReinitParams, ctx: &mut StageContext) -> Result<(), StageError> {
         let src = ctx.input("mask")?.load_model()?;
-        let fresh = init_weights(&src.spec, p.init, p.seed).masked(&src.mask);
+        let fresh = draw_weights(&src.spec, p.init, p.seed, InitDraw::Reinit).masked(&src.mask);
         let dense = forward_flops(&src.spec, &Mask::dense(&src.spec));
         let pruned = forward_flops(&src.spec, &src.mask);
         ctx.set_metric("flops_dense", dense);

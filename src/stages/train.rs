@@ -3,17 +3,23 @@
 //! Writes the final model, checkpoints at `save_at` iterations (for late rewinding), and the
 //! metrics curve; its metrics include the iteration of lowest validation loss, the lottery
 //! ticket paper's early-stopping measure, and the test accuracy there.
-
-use std::ops::ControlFlow;
+//!
+//! A long training saves a progress checkpoint every `--checkpoint-every` and when it is
+//! stopped (Ctrl-C, SIGTERM from Slurm), and the next attempt at the same key continues from
+//! it: the published entry is then byte for byte the one an uninterrupted run publishes.
 
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{DataParams, Splits};
 use super::model_facts::{ModelFacts, check_fits};
+use super::progress_checkpoints::CheckpointClock;
 use super::teacher_data::{check_generated_fits, data_input, read_generated};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::data::generated::DATASET;
-use crate::nn::{Checkpoint, LrSchedule, OptimizerKind, TrainConfig, TrainData, train};
+use crate::nn::{
+    Checkpoint, Directive, LrSchedule, ModelSpec, NnError, OptimizerKind, Progress, TrainConfig,
+    TrainData, TrainHooks, TrainState, load_train_state, save_train_state, train_from,
+};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
@@ -263,31 +269,25 @@ impl Stage for Train {
             augment: p.data.augment.as_ref(),
         };
         let device = ctx.device().clone();
+        let from = resume_point(ctx, &cfg);
         let out = {
-            let ctx_ref = &*ctx;
-            let mut on_progress = |pr: &crate::nn::Progress| {
-                if ctx_ref.cancelled() {
-                    return ControlFlow::Break(());
-                }
-                // Reported every 25 steps (the loss is only read that often) so the per-step
-                // callback stays a flag check on the hot path.
-                if pr.iteration.is_multiple_of(25) || pr.iteration == pr.total {
-                    ctx_ref.progress(
-                        pr.iteration,
-                        pr.total,
-                        &format!("loss {:.4}", pr.train_loss),
-                    );
-                }
-                ControlFlow::Continue(())
+            let mut hooks = StageHooks {
+                ctx: &*ctx,
+                clock: CheckpointClock::new(ctx),
+                total: cfg.iterations,
+                spec: &start.spec,
+                mask: &start.mask,
+                seed: p.seed,
             };
-            train(
+            train_from(
                 &start.spec,
                 &start.weights,
                 &start.mask,
                 &data,
                 &cfg,
                 &device,
-                &mut on_progress,
+                from,
+                &mut hooks,
             )?
         };
         for ((k, w), state) in out.checkpoints.iter().zip(&out.checkpoint_states) {
@@ -341,6 +341,76 @@ impl Stage for Train {
                 ctx.set_metric("early_stop_test_acc", es.test_acc);
             }
         }
+        Ok(())
+    }
+}
+
+/// The state an earlier attempt of this entry left in a progress checkpoint, if it can be
+/// read (one that cannot is passed over with a warning: the training starts from its input).
+fn resume_point(ctx: &mut StageContext, cfg: &TrainConfig) -> Option<TrainState> {
+    let snap = ctx.resume_point()?.clone();
+    match load_train_state(&snap.dir) {
+        Ok(state) if (cfg.start_step..=cfg.iterations).contains(&state.done) => {
+            tracing::info!(
+                stage = ctx.name(),
+                "resuming at iteration {}/{}",
+                state.done,
+                cfg.iterations
+            );
+            ctx.mark_resumed(state.done);
+            Some(state)
+        }
+        Ok(state) => {
+            tracing::warn!(
+                "{}: progress checkpoint at iteration {} is outside this training's {}..={}; starting over",
+                ctx.name(),
+                state.done,
+                cfg.start_step,
+                cfg.iterations
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}: progress checkpoint {} unreadable ({e}); starting over",
+                ctx.name(),
+                snap.dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// What the training loop hears back from the stage: progress lines, the cancel flag, and
+/// when to hand over its state for a progress checkpoint.
+struct StageHooks<'c, 'a> {
+    ctx: &'c StageContext<'a>,
+    clock: CheckpointClock,
+    total: u64,
+    spec: &'c ModelSpec,
+    mask: &'c crate::nn::Mask,
+    seed: u64,
+}
+
+impl TrainHooks for StageHooks<'_, '_> {
+    fn after_step(&mut self, pr: &Progress) -> Directive {
+        // Reported every 25 steps (the loss is only read that often) so the per-step
+        // callback stays a flag check on the hot path.
+        if pr.iteration.is_multiple_of(25) || pr.iteration == pr.total {
+            self.ctx.progress(
+                pr.iteration,
+                pr.total,
+                &format!("loss {:.4}", pr.train_loss),
+            );
+        }
+        self.clock.directive(self.ctx, pr)
+    }
+
+    fn checkpoint(&mut self, state: &TrainState) -> Result<(), NnError> {
+        let (spec, mask, seed) = (self.spec, self.mask, self.seed);
+        self.clock.save(self.ctx, state.done, self.total, |dir| {
+            save_train_state(dir, spec, mask, seed, state)
+        });
         Ok(())
     }
 }

@@ -72,6 +72,7 @@ pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool)
         device: DeviceSpec::Cpu.to_string(),
         detach: false,
         threads: None,
+        checkpoint_every: None,
     };
     let (sink, runtime) = (PlainSink::new(true), Runtime::new(DeviceSpec::Cpu));
     let env = exec::Engine {
