@@ -73,12 +73,8 @@ pub fn collect(
             continue;
         };
         let name = read_manifest(&dir).map(|m| m.name).unwrap_or_default();
-        let bytes = dir_size(&dir);
+        let bytes = remove_tree(&dir, dry_run)?;
         if !dry_run {
-            fs::remove_dir_all(&dir).map_err(|source| CacheError::Io {
-                path: dir.clone(),
-                source,
-            })?;
             let _ = fs::remove_file(store.root().join("locks").join(format!("{key}.lock")));
         }
         report.removed.push(Removal {
@@ -107,13 +103,7 @@ pub fn collect(
         } else {
             None
         };
-        let bytes = dir_size(&dir);
-        if !dry_run {
-            fs::remove_dir_all(&dir).map_err(|source| CacheError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        let bytes = remove_tree(&dir, dry_run)?;
         report.removed.push(Removal {
             what: "resume",
             id: key,
@@ -150,13 +140,7 @@ pub fn collect(
                     }
                 }
             };
-            let bytes = dir_size(&p);
-            if !dry_run {
-                fs::remove_dir_all(&p).map_err(|source| CacheError::Io {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
+            let bytes = remove_tree(&p, dry_run)?;
             report.removed.push(Removal {
                 what: "partial",
                 id: fname,
@@ -224,4 +208,16 @@ pub fn collect(
         });
     }
     Ok(report)
+}
+
+/// Removes the folder `dir` (unless `dry_run`) and returns its size.
+fn remove_tree(dir: &std::path::Path, dry_run: bool) -> Result<u64, CacheError> {
+    let bytes = dir_size(dir);
+    if !dry_run {
+        fs::remove_dir_all(dir).map_err(|source| CacheError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(bytes)
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::DataParams;
 use super::model_facts::{ModelFacts, check_fits};
-use super::progress_checkpoints::CheckpointClock;
+use super::progress_checkpoints::{CheckpointClock, resume_point};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::netaug::{NetAugConfig, NetAugState, netaug_train};
 use crate::nn::{
@@ -269,7 +269,9 @@ impl Stage for NetAugTrain {
             eval_every_epochs: p.eval_every_epochs,
         };
         let device = ctx.device().clone();
-        let from = resume_point(ctx);
+        // Whether the state fits this training is checked by `netaug_train` (it knows the
+        // master's shapes); one that does not makes it start over below.
+        let from = resume_point(ctx, load_netaug_state, |s| s.done, |_| Ok(()));
         let ctx_ref = &*ctx;
         let attempt = |from| {
             let mut hooks = StageHooks {
@@ -323,32 +325,6 @@ impl Stage for NetAugTrain {
             }
         }
         Ok(())
-    }
-}
-
-/// The state an earlier attempt of this entry left in a progress checkpoint, if it reads
-/// (one that does not is passed over with a warning: the training starts from its input).
-fn resume_point(ctx: &mut StageContext) -> Option<NetAugState> {
-    let snap = ctx.resume_point()?.clone();
-    match load_netaug_state(&snap.dir) {
-        Ok(state) => {
-            tracing::info!(
-                stage = ctx.name(),
-                "resuming at iteration {}/{}",
-                state.done,
-                snap.total
-            );
-            ctx.mark_resumed(state.done);
-            Some(state)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "{}: progress checkpoint {} unreadable ({e}); starting over",
-                ctx.name(),
-                snap.dir.display()
-            );
-            None
-        }
     }
 }
 

@@ -8,6 +8,41 @@ use std::time::{Duration, Instant};
 use super::{StageContext, StageError};
 use crate::nn::{Directive, NnError, Progress};
 
+/// The state an earlier attempt of this entry left in a progress checkpoint, read by `load`,
+/// with the iterations it has done (`done`); `check` says why a state that reads is not one
+/// this training can continue from. A checkpoint that does not read or fit is passed over
+/// with a warning, and the training starts from its input.
+pub fn resume_point<S>(
+    ctx: &mut StageContext,
+    load: impl FnOnce(&Path) -> Result<S, NnError>,
+    done: impl Fn(&S) -> u64,
+    check: impl FnOnce(&S) -> Result<(), String>,
+) -> Option<S> {
+    let snap = ctx.resume_point()?.clone();
+    let problem = match load(&snap.dir) {
+        Ok(state) => match check(&state) {
+            Ok(()) => {
+                tracing::info!(
+                    stage = ctx.name(),
+                    "resuming at iteration {}/{}",
+                    done(&state),
+                    snap.total
+                );
+                ctx.mark_resumed(done(&state));
+                return Some(state);
+            }
+            Err(why) => format!("at iteration {}: {why}", done(&state)),
+        },
+        Err(e) => format!("unreadable ({e})"),
+    };
+    tracing::warn!(
+        "{}: progress checkpoint {} {problem}; starting over",
+        ctx.name(),
+        snap.dir.display()
+    );
+    None
+}
+
 pub struct CheckpointClock {
     every: Option<Duration>,
     last: Instant,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::{DataParams, Splits};
 use super::model_facts::{ModelFacts, check_fits};
-use super::progress_checkpoints::CheckpointClock;
+use super::progress_checkpoints::{CheckpointClock, resume_point};
 use super::teacher_data::{check_generated_fits, data_input, read_generated};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::data::generated::DATASET;
@@ -269,7 +269,21 @@ impl Stage for Train {
             augment: p.data.augment.as_ref(),
         };
         let device = ctx.device().clone();
-        let from = resume_point(ctx, &cfg);
+        let from = resume_point(
+            ctx,
+            load_train_state,
+            |s| s.done,
+            |s| {
+                if (cfg.start_step..=cfg.iterations).contains(&s.done) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "outside this training's {}..={}",
+                        cfg.start_step, cfg.iterations
+                    ))
+                }
+            },
+        );
         let out = {
             let mut hooks = StageHooks {
                 ctx: &*ctx,
@@ -342,42 +356,6 @@ impl Stage for Train {
             }
         }
         Ok(())
-    }
-}
-
-/// The state an earlier attempt of this entry left in a progress checkpoint, if it can be
-/// read (one that cannot is passed over with a warning: the training starts from its input).
-fn resume_point(ctx: &mut StageContext, cfg: &TrainConfig) -> Option<TrainState> {
-    let snap = ctx.resume_point()?.clone();
-    match load_train_state(&snap.dir) {
-        Ok(state) if (cfg.start_step..=cfg.iterations).contains(&state.done) => {
-            tracing::info!(
-                stage = ctx.name(),
-                "resuming at iteration {}/{}",
-                state.done,
-                cfg.iterations
-            );
-            ctx.mark_resumed(state.done);
-            Some(state)
-        }
-        Ok(state) => {
-            tracing::warn!(
-                "{}: progress checkpoint at iteration {} is outside this training's {}..={}; starting over",
-                ctx.name(),
-                state.done,
-                cfg.start_step,
-                cfg.iterations
-            );
-            None
-        }
-        Err(e) => {
-            tracing::warn!(
-                "{}: progress checkpoint {} unreadable ({e}); starting over",
-                ctx.name(),
-                snap.dir.display()
-            );
-            None
-        }
     }
 }
 
