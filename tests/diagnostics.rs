@@ -8,7 +8,13 @@ use pipe::cache::Store;
 use pipe::exec;
 use pipe::spec;
 
+/// The error text, with this checkout's folder written `<repo>` (errors about relative paths
+/// name the folder they resolve against).
 fn diagnose(rel: &str, set: &[&str]) -> String {
+    diagnose_here(rel, set).replace(&root().display().to_string(), "<repo>")
+}
+
+fn diagnose_here(rel: &str, set: &[&str]) -> String {
     let reg = registry();
     let cache = tempfile::tempdir().unwrap();
     match spec::load(&[rel.into()], &overrides(set), &reg) {

@@ -1,12 +1,13 @@
 //! Keys for every stage, in dependency order, and for each stage that will run, why.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 use crate::cache::key::diff_values;
 use crate::cache::{PreImage, Store, digest_file};
-use crate::spec::{Diagnostic, Diagnostics, Instance, Pipeline};
+use crate::spec::{Diagnostic, Diagnostics, Instance, Loc, Pipeline};
 use crate::stages::Registry;
 
 /// Why a stage will run (or that it will not).
@@ -58,24 +59,25 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
     let mut keys: HashMap<String, String> = HashMap::new();
     let mut stages = Vec::with_capacity(pipeline.instances.len());
     let mut errors = Vec::new();
+    // A missing data folder is one error, however many stages read from it (a wrong
+    // `data.dir` in `defaults` reaches every training): at the first stage, naming them all.
+    let mut missing: Vec<(PathBuf, Loc, Vec<String>)> = Vec::new();
     for inst in &pipeline.instances {
         let kind = registry.get(&inst.kind).expect("spec checked kinds");
         let mut data = BTreeMap::new();
         for path in kind.external_inputs(&inst.params) {
-            // A missing folder is one error, not one per file.
             if let Some(dir) = path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
             {
-                let msg = format!(
-                    "stage `{}` reads its data from {}, which is not a folder",
-                    inst.name,
-                    dir.display()
-                );
-                if !errors.iter().any(|e: &Diagnostic| e.message == msg) {
-                    errors.push(Diagnostic::at(&inst.loc, msg).hint(
-                        "point the stage's `data.dir` at the folder that holds the dataset files (relative paths are relative to the current directory)",
-                    ));
+                match missing.iter_mut().find(|(d, _, _)| d == dir) {
+                    Some((_, _, names)) if names.last() != Some(&inst.name) => {
+                        names.push(inst.name.clone())
+                    }
+                    Some(_) => {}
+                    None => {
+                        missing.push((dir.to_path_buf(), inst.loc.clone(), vec![inst.name.clone()]))
+                    }
                 }
                 continue;
             }
@@ -137,6 +139,31 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
             resumes_at,
         });
     }
+    let mut first = Vec::new();
+    for (dir, loc, names) in missing {
+        let reads = if names.len() == 1 {
+            "reads its"
+        } else {
+            "read their"
+        };
+        let resolved = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+        let mut msg = format!(
+            "{} {reads} data from {}",
+            crate::spec::stage_list(&names),
+            dir.display()
+        );
+        if resolved != dir {
+            msg.push_str(&format!(" ({})", resolved.display()));
+        }
+        msg.push_str(", which is not a folder");
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        first.push(Diagnostic::at(&loc, msg).hint(format!(
+            "point `data.dir` at the folder that holds the dataset files; a relative path is relative to the current directory ({cwd}), not to the pipeline file"
+        )));
+    }
+    errors.splice(0..0, first);
     if !errors.is_empty() {
         return Err(Diagnostics(errors).into());
     }

@@ -3,8 +3,17 @@
 use serde::{Deserialize, Serialize};
 
 /// Learning-rate schedule after warm-up (warm-up is `TrainConfig::warmup`).
+///
+/// Written `{kind: cosine, min_lr: 1e-4}`, `{kind: step, milestones: [...], gamma: 0.1}` or
+/// `{kind: constant}`; the two without required fields also as a bare name (`schedule:
+/// cosine`). Always stored (and keyed) in the tagged form, so both spellings are one key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    remote = "LrSchedule"
+)]
 pub enum LrSchedule {
     /// The base rate throughout.
     Constant,
@@ -17,6 +26,40 @@ pub enum LrSchedule {
         #[serde(default)]
         min_lr: f64,
     },
+}
+
+/// The forms a schedule can take, for errors.
+const FORMS: &str = "write `constant`, `cosine`, `{kind: cosine, min_lr: 1.0e-4}` or \
+     `{kind: step, milestones: [20000, 30000], gamma: 0.1}`";
+
+impl Serialize for LrSchedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        LrSchedule::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LrSchedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(name) => match name.as_str() {
+                "constant" => Ok(LrSchedule::Constant),
+                "cosine" => Ok(LrSchedule::Cosine { min_lr: 0.0 }),
+                "step" => Err(D::Error::custom(format!(
+                    "a `step` schedule needs its `milestones` and `gamma`: {FORMS}"
+                ))),
+                other => Err(D::Error::custom(format!(
+                    "unknown schedule `{other}`: {FORMS}"
+                ))),
+            },
+            v @ serde_json::Value::Object(_) => {
+                LrSchedule::deserialize(v).map_err(|e| D::Error::custom(format!("{e}: {FORMS}")))
+            }
+            other => Err(D::Error::custom(format!(
+                "a schedule is a name or a map, not `{other}`: {FORMS}"
+            ))),
+        }
+    }
 }
 
 /// The learning rate for the optimiser step taken at iteration `iter`
@@ -52,6 +95,43 @@ pub fn lr_at(base: f64, sched: &LrSchedule, warmup: u64, iter: u64, total: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_name_is_the_tagged_form_and_mistakes_name_the_forms() {
+        let parse = |j: &str| serde_json::from_str::<LrSchedule>(j);
+        assert_eq!(
+            parse(r#""cosine""#).unwrap(),
+            LrSchedule::Cosine { min_lr: 0.0 }
+        );
+        assert_eq!(parse(r#""constant""#).unwrap(), LrSchedule::Constant);
+        assert_eq!(
+            parse(r#"{"kind": "cosine"}"#).unwrap(),
+            parse(r#""cosine""#).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(parse(r#""cosine""#).unwrap()).unwrap(),
+            serde_json::json!({"kind": "cosine", "min_lr": 0.0}),
+            "stored, and keyed, in the tagged form"
+        );
+        let e = parse(r#""step""#).unwrap_err().to_string();
+        assert!(
+            e.starts_with("a `step` schedule needs its `milestones` and `gamma`"),
+            "{e}"
+        );
+        let e = parse(r#"{"kind": "step", "gamma": 0.1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `milestones`"), "{e}");
+        assert!(
+            e.contains("{kind: step, milestones: [20000, 30000], gamma: 0.1}"),
+            "{e}"
+        );
+        let e = parse(r#""cosin""#).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown schedule `cosin`: write `constant`, `cosine`"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn constant_and_warmup() {
