@@ -166,6 +166,10 @@ pub enum Command {
         /// Show unchanged rows too.
         #[arg(long)]
         all: bool,
+        /// Count `-N` and `last` over the runs of every pipeline (by default they count among
+        /// the runs of the other run's pipeline).
+        #[arg(long)]
+        any_pipeline: bool,
         #[command(flatten)]
         plots: PlotArgs,
     },
@@ -361,12 +365,13 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
             json,
             md,
             all,
+            any_pipeline,
             plots,
         } => {
             if plots.plots {
-                report_cmds::diff_plots(g, a, b, plots)
+                report_cmds::diff_plots(g, a, b, *any_pipeline, plots)
             } else {
-                cmd_diff(g, a, b, *json, *md, *all)
+                cmd_diff(g, a, b, *json, *md, *all, *any_pipeline)
             }
         }
         Command::Show {
@@ -1074,14 +1079,43 @@ fn cmd_runs(g: &Global) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn cmd_diff(g: &Global, a: &str, b: &str, json: bool, md: bool, all: bool) -> Result<u8, Failure> {
+fn cmd_diff(
+    g: &Global,
+    a: &str,
+    b: &str,
+    json: bool,
+    md: bool,
+    all: bool,
+    any_pipeline: bool,
+) -> Result<u8, Failure> {
     let rs = all_runs(g)?;
-    let ra = runs::resolve(&rs, a).map_err(Failure::invalid)?;
-    let rb = runs::resolve(&rs, b).map_err(Failure::invalid)?;
+    let (ra, rb) = runs::resolve_pair(&rs, a, b, any_pipeline).map_err(Failure::invalid)?;
     let rows = diff::diff_runs(ra, rb, all);
+    if ra.started_at > rb.started_at {
+        eprintln!(
+            "warning: A ({}, {}) is newer than B ({}, {}): Change is B − A, the older minus the newer; `pipe diff {} {}` puts the older first",
+            ra.id, ra.started_at, rb.id, rb.started_at, rb.id, ra.id
+        );
+    }
     if json {
         out!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
     } else {
+        if ra.pipeline != rb.pipeline {
+            out!(
+                "A and B are runs of different pipelines (`{}` and `{}`): stages are matched by name",
+                ra.pipeline,
+                rb.pipeline
+            );
+        }
+        if !md {
+            out!(
+                "A = {} ({}), B = {} ({})",
+                ra.id,
+                ra.started_at,
+                rb.id,
+                rb.started_at
+            );
+        }
         let t = diff::diff_table(&rows, &ra.id, &rb.id);
         if md {
             out_raw!("{}", t.render_md());

@@ -235,9 +235,33 @@ fn runs_diff_show_and_explain() {
     two_runs(cache.path(), "stages.b.value=5");
     let ids = run_ids(cache.path());
     assert_eq!(ids.len(), 2);
-    let redact = |s: String| s.replace(&ids[0], "RUN_A").replace(&ids[1], "RUN_B");
+    let records = pipe::cache::runs::list(cache.path()).unwrap();
+    let (time_a, time_b) = (&records[0].started_at, &records[1].started_at);
+    let redact = |s: String| {
+        s.replace(&ids[0], "RUN_A")
+            .replace(&ids[1], "RUN_B")
+            .replace(time_a.as_str(), "TIME_A")
+            .replace(time_b.as_str(), "TIME_B")
+    };
     let d = pipe(cache.path(), &["diff", &ids[0], &ids[1]]);
     insta::assert_snapshot!("diff_text", redact(stdout(&d)));
+    assert_eq!(stderr(&d), "", "older first: no warning");
+    // Newer first: the same Change column (B − A), and a warning that says which is newer.
+    let reversed = pipe(cache.path(), &["diff", "last", "-2"]);
+    assert!(
+        stdout(&reversed).contains("b     params.value   5"),
+        "{}",
+        stdout(&reversed)
+    );
+    assert_eq!(
+        redact(stderr(&reversed)).trim_end(),
+        "warning: A (RUN_B, TIME_B) is newer than B (RUN_A, TIME_A): Change is B − A, the older minus the newer; `pipe diff RUN_A RUN_B` puts the older first"
+    );
+    assert_eq!(
+        redact(stdout(&pipe(cache.path(), &["diff", "-2", "last"]))),
+        redact(stdout(&d)),
+        "`-2 last` is the two runs, older first"
+    );
     let md = pipe(cache.path(), &["diff", &ids[0], "last", "--md"]);
     insta::assert_snapshot!("diff_md", redact(stdout(&md)));
     let json = pipe(cache.path(), &["diff", &ids[0], &ids[1], "--json"]);
@@ -352,4 +376,42 @@ fn thread_count_changes_neither_keys_nor_results() {
     let zero = pipe(&dir.path().join("cache0"), &["run", yaml, "--threads", "0"]);
     assert_eq!(zero.status.code(), Some(2));
     assert!(stderr(&zero).contains("--threads"), "{}", stderr(&zero));
+}
+
+#[test]
+fn a_run_named_by_place_counts_within_the_other_runs_pipeline() {
+    let cache = tempfile::tempdir().unwrap();
+    two_runs(cache.path(), "stages.b.value=5");
+    assert!(
+        pipe(cache.path(), &["run", "tests/pipelines/toy_sweep.yaml"])
+            .status
+            .success()
+    );
+    let ids = run_ids(cache.path());
+    // `-2` counts among toy_chain's runs: the first run, not the second.
+    let d = pipe(cache.path(), &["diff", "-2", &ids[1]]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    assert!(
+        stdout(&d).starts_with(&format!("A = {} (", ids[0])),
+        "{}",
+        stdout(&d)
+    );
+    // The newest pipeline ran once: `-2 last` has nothing to compare, and says why.
+    let d = pipe(cache.path(), &["diff", "-2", "last"]);
+    assert_eq!(d.status.code(), Some(2));
+    assert!(
+        stderr(&d).contains(
+            "`-2`: there is only 1 run of pipeline `toy_sweep` (`--any-pipeline` counts every run)"
+        ),
+        "{}",
+        stderr(&d)
+    );
+    // Across pipelines, on request, with a first line that says so.
+    let d = pipe(cache.path(), &["diff", "-2", "last", "--any-pipeline"]);
+    assert!(
+        stdout(&d)
+            .starts_with("A and B are runs of different pipelines (`toy_chain` and `toy_sweep`)"),
+        "{}",
+        stdout(&d)
+    );
 }

@@ -280,22 +280,8 @@ pub fn resolve<'a>(runs: &'a [RunRecord], spec: &str) -> Result<&'a RunRecord, S
     if runs.is_empty() {
         return Err("there are no run records yet; `pipe run FILE` makes one".into());
     }
-    if spec == "last" {
-        return Ok(runs.last().expect("non-empty"));
-    }
-    if let Some(n) = spec.strip_prefix('-').and_then(|n| n.parse::<usize>().ok()) {
-        // `-1` is the last run; `-0` names none.
-        if n == 0 {
-            return Err("`-0` names no run: `-1` is the last one, `-2` the one before".into());
-        }
-        return runs.len().checked_sub(n).map(|i| &runs[i]).ok_or_else(|| {
-            format!(
-                "`{spec}`: there {} only {} run{}",
-                if runs.len() == 1 { "is" } else { "are" },
-                runs.len(),
-                if runs.len() == 1 { "" } else { "s" }
-            )
-        });
+    if let Some(r) = relative(&runs.iter().collect::<Vec<_>>(), spec, "")? {
+        return Ok(r);
     }
     let matches: Vec<&RunRecord> = runs.iter().filter(|r| r.id.starts_with(spec)).collect();
     match matches.as_slice() {
@@ -306,6 +292,79 @@ pub fn resolve<'a>(runs: &'a [RunRecord], spec: &str) -> Result<&'a RunRecord, S
             many.len()
         )),
     }
+}
+
+/// Whether `spec` names a run by its place (`last`, `-N`) rather than by its id.
+fn is_relative(spec: &str) -> bool {
+    spec == "last"
+        || spec
+            .strip_prefix('-')
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
+/// `last` or `-N` among `runs` (oldest first; `what` says which runs they are, for errors);
+/// `None` when `spec` is an id.
+fn relative<'a>(
+    runs: &[&'a RunRecord],
+    spec: &str,
+    what: &str,
+) -> Result<Option<&'a RunRecord>, String> {
+    if !is_relative(spec) {
+        return Ok(None);
+    }
+    let n = spec.strip_prefix('-').map_or(Ok(1), str::parse::<usize>);
+    // `-1` is the last run; `-0` names none.
+    match n {
+        Ok(0) => Err("`-0` names no run: `-1` is the last one, `-2` the one before".into()),
+        Ok(n) => runs
+            .len()
+            .checked_sub(n)
+            .map(|i| Some(runs[i]))
+            .ok_or_else(|| {
+                format!(
+                    "`{spec}`: there {} only {} run{}{what}",
+                    if runs.len() == 1 { "is" } else { "are" },
+                    runs.len(),
+                    if runs.len() == 1 { "" } else { "s" }
+                )
+            }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The two runs `pipe diff A B` compares. A run named by its place (`last`, `-N`) counts
+/// among the runs of the other run's pipeline (of the newest run's, when both are named by
+/// place), so that `pipe diff -2 last` compares the last two runs of one pipeline even after
+/// another file ran; `any_pipeline` counts over every run instead.
+pub fn resolve_pair<'a>(
+    runs: &'a [RunRecord],
+    a: &str,
+    b: &str,
+    any_pipeline: bool,
+) -> Result<(&'a RunRecord, &'a RunRecord), String> {
+    if any_pipeline || (!is_relative(a) && !is_relative(b)) {
+        return Ok((resolve(runs, a)?, resolve(runs, b)?));
+    }
+    let anchor = match (is_relative(a), is_relative(b)) {
+        (true, false) => resolve(runs, b)?,
+        (false, true) => resolve(runs, a)?,
+        _ => resolve(runs, "last")?,
+    };
+    let same: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|r| r.pipeline == anchor.pipeline)
+        .collect();
+    let what = format!(
+        " of pipeline `{}` (`--any-pipeline` counts every run)",
+        anchor.pipeline
+    );
+    let pick = |spec: &str| -> Result<&'a RunRecord, String> {
+        match relative(&same, spec, &what)? {
+            Some(r) => Ok(r),
+            None => resolve(runs, spec),
+        }
+    };
+    Ok((pick(a)?, pick(b)?))
 }
 
 #[cfg(test)]
@@ -356,6 +415,32 @@ mod tests {
         assert_eq!(
             resolve(&runs, "-3").unwrap_err(),
             "`-3`: there are only 2 runs"
+        );
+    }
+
+    #[test]
+    fn a_relative_run_counts_within_the_other_runs_pipeline() {
+        let of = |id: &str, pipeline: &str| RunRecord {
+            pipeline: pipeline.into(),
+            ..record(id)
+        };
+        // p ran twice, then q once.
+        let runs = vec![of("p1", "p"), of("p2", "p"), of("q1", "q")];
+        let ids = |a: &str, b: &str, any: bool| {
+            let (x, y) = resolve_pair(&runs, a, b, any).unwrap();
+            (x.id.clone(), y.id.clone())
+        };
+        // Both by place: among the newest run's pipeline, which ran once.
+        assert!(resolve_pair(&runs, "-2", "last", false).is_err());
+        assert_eq!(ids("-2", "last", true), ("p2".into(), "q1".into()));
+        assert_eq!(ids("-2", "p2", false), ("p1".into(), "p2".into()));
+        assert_eq!(ids("p2", "-1", false), ("p2".into(), "p2".into()));
+        assert_eq!(ids("-2", "p2", true), ("p2".into(), "p2".into()));
+        assert_eq!(ids("p1", "q1", false), ("p1".into(), "q1".into()));
+        let e = resolve_pair(&runs, "-2", "q1", false).unwrap_err();
+        assert_eq!(
+            e,
+            "`-2`: there is only 1 run of pipeline `q` (`--any-pipeline` counts every run)"
         );
     }
 

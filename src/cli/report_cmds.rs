@@ -178,10 +178,15 @@ pub fn report(g: &Global, run: &str, out: Option<&Path>, curves: &[String]) -> R
     Ok(0)
 }
 
-pub fn diff_plots(g: &Global, a: &str, b: &str, args: &PlotArgs) -> Result<u8, Failure> {
+pub fn diff_plots(
+    g: &Global,
+    a: &str,
+    b: &str,
+    any_pipeline: bool,
+    args: &PlotArgs,
+) -> Result<u8, Failure> {
     let rs = all_runs(g)?;
-    let ra = runs::resolve(&rs, a).map_err(Failure::invalid)?;
-    let rb = runs::resolve(&rs, b).map_err(Failure::invalid)?;
+    let (ra, rb) = runs::resolve_pair(&rs, a, b, any_pipeline).map_err(Failure::invalid)?;
     let store = Store::open(&g.cache_dir)?;
     let dir = args
         .out

@@ -103,7 +103,7 @@ fn diff_maps(
 }
 
 pub fn diff_table(rows: &[DiffRow], a_label: &str, b_label: &str) -> Table {
-    let mut t = Table::new(["Path", "Param/Metric", a_label, b_label, "Change"]);
+    let mut t = Table::new(["Path", "Param/Metric", a_label, b_label, "Change (B − A)"]);
     for r in rows {
         t.push(vec![
             r.path.clone(),
