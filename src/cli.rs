@@ -1282,15 +1282,131 @@ fn cmd_kinds(registry: &Registry, kind: Option<&str>) -> Result<u8, Failure> {
                         .hint(choices_hint(name, &registry.names())),
                 ));
             };
-            out!("{} (version {}): {}", k.kind(), k.version(), k.about());
-            let defaults = k
-                .normalize(&Value::Object(Default::default()))
-                .map_err(|e| Failure::invalid(e.message))?;
-            out!(
-                "parameters with their defaults:\n{}",
-                serde_json::to_string_pretty(&defaults).expect("JSON")
-            );
+            out_raw!("{}", describe_kind(k));
         }
     }
     Ok(0)
+}
+
+/// `pipe kinds KIND`: every parameter the kind's struct accepts with its default (`data.*`
+/// spelt out), the inputs it takes, the metrics it sets, and for `init` every model family.
+fn describe_kind(k: &dyn crate::stages::StageKind) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!("{} (version {}): {}\n", k.kind(), k.version(), k.about());
+    let (defaults, required) = defaults_of(k);
+    let mut rows: Vec<(String, String)> = Vec::new();
+    // A field left out of the normalised defaults is either an option that is unset or a
+    // switch written only when on (so that adding it kept old keys): ask which.
+    let is_switch = |path: &[&str]| {
+        let mut given = Value::Object(defaults.clone());
+        let mut at = &mut given;
+        for p in &path[..path.len() - 1] {
+            at = &mut at[*p];
+        }
+        at[path[path.len() - 1]] = Value::Bool(true);
+        k.normalize(&given)
+            .is_ok_and(|v| path.iter().try_fold(&v, |v, p| v.get(*p)) == Some(&Value::Bool(true)))
+    };
+    let shown = |v: Option<&Value>, path: &[&str]| match v {
+        _ if required.iter().any(|r| r == path[0]) => "(required)".to_string(),
+        Some(v) => serde_json::to_string(v).expect("JSON"),
+        None if is_switch(path) => "false".to_string(),
+        None => "(not set)".to_string(),
+    };
+    for f in k.fields() {
+        let v = defaults.get(f);
+        if f == "data" {
+            for d in crate::serde_fields::field_names::<crate::stages::dataset::DataParams>() {
+                let name = format!("data.{d}");
+                rows.push((name, shown(v.and_then(|v| v.get(d)), &["data", d])));
+            }
+        } else {
+            rows.push((f.to_string(), shown(v, &[f])));
+        }
+    }
+    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    text.push_str("parameters (default):\n");
+    for (n, v) in &rows {
+        let _ = writeln!(text, "  {n:width$}  {v}");
+    }
+    if !k.roles().is_empty() {
+        let roles: Vec<String> = k
+            .roles()
+            .iter()
+            .map(|r| {
+                let suffix = if r.many {
+                    "[]"
+                } else if r.required {
+                    ""
+                } else {
+                    " (optional)"
+                };
+                format!("{}{suffix}", r.name)
+            })
+            .collect();
+        let _ = writeln!(text, "inputs: {}", roles.join(", "));
+    }
+    match k.metrics() {
+        ["*"] => text.push_str("metrics: not declared (known once it has run)\n"),
+        m => {
+            let _ = writeln!(text, "metrics: {}", m.join(", "));
+        }
+    }
+    if k.kind() == "init" {
+        text.push_str("model families (`model: {arch: NAME, …}`):\n");
+        for f in crate::nn::arch::families() {
+            let full = serde_json::from_str::<crate::nn::ModelSpec>(f.example)
+                .ok()
+                .and_then(|m| serde_json::to_string(&m).ok())
+                .unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "  {}: {}\n    fields: {}\n    example: {}\n    with its defaults: {full}",
+                f.arch,
+                f.about,
+                f.fields.join(", "),
+                f.example
+            );
+        }
+    }
+    text
+}
+
+/// The kind's parameters with every default applied, and the fields it requires (filled here
+/// with stand-ins, which `describe_kind` does not show).
+fn defaults_of(k: &dyn crate::stages::StageKind) -> (serde_json::Map<String, Value>, Vec<String>) {
+    let mut given = serde_json::Map::new();
+    let mut required = Vec::new();
+    for _ in 0..16 {
+        match k.normalize(&Value::Object(given.clone())) {
+            Ok(Value::Object(m)) => return (m, required),
+            Ok(_) => break,
+            Err(e) => {
+                let missing = e
+                    .message
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_string);
+                let refused = e.path.first().filter(|p| required.contains(p)).cloned();
+                match (missing, refused) {
+                    (Some(field), _) if !required.contains(&field) => {
+                        given.insert(field.clone(), serde_json::json!(1));
+                        required.push(field);
+                    }
+                    // A stand-in of the wrong type: try the next kind of value.
+                    (_, Some(field)) => {
+                        let next = match given.get(&field) {
+                            Some(Value::Number(_)) => serde_json::json!("x"),
+                            Some(Value::String(_)) => serde_json::json!([]),
+                            Some(Value::Array(_)) => serde_json::json!({}),
+                            _ => break,
+                        };
+                        given.insert(field, next);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    (serde_json::Map::new(), required)
 }

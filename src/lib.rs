@@ -17,5 +17,6 @@ pub mod nn;
 pub mod panic_text;
 pub mod report;
 pub mod rng;
+pub mod serde_fields;
 pub mod spec;
 pub mod stages;

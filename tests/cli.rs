@@ -415,3 +415,23 @@ fn a_run_named_by_place_counts_within_the_other_runs_pipeline() {
         stdout(&d)
     );
 }
+
+/// `pipe kinds KIND` lists every parameter of the kind's struct (with `data.*` spelt out), its
+/// inputs and metrics; `pipe kinds init` every model family with an example.
+#[test]
+fn kinds_lists_every_parameter_metric_and_model_family() {
+    let cache = tempfile::tempdir().unwrap();
+    for kind in ["train", "init", "netaug_train", "lesion", "prune"] {
+        let o = pipe(cache.path(), &["kinds", kind]);
+        assert!(o.status.success(), "{kind}: {}", stderr(&o));
+        insta::assert_snapshot!(format!("kinds_{kind}"), stdout(&o));
+    }
+    // Every kind describes itself (a kind with a required field included).
+    let list = stdout(&pipe(cache.path(), &["kinds"]));
+    for line in list.lines().skip(2) {
+        let kind = line.split_whitespace().next().unwrap();
+        let o = pipe(cache.path(), &["kinds", kind]);
+        assert!(o.status.success(), "{kind}: {}", stderr(&o));
+        assert!(stdout(&o).contains("\nmetrics: "), "{kind}: {}", stdout(&o));
+    }
+}

@@ -17,6 +17,7 @@ use super::events::{Event, EventSink};
 use crate::cache::{CacheError, Manifest, PreImage, StageStatus, Store, os_error_in, short};
 use crate::clock;
 use crate::panic_text::panic_text;
+use crate::spec::glob_match;
 use crate::stages::{InputEntry, Registry, Resume, Runtime, StageContext};
 
 /// Bumped when [`JobSpec`]'s layout changes, so that a worker never misreads a description
@@ -284,7 +285,24 @@ impl Worker<'_> {
             offered,
             every: checkpoint_every,
         });
-        let result = catch_unwind(AssertUnwindSafe(|| kind.run(&job.params, &mut ctx)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            kind.run(&job.params, &mut ctx)?;
+            // A metric outside the kind's declared patterns would slip past `plan`'s checks
+            // of reports and claims: a bug of the kind, which the tests (debug builds) catch.
+            let undeclared: Vec<&String> = ctx
+                .metrics()
+                .keys()
+                .filter(|m| !kind.metrics().iter().any(|p| glob_match(p, m)))
+                .collect();
+            if !undeclared.is_empty() {
+                tracing::warn!(
+                    "{name}: kind `{}` set metrics it does not declare: {undeclared:?}",
+                    job.kind
+                );
+                debug_assert!(false, "{name}: undeclared metrics {undeclared:?}");
+            }
+            Ok::<(), crate::stages::StageError>(())
+        }));
         let seconds = t0.elapsed().as_secs_f64();
         let metrics = Value::Object(ctx.metrics().clone());
         let resumed_at = ctx.resumed_at();

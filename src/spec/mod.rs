@@ -7,6 +7,7 @@ pub mod claims;
 pub mod diag;
 mod expand;
 mod include;
+mod metric_names;
 mod overrides;
 pub mod plots;
 pub mod resources;
@@ -104,6 +105,17 @@ pub fn load(
     let resources = resources::parse(root.get("resources"), &instances, &registry.names())
         .map_err(Diagnostics)?;
     let claims = claims::parse(root.get("claims"), &instances).map_err(Diagnostics)?;
+    let unknown = metric_names::check(
+        &root,
+        &instances,
+        report.as_ref(),
+        &plots,
+        &claims,
+        registry,
+    );
+    if !unknown.is_empty() {
+        return Err(Diagnostics(unknown));
+    }
     Ok(Pipeline {
         name: merged.name,
         files: merged.files,

@@ -53,6 +53,7 @@ impl Stage for Correlate {
     const ABOUT: &'static str = "teacher-student node matching on held-out data: best Pearson \
         correlation per teacher node, winners' rank at init, fan-out norms of matched vs \
         unmatched student nodes {samples (all)}; inputs: teacher, student, init (optional), data";
+    const METRICS: &'static [&'static str] = &["samples", "layer*"];
 
     fn check(
         &self,

@@ -27,6 +27,9 @@ pub trait StageKind: Send + Sync {
     fn key_params(&self, params: Value) -> Value;
     fn check(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String>;
     fn produces(&self) -> Option<&'static str>;
+    fn metrics(&self) -> &'static [&'static str];
+    /// Every parameter the kind accepts, as written in YAML, in declaration order.
+    fn fields(&self) -> Vec<&'static str>;
     fn facts(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Value;
     fn run(&self, params: &Value, ctx: &mut StageContext) -> Result<(), StageError>;
 }
@@ -83,6 +86,12 @@ impl<S: Stage> StageKind for Typed<S> {
     fn check(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
         let p: S::Params = typed(params).map_err(|e| e.message)?;
         self.0.check(&p, inputs)
+    }
+    fn metrics(&self) -> &'static [&'static str] {
+        S::METRICS
+    }
+    fn fields(&self) -> Vec<&'static str> {
+        crate::serde_fields::field_names::<S::Params>()
     }
     fn produces(&self) -> Option<&'static str> {
         S::PRODUCES

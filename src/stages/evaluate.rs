@@ -46,6 +46,16 @@ impl Stage for Evaluate {
         Role::optional("data").taking(DATASET),
     ];
     const ABOUT: &'static str = "accuracy, loss and per-layer density on a split {split, data}; inputs: model, data (optional: a generated dataset; loss = MSE, no accuracy)";
+    const METRICS: &'static [&'static str] = &[
+        "accuracy",
+        "loss",
+        "remaining_pct",
+        "weights_remaining",
+        "density_*",
+        "early_stop_iteration",
+        "early_stop_test_acc",
+        "iterations",
+    ];
 
     fn external_inputs(&self, p: &EvaluateParams) -> Vec<std::path::PathBuf> {
         p.data.files()

@@ -32,6 +32,7 @@ impl Stage for Init {
     const ROLES: &'static [Role] = &[];
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "a seeded untrained network θ0 {model, init, seed}";
+    const METRICS: &'static [&'static str] = &["weights", "remaining_pct"];
 
     fn facts(&self, p: &InitParams, _inputs: &[(String, Vec<super::UpstreamInfo>)]) -> Value {
         ModelFacts::of_spec(Some(p.model.clone())).to_value()

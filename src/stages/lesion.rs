@@ -137,6 +137,15 @@ impl Stage for Lesion {
     const VERSION: u32 = 2;
     const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
     const ABOUT: &'static str = "test-time lesions of a trained model: delete single / k random residual blocks (or plain conv layers), swap k pairs {k, swaps, draws, seed, draw_subset, recalibrate, data}";
+    const METRICS: &'static [&'static str] = &[
+        "error",
+        "error_subset",
+        "deletable",
+        "recalibrate",
+        "single.*",
+        "delete_k.*",
+        "swap_k.*",
+    ];
 
     fn external_inputs(&self, p: &LesionParams) -> Vec<std::path::PathBuf> {
         p.data.files()

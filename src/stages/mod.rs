@@ -161,6 +161,13 @@ pub trait Stage: Send + Sync + 'static {
     /// The artifact this kind produces, that other kinds' roles may take (see [`Role::accepts`]).
     const PRODUCES: Option<&'static str> = None;
 
+    /// The metrics this kind can set, as patterns (`*` matches any run of characters:
+    /// `density_*`, `single.*`). `plan` checks every metric a `report:`, `claims:` or `plots:`
+    /// names against the kinds of the stages it selects, before anything trains; a stage
+    /// that sets a metric outside its patterns is a bug, caught in debug builds. The default,
+    /// `*`, declares nothing (a kind whose metrics are known only once it has run).
+    const METRICS: &'static [&'static str] = &["*"];
+
     /// Facts about the output known at plan time (for a model: its architecture and the
     /// iterations a training saves), from the parameters and the inputs' own facts. The
     /// engine passes them, unread, to the consuming stages' `check`.

@@ -133,6 +133,14 @@ impl Stage for NetAugTrain {
         {lr, momentum, nesterov, weight_decay, batch, epochs, schedule, warmup_epochs, \
         label_smoothing, factors, stop_aug_fraction, bn_calibration_images, eval_every_epochs, augment, \
         seed, data}";
+    const METRICS: &'static [&'static str] = &[
+        "iterations",
+        "aug_epochs",
+        "test_acc",
+        "test_loss",
+        "train_loss",
+        "val_acc",
+    ];
 
     fn external_inputs(&self, p: &NetAugParams) -> Vec<std::path::PathBuf> {
         p.data.files()

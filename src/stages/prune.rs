@@ -112,6 +112,12 @@ impl Stage for Prune {
     const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "removes a fraction of the surviving weights, or whole filters {method, scope, fraction, layers}";
+    const METRICS: &'static [&'static str] = &[
+        "remaining_pct",
+        "weights_remaining",
+        "density_*",
+        "filters_*",
+    ];
 
     /// `method: filter` masks the dropped filters' biases and batch-norm entries since its
     /// revision 2, which changes its checkpoints (not its accuracies: the channel was already

@@ -48,6 +48,12 @@ impl Stage for Reinit {
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str =
         "the mask with fresh random weights (Rethinking's control) {init, seed, budget}";
+    const METRICS: &'static [&'static str] = &[
+        "flops_dense",
+        "flops_pruned",
+        "budget_scale",
+        "remaining_pct",
+    ];
 
     fn facts(&self, p: &ReinitParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> serde_json::Value {
         ModelFacts {

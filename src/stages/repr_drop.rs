@@ -94,6 +94,14 @@ impl Stage for ReprDrop {
     const ROLES: &'static [Role] = &[Role::one("model").taking(MODEL)];
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "RePr: masks the filters that overlap most with their layer, ranked globally {fraction, rank_first, layers}";
+    const METRICS: &'static [&'static str] = &[
+        "dropped_filters",
+        "candidate_filters",
+        "capped_layers",
+        "remaining_pct",
+        "dropped_*",
+        "overlap_mean_*",
+    ];
 
     fn check(
         &self,

@@ -44,6 +44,14 @@ impl Stage for ReprReinit {
     ];
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "RePr: re-introduces a repr_drop's filters orthogonal to the survivors and their old values {scale, seed}";
+    const METRICS: &'static [&'static str] = &[
+        "reintroduced_filters",
+        "fallback_filters",
+        "max_abs_cos",
+        "remaining_pct",
+        "null_dim_*",
+        "fallback_*",
+    ];
 
     fn check(
         &self,

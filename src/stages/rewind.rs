@@ -29,6 +29,7 @@ impl Stage for Rewind {
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str =
         "survivors of `mask` rewound to `weights` at `iteration` (0 = θ0) {iteration}";
+    const METRICS: &'static [&'static str] = &["iteration", "remaining_pct"];
 
     fn check(
         &self,

@@ -38,6 +38,7 @@ impl Stage for Teacher {
     const ABOUT: &'static str = "Luck Matters' random ReLU teacher MLP: distinct rows from \
         {±.5, ±.25, 0}, bias U(-.5,.5), each row and bias / its norm, every layer \
         {widths (default [20,10,15,20,25,100]), seed (0)}";
+    const METRICS: &'static [&'static str] = &["weights"];
 
     fn facts(&self, p: &TeacherParams, _inputs: &[(String, Vec<UpstreamInfo>)]) -> Value {
         ModelFacts::of_spec(Some(ModelSpec::mlp(p.widths.clone()))).to_value()

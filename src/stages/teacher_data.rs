@@ -76,6 +76,14 @@ impl Stage for TeacherData {
     const PRODUCES: Option<&'static str> = Some(DATASET);
     const ABOUT: &'static str = "Gaussian inputs labelled by a teacher model (regression targets) \
         {std (10), train (100000), eval (1024), seed (0)}; inputs: teacher (an mlp model)";
+    const METRICS: &'static [&'static str] = &[
+        "train",
+        "eval",
+        "d_in",
+        "d_out",
+        "target_mean",
+        "target_var",
+    ];
 
     fn facts(&self, p: &TeacherDataParams, inputs: &[(String, Vec<UpstreamInfo>)]) -> Value {
         match ModelFacts::spec_of(inputs, "teacher") {

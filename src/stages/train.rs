@@ -111,6 +111,15 @@ impl Stage for Train {
     ];
     const PRODUCES: Option<&'static str> = Some(MODEL);
     const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data; off by default: restart, relative, resume_optimizer}; inputs: model, data (optional: a generated dataset, trained with MSE)";
+    const METRICS: &'static [&'static str] = &[
+        "iterations",
+        "remaining_pct",
+        "test_acc",
+        "test_loss",
+        "val_acc",
+        "early_stop_iteration",
+        "early_stop_test_acc",
+    ];
 
     fn external_inputs(&self, p: &TrainParams) -> Vec<std::path::PathBuf> {
         p.data.files()

@@ -20,6 +20,54 @@ pub use mobilenet_v2::MobileNetV2Spec;
 pub use resnet::{ResnetSpec, ShortcutOption};
 pub use vgg::VggSpec;
 
+/// One model family as `pipe kinds init` lists it.
+pub struct Family {
+    /// The `arch` value.
+    pub arch: &'static str,
+    pub about: &'static str,
+    /// Every field the family accepts (from its spec struct).
+    pub fields: Vec<&'static str>,
+    /// A model of the family, as a user writes it (checked by a test to be valid).
+    pub example: &'static str,
+}
+
+/// Every family, in the order of [`ModelSpec`]'s variants.
+pub fn families() -> Vec<Family> {
+    use crate::serde_fields::field_names;
+    vec![
+        Family {
+            arch: "mlp",
+            about: "fully-connected ReLU network (LeNet-300-100): `widths` from input to classes",
+            fields: field_names::<MlpSpec>(),
+            example: r#"{"arch": "mlp", "widths": [784, 300, 100, 10]}"#,
+        },
+        Family {
+            arch: "convnet",
+            about: "plain conv net (Conv-2/4/6, RePr's CNN, NetAug's tiny CNN): 3×3 convs, `M` = 2×2 max pool, `{conv: N, stride: 2}`, then `fc` widths",
+            fields: field_names::<ConvnetSpec>(),
+            example: r#"{"arch": "convnet", "layers": [64, 64, "M"], "fc": [256, 256], "input": [1, 28, 28]}"#,
+        },
+        Family {
+            arch: "vgg",
+            about: "CIFAR VGG-11/13/16/19 with batch norm (`depth`), channels scaled by `width`",
+            fields: field_names::<VggSpec>(),
+            example: r#"{"arch": "vgg", "depth": 11, "width": 0.25}"#,
+        },
+        Family {
+            arch: "resnet",
+            about: "CIFAR ResNet-(6n+2) (`depth` 8, 14, 20, 32, …, base `width`, `shortcut` a or b), or an explicit `blocks` list",
+            fields: field_names::<ResnetSpec>(),
+            example: r#"{"arch": "resnet", "depth": 20, "shortcut": "a"}"#,
+        },
+        Family {
+            arch: "mobilenet_v2",
+            about: "MobileNetV2 with a `width` multiplier",
+            fields: field_names::<MobileNetV2Spec>(),
+            example: r#"{"arch": "mobilenet_v2", "width": 0.35}"#,
+        },
+    ]
+}
+
 /// The input every family defaults to: CIFAR's `[3, 32, 32]`.
 pub(crate) fn default_input() -> [usize; 3] {
     [3, 32, 32]
@@ -148,6 +196,27 @@ impl ModelSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_family_is_listed_with_a_valid_example_and_its_fields() {
+        let fams = families();
+        let archs: Vec<&str> = fams.iter().map(|f| f.arch).collect();
+        assert_eq!(archs, ["mlp", "convnet", "vgg", "resnet", "mobilenet_v2"]);
+        for f in &fams {
+            let spec: ModelSpec =
+                serde_json::from_str(f.example).unwrap_or_else(|e| panic!("{}: {e}", f.arch));
+            assert_eq!(spec.family(), f.arch);
+            spec.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", f.arch));
+            assert!(!f.fields.is_empty(), "{}", f.arch);
+        }
+        assert_eq!(fams[0].fields, ["widths"]);
+        assert!(
+            fams[1].fields.contains(&"global_pool"),
+            "{:?}",
+            fams[1].fields
+        );
+    }
 
     #[test]
     fn serde_shape_is_unchanged_for_mlp() {
