@@ -143,6 +143,9 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write a starter pipeline, NAME.yaml: a LeNet lottery ticket against a random
+    /// re-initialisation, with a report and a claim (the README's "Your first pipeline").
+    New { name: String },
     /// A stage's full key pre-image and how it differs from the last entry of that name.
     Explain { file: PathBuf, stage: String },
     /// List run records.
@@ -357,6 +360,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
         } => cmd_run(g, registry, files, exec, *strict_claims),
         Command::Plan { files } => cmd_plan(g, registry, files),
         Command::Explain { file, stage } => cmd_explain(g, registry, file, stage),
+        Command::New { name } => cmd_new(name),
         Command::Runs => cmd_runs(g),
         Command::Claims { run } => cmd_claims(g, run),
         Command::Diff {
@@ -1184,6 +1188,11 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
         s.status.as_str()
     );
     out!("key {}", s.key);
+    let entry = g.cache_dir.join("entries").join(&s.key[..2]).join(&s.key);
+    if entry.is_dir() {
+        // Where its files are (`model.safetensors` loads into the equivalent torch.nn module).
+        out!("entry {}", entry.display());
+    }
     let mut t = Table::new(["Metric", "Value"]);
     if let Value::Object(m) = &s.metrics {
         for (k, v) in m {
@@ -1409,4 +1418,49 @@ fn defaults_of(k: &dyn crate::stages::StageKind) -> (serde_json::Map<String, Val
         }
     }
     (serde_json::Map::new(), required)
+}
+
+/// The starter pipeline `pipe new` writes (also shipped as pipelines/first.yaml).
+const STARTER: &str = include_str!("../pipelines/first.yaml");
+
+fn cmd_new(name: &str) -> Result<u8, Failure> {
+    let stem = name.strip_suffix(".yaml").unwrap_or(name);
+    if stem.is_empty()
+        || !stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Failure::invalid(format!(
+            "`{name}` is not a pipeline name: use letters, digits, `_` and `-` (e.g. `pipe new my_lottery`)"
+        )));
+    }
+    let path = PathBuf::from(format!("{stem}.yaml"));
+    let text = STARTER.replacen("pipeline: first", &format!("pipeline: {stem}"), 1);
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Failure::invalid(format!(
+                "{} exists already; pick another name or remove it",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(Failure::cache(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    use std::io::Write as _;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Failure::cache(format!("cannot write {}: {e}", path.display())))?;
+    out!(
+        "wrote {}: `pipe plan {0}` shows what it would run, `pipe run {0}` runs it",
+        path.display()
+    );
+    Ok(0)
 }

@@ -435,3 +435,51 @@ fn kinds_lists_every_parameter_metric_and_model_family() {
         assert!(stdout(&o).contains("\nmetrics: "), "{kind}: {}", stdout(&o));
     }
 }
+
+/// `pipe new NAME` writes the starter pipeline under that name, which plans as it is; it never
+/// overwrites a file and refuses a name that is not one.
+#[test]
+fn new_writes_the_starter_pipeline_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = |name: &str| {
+        std::process::Command::new(toy_pipe())
+            .args(["new", name])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let o = new("my_first");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim_end(),
+        "wrote my_first.yaml: `pipe plan my_first.yaml` shows what it would run, `pipe run my_first.yaml` runs it"
+    );
+    let path = dir.path().join("my_first.yaml");
+    let written = std::fs::read_to_string(&path).unwrap();
+    let shipped = std::fs::read_to_string(file("pipelines/first.yaml")).unwrap();
+    assert_eq!(
+        written,
+        shipped.replacen("pipeline: first", "pipeline: my_first", 1)
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let p = plan(cache.path(), &[path.clone()], &[]);
+    assert_eq!(p.pipeline.name, "my_first");
+    assert_eq!(p.pipeline.instances.len(), 9);
+    assert_eq!(p.pipeline.claims.len(), 1);
+
+    let again = new("my_first.yaml");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("my_first.yaml exists already"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+    let bad = new("../up");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("`../up` is not a pipeline name"),
+        "{}",
+        stderr(&bad)
+    );
+}
