@@ -462,7 +462,7 @@ fn new_writes_the_starter_pipeline_once() {
         shipped.replacen("pipeline: first", "pipeline: my_first", 1)
     );
     let cache = tempfile::tempdir().unwrap();
-    let p = plan(cache.path(), &[path.clone()], &[]);
+    let p = plan(cache.path(), std::slice::from_ref(&path), &[]);
     assert_eq!(p.pipeline.name, "my_first");
     assert_eq!(p.pipeline.instances.len(), 9);
     assert_eq!(p.pipeline.claims.len(), 1);
