@@ -194,15 +194,17 @@ fn evaluate_side(side: &Side, stages: &[StageRecord]) -> SideResult {
                 .map(|v| format!("{} {}", v.stage, fmt_float(v.value)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let mut describe = format!("{head}: {listed}; ");
+            let mut describe = format!("{head}: {listed}");
             match std {
+                // One stage: its value is the whole story (no `± 0 (n=1)`).
+                _ if xs.len() == 1 => {}
                 Some(s) => describe.push_str(&format!(
-                    "{} ± {} (n={})",
+                    "; {} ± {} (n={})",
                     fmt_float(raw),
                     fmt_float(s),
                     xs.len()
                 )),
-                None => describe.push_str(&format!("{} (n={})", fmt_float(raw), xs.len())),
+                None => describe.push_str(&format!("; {} (n={})", fmt_float(raw), xs.len())),
             }
             if *scale != 1.0 {
                 describe.push_str(&format!(" × {}", fmt_float(*scale)));
@@ -426,6 +428,15 @@ mod tests {
         assert_eq!(
             line(&held[0]),
             "claim c: held  0.6 > 0.5  (left = mean of acc over 2 stages `e*`: e1 0.5, e2 0.7; 0.6 ± 0.1414 (n=2); right = 0.5)"
+        );
+        // One stage: its value, without a spread over one.
+        let one = evaluate(
+            &[claim(metric(&["e2"], Agg::Mean), Op::Gt, Side::Number(0.5))],
+            &stages,
+        );
+        assert_eq!(
+            line(&one[0]),
+            "claim c: held  0.7 > 0.5  (left = mean of acc over 1 stage `e*`: e2 0.7; right = 0.5)"
         );
         let failed = evaluate(
             &[claim(

@@ -1268,8 +1268,20 @@ fn check_upstream(
     let by_name: HashMap<&str, &Instance> =
         instances.iter().map(|i| (i.name.as_str(), i)).collect();
     let mut problems = Problems::default();
+    // Stages refused here, and those downstream of them: a consumer's check would only
+    // repeat its input's mistake (a model with a zero-width layer "takes input [0, 0, 0]").
+    let mut refused: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for inst in instances {
         let kind = registry.get(&inst.kind).expect("kinds were checked");
+        if inst
+            .inputs
+            .iter()
+            .flat_map(|(_, names)| names)
+            .any(|n| refused.contains(n.as_str()))
+        {
+            refused.insert(inst.name.as_str());
+            continue;
+        }
         let ups: Vec<(String, Vec<UpstreamInfo>)> = inst
             .inputs
             .iter()
@@ -1302,6 +1314,7 @@ fn check_upstream(
         let result =
             accepted(kind.roles(), &ups, registry).and_then(|()| kind.check(&inst.params, &ups));
         if let Err(msg) = result {
+            refused.insert(inst.name.as_str());
             let t = templates
                 .iter()
                 .find(|t| t.name == inst.template)
