@@ -20,3 +20,4 @@ pub mod rng;
 pub mod serde_fields;
 pub mod spec;
 pub mod stages;
+pub mod stats;

@@ -13,17 +13,11 @@ pub struct Agg {
 impl Agg {
     /// `None` for no values.
     pub fn of(values: &[f64]) -> Option<Agg> {
-        let n = values.len();
-        if n == 0 {
-            return None;
-        }
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let std = if n > 1 {
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        Some(Agg { mean, std, n })
+        Some(Agg {
+            mean: crate::stats::mean(values)?,
+            std: crate::stats::sample_std(values)?,
+            n: values.len(),
+        })
     }
 
     /// `97.12` for one value, `97.12 ± 0.15 (3)` for replicates; `fmt` formats each number.

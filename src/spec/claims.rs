@@ -127,28 +127,13 @@ impl Agg {
         if n == 0 {
             return None;
         }
-        let mean = values.iter().sum::<f64>() / n as f64;
         Some(match self {
-            Agg::Mean => mean,
+            Agg::Mean => crate::stats::mean(values)?,
             Agg::Sum => values.iter().sum(),
             Agg::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
             Agg::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            Agg::Median => {
-                let mut v = values.to_vec();
-                v.sort_by(f64::total_cmp);
-                if n % 2 == 1 {
-                    v[n / 2]
-                } else {
-                    (v[n / 2 - 1] + v[n / 2]) / 2.0
-                }
-            }
-            Agg::Std => {
-                if n < 2 {
-                    0.0
-                } else {
-                    (values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-                }
-            }
+            Agg::Median => crate::stats::median(values)?,
+            Agg::Std => crate::stats::sample_std(values)?,
             Agg::Count => unreachable!("handled above"),
         })
     }

@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::dataset::DataParams;
 use super::model_facts::{ModelFacts, check_fits};
 use super::teacher_data::{check_generated_fits, data_input, read_generated};
-use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::data::generated::DATASET;
 use crate::nn::evaluate;
+use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

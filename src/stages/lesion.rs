@@ -29,6 +29,7 @@ use crate::nn::lesion_eval::{LesionJob, evaluate_lesions};
 use crate::nn::program::Program;
 use crate::nn::{ModelSpec, NnError};
 use crate::rng::{self, Domain};
+use crate::stats::round6;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
@@ -323,22 +324,13 @@ impl Stage for Lesion {
     }
 }
 
-fn round6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
-}
-
+/// The mean of a non-empty list (NaN for none, which the callers never pass).
 fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+    crate::stats::mean(xs).unwrap_or(f64::NAN)
 }
 
 fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    crate::stats::median(xs).unwrap_or(f64::NAN)
 }
 
 struct Summary {

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::model_facts::ModelFacts;
-use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::filter_prune::prune_filters;
 use crate::nn::prune::global_pool;
 use crate::nn::{Checkpoint, PruneMethod, PruneScope, prune};
+use crate::spec::glob_match as glob;
+use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
@@ -46,26 +47,6 @@ fn default_fraction() -> f64 {
 }
 
 pub struct Prune;
-
-/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
-fn glob(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    for (i, part) in parts.iter().enumerate() {
-        if i + 1 == parts.len() {
-            return rest.ends_with(part);
-        }
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.is_empty()
-}
 
 /// The rate of every prunable layer: its exact name, else `output` for the output layer,
 /// else the longest matching pattern, else `fraction`. Every entry must match some layer.

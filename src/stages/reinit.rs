@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::init::kaiming_normal;
 use super::model_facts::ModelFacts;
-use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::{Checkpoint, InitDraw, InitScheme, Mask, draw_weights, forward_flops};
+use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -8,12 +8,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::model_facts::ModelFacts;
-use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::repr::{
     ConvFilters, RankedLayer, choose_drops, conv_layers, drop_mask, orthogonality,
 };
 use crate::nn::{Checkpoint, ModelSpec};
+use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]

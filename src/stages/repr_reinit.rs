@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::model_facts::ModelFacts;
 use super::repr_drop::DropRecord;
-use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::Checkpoint;
 use crate::nn::repr::{ReinitScale, conv_layers, reintroduce, restore_mask};
+use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]

@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::model_facts::ModelFacts;
-use super::train::round4;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::Checkpoint;
+use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]

@@ -20,6 +20,7 @@ use crate::nn::{
     Checkpoint, Directive, LrSchedule, ModelSpec, NnError, OptimizerKind, Progress, TrainConfig,
     TrainData, TrainHooks, TrainState, load_train_state, save_train_state, train_from,
 };
+use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
@@ -418,8 +419,4 @@ fn resumed_state(
                 input.name
             ),
         })
-}
-
-pub(crate) fn round4(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
 }
