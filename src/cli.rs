@@ -537,6 +537,15 @@ fn cmd_run(
             .map_err(|e| Failure::invalid(format!("error: --device: {e}")))?
     };
     let (plan, store) = load_plan(g, registry, files)?;
+    // The files as they are now, for the run record (a report shows what ran). A file too
+    // large to be a pipeline is left out rather than copied into every record.
+    let sources: Vec<(PathBuf, String)> = plan
+        .pipeline
+        .files
+        .iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() <= 1 << 20))
+        .filter_map(|p| Some((p.clone(), std::fs::read_to_string(p).ok()?)))
+        .collect();
     if !g.quiet {
         eprintln!("{}", plan_counts(&plan));
     }
@@ -698,6 +707,7 @@ fn cmd_run(
         id: run_id,
         pipeline: plan.pipeline.name.clone(),
         files: plan.pipeline.files.clone(),
+        sources,
         overrides: g.set.clone(),
         started_at: clock::rfc3339(started),
         duration_s: t0.elapsed().as_secs_f64(),

@@ -270,6 +270,7 @@ fn gc_keeps_what_kept_runs_reach_and_dry_run_removes_nothing() {
             report_spec: None,
             plots: vec![],
             claims: vec![],
+            sources: vec![],
         };
         pipe::cache::runs::save(cache.path(), &rec).unwrap();
     };

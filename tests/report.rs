@@ -165,12 +165,28 @@ fn report_is_one_self_contained_html_file_and_markdown() {
         .nth(1)
         .unwrap();
     let block = block.split("</details>").next().unwrap();
+    let key = dense["key"].as_str().unwrap();
     assert!(
         block.contains(&format!(
-            "<p>key <code>{}</code></p>",
-            dense["key"].as_str().unwrap()
+            "<p>key <code>{key}</code> · entry <code>entries/{}/{key}</code> in the cache folder</p>",
+            &key[..2]
         )),
         "{block}"
+    );
+    assert!(
+        f.cache.join("entries").join(&key[..2]).join(key).is_dir(),
+        "the entry the report names exists"
+    );
+    // The pipeline file as it was run, escaped, in its own section (and in the Markdown).
+    let yaml = std::fs::read_to_string(file("tests/pipelines/tiny_lottery.yaml")).unwrap();
+    let section = html.split("<section id=\"pipeline\">").nth(1).unwrap();
+    assert!(
+        section.contains("<summary><code>tests/pipelines/tiny_lottery.yaml</code></summary>"),
+        "{section}"
+    );
+    assert!(
+        section.contains(&pipe::report::html::esc(&yaml)),
+        "{section}"
     );
     assert!(block.contains("&quot;iterations&quot;: 30"), "{block}");
     assert!(block.contains("<td>early_stop_iteration</td>"), "{block}");
@@ -179,6 +195,7 @@ fn report_is_one_self_contained_html_file_and_markdown() {
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("![tiny: test accuracy by weights remaining](plots/accuracy.svg)"));
     assert!(md.contains("| remaining_pct | eval_dense |"));
+    assert!(md.contains(&format!("```yaml\n{}\n```", yaml.trim_end())));
     for t in ["summary", "report", "metrics"] {
         for ext in ["csv", "json"] {
             assert!(

@@ -94,6 +94,10 @@ pub struct RunRecord {
         deserialize_with = "crate::report::claim_eval::lenient"
     )]
     pub claims: Vec<ClaimResult>,
+    /// The pipeline files as they were when the run started (path as given, text), so that a
+    /// report shows what ran even after the files changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<(PathBuf, String)>,
 }
 
 impl RunRecord {
@@ -399,6 +403,7 @@ mod tests {
             report_spec: None,
             plots: vec![],
             claims: vec![],
+            sources: vec![],
         }
     }
 

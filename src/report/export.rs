@@ -324,6 +324,7 @@ mod tests {
             report_spec: None,
             plots: vec![],
             claims: vec![],
+            sources: vec![],
         }
     }
 

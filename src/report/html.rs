@@ -241,6 +241,18 @@ pub fn html(doc: &ReportDoc) -> String {
     }
     o.push_str("</section>\n");
 
+    if !run.sources.is_empty() {
+        o.push_str("<section id=\"pipeline\"><h2>Pipeline</h2>\n<p class=\"muted\">The files as they were when the run started.</p>\n");
+        for (path, text) in &run.sources {
+            o.push_str(&format!(
+                "<details class=\"source\"><summary><code>{}</code></summary><pre>{}</pre></details>\n",
+                esc(&path.display().to_string()),
+                esc(text)
+            ));
+        }
+        o.push_str("</section>\n");
+    }
+
     o.push_str(&format!(
         "<section id=\"stages\"><h2>Stages ({})</h2>\n",
         run.stages.len()
@@ -265,8 +277,9 @@ pub fn html(doc: &ReportDoc) -> String {
             esc(&head)
         ));
         o.push_str(&format!(
-            "<p>key <code>{}</code></p>\n<p>parameters</p><pre>{}</pre>\n<p>metrics</p>{}",
+            "<p>key <code>{}</code>{}</p>\n<p>parameters</p><pre>{}</pre>\n<p>metrics</p>{}",
             esc(&s.key),
+            entry_note(s),
             esc(&serde_json::to_string_pretty(&s.params).unwrap_or_default()),
             table_html(&metrics_table(&s.metrics), "metrics")
         ));
@@ -316,19 +329,44 @@ pub fn markdown(doc: &ReportDoc, plot_path: impl Fn(&str) -> String) -> String {
             o.push_str(&format!("> {n}\n\n"));
         }
     }
+    if !run.sources.is_empty() {
+        o.push_str("\n## Pipeline\n\nThe files as they were when the run started.\n\n");
+        for (path, text) in &run.sources {
+            o.push_str(&format!(
+                "<details><summary><code>{}</code></summary>\n\n```yaml\n{}\n```\n</details>\n\n",
+                esc(&path.display().to_string()),
+                text.trim_end()
+            ));
+        }
+    }
     o.push_str(&format!("\n## Stages ({})\n\n", run.stages.len()));
     for s in &run.stages {
         o.push_str(&format!(
-            "<details><summary><code>{}</code> · {} · {}</summary>\n\nkey `{}`\n\n```json\n{}\n```\n\n{}\n</details>\n\n",
+            "<details><summary><code>{}</code> · {} · {}</summary>\n\nkey `{}`{}\n\n```json\n{}\n```\n\n{}\n</details>\n\n",
             esc(&s.name),
             s.kind,
             s.status.as_str(),
             s.key,
+            entry_note(s),
             serde_json::to_string_pretty(&s.params).unwrap_or_default(),
             metrics_table(&s.metrics).render_md()
         ));
     }
     o
+}
+
+/// Where a finished stage's files are, under the cache folder (`model.safetensors` loads
+/// into the equivalent torch.nn module).
+fn entry_note(s: &crate::cache::StageRecord) -> String {
+    if matches!(s.status, StageStatus::Ran | StageStatus::Hit) && s.key.len() > 2 {
+        format!(
+            " · entry <code>entries/{}/{}</code> in the cache folder",
+            &s.key[..2],
+            s.key
+        )
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]

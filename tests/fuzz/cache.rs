@@ -39,6 +39,7 @@ fn template() -> &'static (tempfile::TempDir, Vec<(String, serde_json::Value)>) 
             report_spec: None,
             plots: vec![],
             claims: vec![],
+            sources: vec![],
         };
         runs::save(dir.path(), &rec).unwrap();
         let metrics = o
