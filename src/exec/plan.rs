@@ -75,9 +75,13 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
                         names.push(inst.name.clone())
                     }
                     Some(_) => {}
-                    None => {
-                        missing.push((dir.to_path_buf(), inst.loc.clone(), vec![inst.name.clone()]))
-                    }
+                    // Where the folder was written: the stage's own `data.dir`, or the
+                    // `defaults` line that all the stages reading it share.
+                    None => missing.push((
+                        dir.to_path_buf(),
+                        inst.param_locs.get("data.dir").unwrap_or(&inst.loc).clone(),
+                        vec![inst.name.clone()],
+                    )),
                 }
                 continue;
             }

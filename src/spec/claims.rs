@@ -594,6 +594,7 @@ mod tests {
 
     fn inst(name: &str, assignment: &[(&str, &str)], level: Option<u32>) -> Instance {
         Instance {
+            param_locs: Default::default(),
             name: name.into(),
             template: name.into(),
             kind: "evaluate".into(),

@@ -1128,6 +1128,26 @@ fn scoped_defaults(inner: Option<&Node>, top: Option<&Node>, kind: &str) -> Opti
     })
 }
 
+/// The location of every scalar under `node`, by dotted path.
+fn leaf_locs(node: &Node, path: &mut String, out: &mut std::collections::BTreeMap<String, Loc>) {
+    match &node.kind {
+        NodeKind::Map(entries) => {
+            for (k, v) in entries {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&k.name);
+                leaf_locs(v, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => {
+            out.insert(path.clone(), node.loc.clone());
+        }
+    }
+}
+
 fn instantiate(
     t: &Template,
     m: &Member,
@@ -1203,7 +1223,10 @@ fn instantiate(
             )),
         )
     })?;
+    let mut param_locs = std::collections::BTreeMap::new();
+    leaf_locs(&params, &mut String::new(), &mut param_locs);
     Ok(Instance {
+        param_locs,
         name: member_name(&t.name, &m.assign),
         template: t.name.clone(),
         kind: t.kind.clone(),

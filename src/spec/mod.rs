@@ -44,6 +44,10 @@ pub struct Instance {
     /// `(group, level)` for stages expanded from a `levels:` group.
     pub level: Option<(String, u32)>,
     pub loc: Loc,
+    /// Where each scalar parameter was written, by dotted path (`data.dir`): in the stage, in
+    /// `defaults:` or on the command line, so that a problem found later (at plan time) is
+    /// reported where it can be fixed. Parameters left at the kind's default are absent.
+    pub param_locs: std::collections::BTreeMap<String, Loc>,
 }
 
 /// What `report:` asks for at the end of a run: a pivot table over evaluated stages.

@@ -353,6 +353,7 @@ mod tests {
 
     fn inst(name: &str, assignment: &[(&str, &str)]) -> Instance {
         Instance {
+            param_locs: Default::default(),
             name: name.into(),
             template: name.split('[').next().unwrap().into(),
             kind: "evaluate".into(),
