@@ -90,8 +90,9 @@ fn claims_are_evaluated_printed_recorded_diffed_and_strict() {
         m = fmt_float(max)
     );
     assert!(out.contains(&held_line), "{held_line}\nnot in\n{out}");
-    // Replicates: the two seeds are one report cell, mean ± sample std (n), in percent.
-    let cell = format!("{:.2} ± {:.2} (2)", mean * 100.0, std * 100.0);
+    // Replicates: the two seeds are one report cell, mean ± sample std (n), as fractions like
+    // the claim's numbers.
+    let cell = format!("{mean:.4} ± {std:.4} (2)");
     assert!(out.contains(&cell), "{cell}\nnot in\n{out}");
     assert!(out.contains(&failed_line), "{failed_line}\nnot in\n{out}");
 

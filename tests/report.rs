@@ -402,7 +402,7 @@ fn a_seed_sweep_is_one_column_and_one_point_as_mean_std_n() {
         &["run", "-q", "tests/pipelines/tiny_seeds.yaml"],
     ));
     assert!(
-        run.contains("| remaining_pct | eval_dense |\n|---|---|\n| 100.0 | 32.00 ± 5.90 (3) |"),
+        run.contains("| remaining_pct | eval_dense |\n|---|---|\n| 100.0 | 0.3200 ± 0.0590 (3) |"),
         "{run}"
     );
     let rep = ok(&pipe(
@@ -435,11 +435,9 @@ fn a_seed_sweep_is_one_column_and_one_point_as_mean_std_n() {
         &["report", "last", "-o", out.to_str().unwrap()],
     ));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(
-        html.contains(
-            "<tr><td class=\"num\">100.0</td><td class=\"num\">32.00 ± 5.90 (3)</td></tr>"
-        )
-    );
+    assert!(html.contains(
+        "<tr><td class=\"num\">100.0</td><td class=\"num\">0.3200 ± 0.0590 (3)</td></tr>"
+    ));
     assert!(html.contains("id=\"plot-learning\" data-series=\"1\" data-points=\"3\""));
 }
 

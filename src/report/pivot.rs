@@ -124,10 +124,11 @@ pub fn build_data(spec: &ReportSpec, records: &[StageRecord]) -> Pivot {
     }
 }
 
-/// Accuracies (fractions) read better as percentages with two decimals.
+/// A cell's number as the metric is everywhere else (`pipe show`, claims, diffs, exports):
+/// accuracies stay fractions, with four decimals so that columns align.
 fn fmt_metric(metric: &str, v: f64) -> String {
     if metric.contains("acc") {
-        format!("{:.2}", v * 100.0)
+        format!("{v:.4}")
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
     } else {
@@ -303,15 +304,15 @@ mod tests {
             vec![
                 vec![
                     "100.0".to_string(),
-                    "98.00 / 2500".into(),
+                    "0.9800 / 2500".into(),
                     String::new(),
                     String::new()
                 ],
                 vec![
                     "80.0".to_string(),
                     String::new(),
-                    "96.00 ± 1.41 (2) / 2500 ± 707.1068 (2)".into(),
-                    "90.00 / n/a".into()
+                    "0.9600 ± 0.0141 (2) / 2500 ± 707.1068 (2)".into(),
+                    "0.9000 / n/a".into()
                 ],
             ]
         );
