@@ -238,7 +238,10 @@ pub fn build(spec: &PlotSpec, records: &[StageRecord], curves: &CurveReader) -> 
             spec.title.clone()
         },
         x_label: spec.x_label.clone().unwrap_or_else(|| spec.x.clone()),
-        y_label: spec.y_label.clone().unwrap_or_else(|| spec.y.0.join(", ")),
+        y_label: spec
+            .y_label
+            .clone()
+            .unwrap_or_else(|| default_y_label(spec)),
         log_x: spec.log_x,
         log_y: spec.log_y,
         error_bars: spec.error_bars,
@@ -330,6 +333,19 @@ pub fn overlay(a: &PlotData, b: &PlotData, a_label: &str, b_label: &str) -> Plot
     out
 }
 
+/// The y axis names the metric and, when the values are scaled, how: a fraction times 100 reads
+/// as a percentage, so that an axis in percent never sits under a bare metric name.
+fn default_y_label(spec: &PlotSpec) -> String {
+    let names = spec.y.0.join(", ");
+    if spec.y_scale == 1.0 {
+        names
+    } else if spec.y_scale == 100.0 {
+        format!("{names} (%)")
+    } else {
+        format!("{names} (× {})", spec.y_scale)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +407,7 @@ mod tests {
         ];
         let d = build(&spec(), &records, &|_| None);
         assert_eq!(d.title, "acc");
+        assert_eq!(d.y_label, "accuracy (%)", "y_scale 100 reads as percent");
         assert_eq!(d.series.len(), 1, "eval_random has no accuracy: no series");
         let s = &d.series[0];
         assert_eq!(s.label, "eval_ticket lr=0.1");
@@ -405,6 +422,21 @@ mod tests {
         assert_eq!(
             d.notes,
             vec!["1 selected stage(s) lack a numeric metric among `accuracy`".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_y_axis_says_how_its_values_are_scaled() {
+        let mut s = spec();
+        s.y_scale = 1.0;
+        assert_eq!(default_y_label(&s), "accuracy");
+        s.y_scale = 1000.0;
+        assert_eq!(default_y_label(&s), "accuracy (× 1000)");
+        s.y_label = Some("top-1".into());
+        assert_eq!(
+            build(&s, &[], &|_| None).y_label,
+            "top-1",
+            "a given label is kept"
         );
     }
 
