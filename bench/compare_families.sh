@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One training step of each model family, pipe (CPU, burn Flex) against PyTorch (CPU), on the
 # same machine in the same run with the same number of threads: prints ms per step and the
-# ratio pipe / PyTorch (< 1: pipe is faster), with each model's parameters and forward FLOPs.
+# ratio pipe / PyTorch (< 1: pipe is faster) against the hand-written torch.nn model a user
+# would write (bench/torch_models.py) and, second, against PyTorch running pipe's own layer
+# program (bench/torch_check.py), with each model's parameters and forward FLOPs.
 #
 # Usage: bench/compare_families.sh [STEPS=5]
 #   CASES="resnet20_32:128 conv4_32:60"   models (examples/family_step.rs) and batch sizes,
@@ -31,27 +33,34 @@ trap 'rm -rf "$out"' EXIT
 cargo build --release --locked -q --example family_step
 bin="${CARGO_TARGET_DIR:-target}/release/examples/family_step"
 
-# compare NAME BATCH STEPS LABEL: one line of the table, from ROUNDS alternating runs.
+# compare NAME BATCH STEPS LABEL: one line of the table, from ROUNDS alternating runs of pipe,
+# the hand-written PyTorch model and the one built from pipe's layer program.
 compare() {
-    local name="$1" batch="$2" n="$3" label="$4" pipe_line torch_line pipe_ms="" torch_ms=""
+    local name="$1" batch="$2" n="$3" label="$4" pipe_line pipe_ms="" std_ms="" prog_ms=""
     for _ in $(seq "$rounds"); do
         pipe_line="$(ONLY="$name" "$bin" "$out" "$batch" "$n" | awk '$1 == "BENCH"')"
-        torch_line="$(python3 bench/torch_family_step.py "$out" "$threads" "$batch" "$n" "$name" | awk '$1 == "BENCH"')"
         pipe_ms="$pipe_ms $(awk '{print $3}' <<<"$pipe_line")"
-        torch_ms="$torch_ms $(awk '{print $3}' <<<"$torch_line")"
+        std_ms="$std_ms $(torch_ms standard "$name" "$batch" "$n")"
+        prog_ms="$prog_ms $(torch_ms program "$name" "$batch" "$n")"
     done
-    python3 - "$label" "$batch" "$pipe_line" "$pipe_ms" "$torch_ms" <<'PY'
+    python3 - "$label" "$batch" "$pipe_line" "$pipe_ms" "$std_ms" "$prog_ms" <<'PY'
 import statistics, sys
 label, batch, pipe = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
-a_all, b_all = [float(v) for v in sys.argv[4].split()], [float(v) for v in sys.argv[5].split()]
-a, b = statistics.median(a_all), statistics.median(b_all)
+a_all, b_all, c_all = ([float(v) for v in arg.split()] for arg in sys.argv[4:7])
+a, b, c = (statistics.median(v) for v in (a_all, b_all, c_all))
 params, flops = int(pipe[3]), int(pipe[4])
-rounds = " ".join(f"{x:.1f}/{y:.1f}" for x, y in zip(a_all, b_all))
-print(f"{label:<24} {batch:>5} {params:>10,} {flops:>13,} {a:10.1f} {b:10.1f} {a / b:7.2f}   {rounds}")
+rounds = " ".join(f"{x:.1f}/{y:.1f}/{z:.1f}" for x, y, z in zip(a_all, b_all, c_all))
+print(f"{label:<24} {batch:>5} {params:>10,} {flops:>13,} {a:9.1f} {b:9.1f} {a / b:6.2f} {c:9.1f} {a / c:6.2f}   {rounds}")
 PY
 }
 
-printf '%-24s %5s %10s %13s %10s %10s %7s   %s\n' model batch params fwd_flops pipe_ms torch_ms ratio "rounds (pipe/torch ms)"
+# torch_ms MODEL NAME BATCH STEPS: PyTorch's ms per step for one model.
+torch_ms() {
+    python3 bench/torch_family_step.py "$out" "$threads" "$3" "$4" "$1" "$2" | awk '$1 == "BENCH" {print $3}'
+}
+
+printf '%-24s %5s %10s %13s %9s %9s %6s %9s %6s   %s\n' model batch params fwd_flops pipe_ms torch_ms ratio prog_ms ratio \
+    "rounds (pipe/torch/prog ms)"
 for case in $cases; do
     IFS=: read -r name batch n <<<"$case"
     compare "$name" "$batch" "${n:-$steps}" "$name"
@@ -60,4 +69,5 @@ if [ "$epoch_steps" -gt 0 ]; then
     compare resnet20_32 128 "$epoch_steps" "resnet20_32 epoch/step"
     echo "(epoch: $epoch_steps steps of 128 = $((epoch_steps * 128)) images; ms are per step, × $epoch_steps for the epoch)"
 fi
+echo "torch: hand-written torch.nn modules (bench/torch_models.py); prog: PyTorch built from pipe's layer program"
 echo "$steps timed steps (unless the case names its own) after 2 warm-up, $threads threads on both sides (torch.set_num_threads($threads)); ms: median of $rounds alternating rounds"

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch side of bench/compare_families.sh: times one training step of each model that
-`examples/family_step.rs` wrote (its layer program as JSON), built as plain torch.nn modules by
-bench/torch_check.py's `Program`, with the same optimiser, batch, warm-up and step count.
+`examples/family_step.rs` wrote (its layer program as JSON), with the same optimiser, batch,
+warm-up and step count, built one of two ways (MODEL):
 
-    python3 bench/torch_family_step.py DIR THREADS BATCH STEPS NAME...
+- `standard`: the hand-written torch.nn module a PyTorch user would write
+  (bench/torch_models.py), checked to have the program's parameter count;
+- `program`: built from pipe's layer program by bench/torch_check.py's `Program`.
+
+    python3 bench/torch_family_step.py DIR THREADS BATCH STEPS MODEL NAME...
 
 Prints `BENCH <name> <ms per step>`.
 """
@@ -17,15 +21,24 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_check import Program  # noqa: E402
+from torch_models import standard  # noqa: E402
 
 
 def main():
     folder, threads, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    for name in sys.argv[5:]:
+    how = sys.argv[5]
+    if how not in ("standard", "program"):
+        sys.exit(f"MODEL is `standard` or `program`, not `{how}`")
+    for name in sys.argv[6:]:
         program = json.load(open(f"{folder}/{name}.json"))
         model = Program(program["ops"])
+        if how == "standard":
+            built, model = model, standard(name)
+            count = [sum(p.numel() for p in m.parameters()) for m in (built, model)]
+            if count[0] != count[1]:
+                sys.exit(f"{name}: the hand-written model has {count[1]} parameters, pipe's {count[0]}")
         model.train()
         params = list(model.parameters())
         if name.startswith("lenet"):

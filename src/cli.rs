@@ -22,8 +22,8 @@ use crate::exec::slurm::{self, SlurmConfig, SlurmExecutor};
 use crate::exec::ssh;
 use crate::exec::subprocess::{Launch, SubprocessConfig, SubprocessExecutor};
 use crate::exec::{
-    self, BarSink, Event, EventSink, Finished, JobSpec, PlainSink, RunOptions, Scheduling, Why,
-    Worker,
+    self, BarSink, Event, EventSink, Finished, JobSpec, JobThreads, PlainSink, RunOptions,
+    Scheduling, ThreadPolicy, Why, Worker,
 };
 use crate::nn::{DeviceSpec, host};
 use crate::report::{self, Table, claim_eval, diff, pivot};
@@ -79,8 +79,9 @@ pub struct Global {
     /// about one core busy on the CPU backend, so independent stages use the rest.
     #[arg(short = 'j', long, global = true)]
     pub jobs: Option<usize>,
-    /// CPU threads for tensor arithmetic, shared by the stages running at once [default: the
-    /// cores divided by --jobs, at least 1]. Results do not depend on it.
+    /// CPU threads for each stage's tensor arithmetic [default: the cores, shared out among
+    /// the stages computing at once and re-shared as they start and end; a stage that runs
+    /// alone gets them all]. Results do not depend on it.
     #[arg(long, global = true, env = "PIPE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
     /// How often long stages (train, netaug_train) save a progress checkpoint, which the next
@@ -569,10 +570,16 @@ fn cmd_run(
         Box::new(PlainSink::with_overview(g.quiet, overview))
     };
     let threads = match g.threads {
-        Some(t) => Some(usize::from(t)),
+        Some(t) => ThreadPolicy::PerJob(usize::from(t)),
         // rayon reads RAYON_NUM_THREADS itself; a user who set it meant it.
-        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => None,
-        None => Some(host::cpu_threads(jobs, cores)),
+        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => ThreadPolicy::RayonDefault,
+        None => ThreadPolicy::FollowWork { cores },
+    };
+    // Worker processes cannot see each other: each gets its share of the cores at the start.
+    let per_process = match threads {
+        ThreadPolicy::PerJob(t) => Some(t),
+        ThreadPolicy::RayonDefault => None,
+        ThreadPolicy::FollowWork { cores } => Some(host::cpu_threads(jobs, cores)),
     };
     let opts = RunOptions {
         jobs,
@@ -616,8 +623,10 @@ fn cmd_run(
     };
     let outcome = match ex.executor {
         ExecutorKind::Local => {
-            if let Some(t) = threads {
-                host::set_cpu_threads(t);
+            match threads {
+                ThreadPolicy::PerJob(t) => host::set_cpu_threads(t),
+                ThreadPolicy::FollowWork { cores } => host::set_cpu_threads(cores),
+                ThreadPolicy::RayonDefault => {}
             }
             let runtime = Runtime::new(device.clone());
             let env = exec::Engine {
@@ -631,7 +640,7 @@ fn cmd_run(
             exec::execute(&plan, env)
         }
         ExecutorKind::Subprocess => {
-            let (exe, cache, worker_args) = remote(threads)?;
+            let (exe, cache, worker_args) = remote(per_process)?;
             let sub = SubprocessExecutor::new(
                 SubprocessConfig {
                     name: "subprocess",
@@ -889,7 +898,7 @@ fn cmd_worker(g: &Global, registry: &Registry, path: &Path) -> Result<u8, Failur
         runtime: &runtime,
         sink: &sink,
         cancel: &CANCEL,
-        cpu_threads: threads,
+        threads: JobThreads::Fixed(threads),
         checkpoint_every: g.checkpoint_every.0,
     };
     let end = worker.run(&job);

@@ -342,7 +342,7 @@ fn recorded_results(cache: &Path) -> Vec<(String, String, serde_json::Value)> {
 
 /// `--threads` is a scheduling choice like `-j`: a LeNet-300-100 training at batch 60, whose
 /// matrix products are large enough for burn to split over threads, gives the same keys and
-/// bit-identical metrics with one thread and with two.
+/// bit-identical metrics with one thread, with two, and with the default share of the cores.
 #[test]
 fn thread_count_changes_neither_keys_nor_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,6 +372,11 @@ fn thread_count_changes_neither_keys_nor_results() {
         results[0]
     );
     assert_eq!(results[0], results[1]);
+    // Default flags: the cores follow the stages (the training alone on both, then shared).
+    let cache = dir.path().join("cache-default");
+    let o = pipe(&cache, &["run", yaml]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(recorded_results(&cache), results[0]);
 
     let zero = pipe(&dir.path().join("cache0"), &["run", yaml, "--threads", "0"]);
     assert_eq!(zero.status.code(), Some(2));

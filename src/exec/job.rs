@@ -7,13 +7,15 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::events::{Event, EventSink};
+use super::pool::CoreShare;
 use crate::cache::{CacheError, Manifest, PreImage, StageStatus, Store, os_error_in, short};
 use crate::clock;
 use crate::panic_text::panic_text;
@@ -176,6 +178,17 @@ impl From<String> for JobError {
     }
 }
 
+/// How many threads a job's pool ([`super::on_own_pool`]) has.
+#[derive(Debug, Clone, Copy)]
+pub enum JobThreads<'a> {
+    /// A fixed size (`--threads`, a Slurm job's CPUs); `None`: rayon's default
+    /// (`RAYON_NUM_THREADS`, or one per core).
+    Fixed(Option<usize>),
+    /// A share of the cores that follows the jobs computing at once: long stages resize
+    /// their pool between steps as jobs start and end ([`StageContext::cpu_threads`]).
+    Shared(&'a CoreShare),
+}
+
 /// Computes jobs in this process against a cache.
 pub struct Worker<'a> {
     pub registry: &'a Registry,
@@ -184,8 +197,8 @@ pub struct Worker<'a> {
     pub runtime: &'a Runtime,
     pub sink: &'a dyn EventSink,
     pub cancel: &'a AtomicBool,
-    /// Threads of the pool each job runs in ([`super::on_own_pool`]); `None`: rayon's default.
-    pub cpu_threads: Option<usize>,
+    /// How many threads each job computes on.
+    pub threads: JobThreads<'a>,
     /// How often long stages save a progress checkpoint (`--checkpoint-every`); `None`: never.
     pub checkpoint_every: Option<std::time::Duration>,
 }
@@ -195,7 +208,17 @@ impl Worker<'_> {
     /// complete; otherwise computes and publishes it. Reports `Start`, `Waiting` and `Corrupt`
     /// to the sink; the end is the caller's to report.
     pub fn run(&self, job: &JobSpec) -> Finished {
-        match super::on_own_pool(self.cpu_threads, || self.try_run(job)) {
+        let share = match self.threads {
+            JobThreads::Shared(cores) => Some(cores.join()),
+            JobThreads::Fixed(_) => None,
+        };
+        let size = match (&share, self.threads) {
+            (Some(s), _) => Some(s.threads()),
+            (None, JobThreads::Fixed(t)) => t,
+            (None, JobThreads::Shared(_)) => None,
+        };
+        let wanted = share.as_ref().map(|s| s.reader());
+        match super::on_own_pool(size, || self.try_run(job, wanted)) {
             Ok(f) => f,
             Err(JobError { message, io }) => Finished::Failed {
                 error: message,
@@ -205,14 +228,19 @@ impl Worker<'_> {
         }
     }
 
-    fn try_run(&self, job: &JobSpec) -> Result<Finished, JobError> {
+    /// `threads`: the job's current share of the cores, read by long stages between steps.
+    fn try_run(
+        &self,
+        job: &JobSpec,
+        threads: Option<Arc<AtomicUsize>>,
+    ) -> Result<Finished, JobError> {
         let Worker {
             registry,
             store,
             runtime,
             sink,
             cancel,
-            cpu_threads: _,
+            threads: _,
             checkpoint_every,
         } = *self;
         let name = job.stage.as_str();
@@ -284,7 +312,8 @@ impl Worker<'_> {
             area: area.clone(),
             offered,
             every: checkpoint_every,
-        });
+        })
+        .with_cpu_share(threads);
         let result = catch_unwind(AssertUnwindSafe(|| {
             kind.run(&job.params, &mut ctx)?;
             // A metric outside the kind's declared patterns would slip past `plan`'s checks

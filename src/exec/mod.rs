@@ -14,7 +14,9 @@ pub mod subprocess;
 
 pub use events::{BarSink, Event, EventSink, PlainSink};
 pub use executor::{Executor, LocalExecutor, Report, Submitted, Ticket};
-pub use job::{Finished, JOB_FORMAT, JobFileError, JobInput, JobRole, JobSpec, Worker};
+pub use job::{Finished, JOB_FORMAT, JobFileError, JobInput, JobRole, JobSpec, JobThreads, Worker};
 pub use plan::{Plan, PlanError, PlannedStage, Why, plan};
-pub use pool::on_own_pool;
-pub use scheduler::{Engine, RunOptions, RunOutcome, Scheduling, execute, headline, schedule};
+pub use pool::{CoreShare, ShareHandle, on_own_pool};
+pub use scheduler::{
+    Engine, RunOptions, RunOutcome, Scheduling, ThreadPolicy, execute, headline, schedule,
+};

@@ -24,8 +24,9 @@ use serde_json::Value;
 
 use super::events::{Event, EventSink};
 use super::executor::{Executor, LocalExecutor, Report, Ticket};
-use super::job::{Finished, JOB_FORMAT, JobInput, JobRole, JobSpec, Worker};
+use super::job::{Finished, JOB_FORMAT, JobInput, JobRole, JobSpec, JobThreads, Worker};
 use super::plan::Plan;
+use super::pool::CoreShare;
 use crate::cache::{Manifest, StageRecord, StageStatus, Store};
 use crate::graph::StageGraph;
 use crate::stages::{Registry, Runtime};
@@ -38,11 +39,22 @@ pub struct RunOptions {
     pub device: String,
     /// Return once every job is handed over (executors whose jobs outlive this process).
     pub detach: bool,
-    /// Threads of each local job's pool; `None`: rayon's default (`RAYON_NUM_THREADS` or the
-    /// cores).
-    pub threads: Option<usize>,
+    /// How many threads local jobs compute on.
+    pub threads: ThreadPolicy,
     /// How often long stages save a progress checkpoint; `None`: never.
     pub checkpoint_every: Option<std::time::Duration>,
+}
+
+/// How many threads the jobs of a local run compute on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadPolicy {
+    /// Every job's pool has this many (`--threads`).
+    PerJob(usize),
+    /// rayon's default for every job (`RAYON_NUM_THREADS`, which a user who set it meant).
+    RayonDefault,
+    /// The machine's `cores` shared out among the jobs computing at once, re-shared as they
+    /// start and end ([`super::pool::CoreShare`]).
+    FollowWork { cores: usize },
 }
 
 #[derive(Debug)]
@@ -144,13 +156,22 @@ pub struct Engine<'a> {
 
 /// Runs the plan on threads of this process (`--executor local`).
 pub fn execute(plan: &Plan, env: Engine) -> RunOutcome {
+    let share = match env.opts.threads {
+        ThreadPolicy::FollowWork { cores } => Some(CoreShare::new(cores)),
+        _ => None,
+    };
+    let threads = match (&share, env.opts.threads) {
+        (Some(share), _) => JobThreads::Shared(share),
+        (None, ThreadPolicy::PerJob(t)) => JobThreads::Fixed(Some(t)),
+        (None, _) => JobThreads::Fixed(None),
+    };
     let worker = Worker {
         registry: env.registry,
         store: env.store,
         runtime: env.runtime,
         sink: env.sink,
         cancel: env.cancel,
-        cpu_threads: env.opts.threads,
+        threads,
         checkpoint_every: env.opts.checkpoint_every,
     };
     let scheduling = Scheduling {

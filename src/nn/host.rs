@@ -40,7 +40,9 @@ pub fn retain_tensor_buffers() {
 }
 
 /// Threads for CPU tensor arithmetic when `jobs` stages run at once on `cores` cores: the cores
-/// shared out between the stages, at least one each.
+/// shared out between the stages, at least one each. What `pipe worker` processes get, which
+/// cannot see each other; stages of one process share the cores as they run
+/// (`exec::CoreShare`).
 ///
 /// burn's CPU backend splits a matrix product over rayon's global pool once it exceeds
 /// 192³ multiply-adds, which every LeNet-300-100 layer at batch 60 does. Two trainings
@@ -64,6 +66,40 @@ pub fn set_cpu_threads(threads: usize) {
     }
 }
 
+/// Runs a training loop's steps on as many threads as its stage's share of the cores says
+/// now ([`TrainHooks::cpu_threads`](super::train::TrainHooks::cpu_threads)). The loop starts
+/// on its job's pool; when the share differs from that pool's size, each step runs on a
+/// pool of the wanted size, made once and kept while the share stays. A step moved there
+/// costs one hand-over to that pool's threads (microseconds against steps of a millisecond
+/// and more); its arithmetic forks and joins among them. Results do not depend on the
+/// thread count, so where a step runs changes nothing it computes.
+#[derive(Default)]
+pub struct PoolFollower {
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl PoolFollower {
+    /// Runs `f` on `wanted` threads (`None`: where it is, on the pool it started on).
+    pub fn run<R: Send>(&mut self, wanted: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
+        let Some(n) = wanted.filter(|&n| n >= 1 && n != rayon::current_num_threads()) else {
+            return f();
+        };
+        if self.pool.as_ref().map(|p| p.current_num_threads()) != Some(n) {
+            self.pool = match rayon::ThreadPoolBuilder::new().num_threads(n).build() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::debug!("no pool of {n} threads ({e}); the step stays where it is");
+                    None
+                }
+            };
+        }
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +112,21 @@ mod tests {
         assert_eq!(cpu_threads(4, 16), 4);
         assert_eq!(cpu_threads(3, 16), 5);
         assert_eq!(cpu_threads(0, 8), 8);
+    }
+
+    #[test]
+    fn a_follower_runs_each_call_on_the_threads_wanted() {
+        let outer = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        outer.install(|| {
+            let mut follow = PoolFollower::default();
+            let sizes: Vec<usize> = [None, Some(3), Some(3), Some(1), Some(2)]
+                .into_iter()
+                .map(|w| follow.run(w, rayon::current_num_threads))
+                .collect();
+            assert_eq!(sizes, vec![2, 3, 3, 1, 2]);
+        });
     }
 }

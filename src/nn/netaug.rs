@@ -31,6 +31,7 @@ use rand::seq::index::sample;
 
 use super::arch::ConvnetSpec;
 use super::device::{BackendTask, DeviceSpec, dispatch};
+use super::host::PoolFollower;
 use super::init::{InitDraw, draw_weights};
 use super::net::{BnMode, Net, Plan, from_net};
 use super::ops::{NnBackend, TrainBackend};
@@ -765,6 +766,7 @@ impl BackendTask for Task<'_, '_> {
 
         let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
         let mut last = None;
+        let mut threads = PoolFollower::default();
         for epoch in first_epoch..cfg.epochs {
             let augmenting = epoch < aug_epochs;
             let (steps_done, mut loss_sum) = match resumed.take() {
@@ -787,42 +789,46 @@ impl BackendTask for Task<'_, '_> {
                 sgd.buffers = to_device(&bufs, &device);
             }
             for _ in steps_done..per_epoch {
-                gather_batch(train, order.next_batch(), None, &mut images, &mut targets);
-                let labels = targets.labels().unwrap_or_default();
-                let n = labels.len();
-                let x = Tensor::<B, 4>::from_data(
-                    TensorData::new(std::mem::take(&mut images), [n, c, h, w]),
-                    &device,
-                );
-                let y = Tensor::<B, 2>::from_data(
-                    smoothed_targets(labels, classes, cfg.label_smoothing),
-                    &device,
-                );
-                let leaves: Vec<Tensor<B, 1>> = params
-                    .iter()
-                    .map(|p| Tensor::from_inner(p.clone()).require_grad())
-                    .collect();
-                let net = sub_net(&leaves, &master_shapes, &base.shapes);
-                let (logits, _) = net.forward(&base.plan, x.clone(), &BnMode::Batch);
-                let base_loss = soft_cross_entropy(logits, y.clone());
-                let mut loss = base_loss.clone();
-                if augmenting {
-                    let widths = family.sample(&mut rng);
-                    if !plans.contains_key(&widths) {
-                        let sub = SubModel::new(&family.spec(&widths))?;
-                        plans.insert(widths.clone(), sub);
+                // The step on the stage's current share of the cores.
+                let step = threads.run(hooks.cpu_threads(), || {
+                    gather_batch(train, order.next_batch(), None, &mut images, &mut targets);
+                    let labels = targets.labels().unwrap_or_default();
+                    let n = labels.len();
+                    let x = Tensor::<B, 4>::from_data(
+                        TensorData::new(std::mem::take(&mut images), [n, c, h, w]),
+                        &device,
+                    );
+                    let y = Tensor::<B, 2>::from_data(
+                        smoothed_targets(labels, classes, cfg.label_smoothing),
+                        &device,
+                    );
+                    let leaves: Vec<Tensor<B, 1>> = params
+                        .iter()
+                        .map(|p| Tensor::from_inner(p.clone()).require_grad())
+                        .collect();
+                    let net = sub_net(&leaves, &master_shapes, &base.shapes);
+                    let (logits, _) = net.forward(&base.plan, x.clone(), &BnMode::Batch);
+                    let base_loss = soft_cross_entropy(logits, y.clone());
+                    let mut loss = base_loss.clone();
+                    if augmenting {
+                        let widths = family.sample(&mut rng);
+                        if !plans.contains_key(&widths) {
+                            let sub = SubModel::new(&family.spec(&widths))?;
+                            plans.insert(widths.clone(), sub);
+                        }
+                        let sub = &plans[&widths];
+                        let net = sub_net(&leaves, &master_shapes, &sub.shapes);
+                        let (logits, _) = net.forward(&sub.plan, x, &BnMode::Batch);
+                        loss = loss + soft_cross_entropy(logits, y);
                     }
-                    let sub = &plans[&widths];
-                    let net = sub_net(&leaves, &master_shapes, &sub.shapes);
-                    let (logits, _) = net.forward(&sub.plan, x, &BnMode::Batch);
-                    loss = loss + soft_cross_entropy(logits, y);
-                }
-                let grads = loss.backward();
-                let g: Vec<_> = leaves.iter().map(|t| t.grad(&grads)).collect();
-                let lr = lr_at(cfg.lr, &cfg.schedule, warmup, it, total);
-                sgd.step(&mut params, g, lr);
+                    let grads = loss.backward();
+                    let g: Vec<_> = leaves.iter().map(|t| t.grad(&grads)).collect();
+                    let lr = lr_at(cfg.lr, &cfg.schedule, warmup, it, total);
+                    sgd.step(&mut params, g, lr);
+                    Ok::<_, NnError>(base_loss.inner())
+                });
+                let b = step?;
                 it += 1;
-                let b = base_loss.inner();
                 let sum = match loss_sum {
                     Some(s) => s + b,
                     None => b,

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adam::PipeAdam;
 use super::device::{BackendTask, DeviceSpec, dispatch};
+use super::host::PoolFollower;
 use super::net::{BN_MOMENTUM, BnMode, Net, Plan, buffers_to_device, from_net, to_net};
 use super::objective::{EvalSums, Objective, one_hot};
 use super::ops::NnBackend;
@@ -150,6 +151,11 @@ pub trait TrainHooks<S = TrainState> {
     /// here fails the run.
     fn checkpoint(&mut self, _state: &S) -> Result<(), NnError> {
         Ok(())
+    }
+    /// How many threads the steps should compute on now (the stage's share of the cores,
+    /// which changes as other stages start and end); `None`: the pool the run started on.
+    fn cpu_threads(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -653,6 +659,7 @@ impl BackendTask for TrainTask<'_, '_> {
         }
 
         let mut next_save = save_at.iter().copied().filter(|&s| s > start).peekable();
+        let mut threads = PoolFollower::default();
         for it in start..total {
             gather_batch(
                 data.train,
@@ -662,7 +669,10 @@ impl BackendTask for TrainTask<'_, '_> {
                 &mut targets,
             );
             let lr = lr_at(cfg.lr, &cfg.schedule, cfg.warmup, it, total);
-            let loss = session.step_targets(std::mem::take(&mut images), &targets, lr);
+            let batch = std::mem::take(&mut images);
+            let loss = threads.run(hooks.cpu_threads(), || {
+                session.step_targets(batch, &targets, lr)
+            });
             let done = it + 1;
             since_point += 1;
             if done % LOSS_READ_EVERY == 0 {
@@ -686,7 +696,7 @@ impl BackendTask for TrainTask<'_, '_> {
                     )));
                 }
                 last_loss = mean;
-                curve.push(point(&session, done, mean));
+                curve.push(threads.run(hooks.cpu_threads(), || point(&session, done, mean)));
             }
             let progress = Progress {
                 iteration: done,
@@ -922,6 +932,66 @@ mod tests {
             .map(|p| p.val_loss.unwrap())
             .fold(f64::INFINITY, f64::min);
         assert_eq!(a.early_stop.as_ref().unwrap().val_loss, Some(best));
+    }
+
+    /// A hook whose share of the cores changes at every step.
+    struct Reshared {
+        step: usize,
+    }
+
+    impl TrainHooks for Reshared {
+        fn after_step(&mut self, _: &Progress) -> Directive {
+            self.step += 1;
+            Directive::Continue
+        }
+        fn cpu_threads(&self) -> Option<usize> {
+            Some([1, 2, 3][self.step % 3])
+        }
+    }
+
+    #[test]
+    fn steps_follow_the_share_of_the_cores_and_compute_the_same_bits() {
+        // Products of 60 × 784 × 300 multiply-adds: large enough for the backend to split.
+        let spec = ModelSpec::mlp(vec![784, 300, 10]);
+        let f = Fixture {
+            init: init_weights(&spec, InitScheme::KaimingNormal, 3),
+            spec,
+            train: toy_split(240, 784, 10, 1),
+            val: toy_split(0, 784, 10, 2),
+            test: toy_split(60, 784, 10, 3),
+        };
+        let mask = Mask::dense(&f.spec);
+        let mut c = cfg(OptimizerKind::Adam, 9);
+        c.batch = 60;
+        c.eval_every = 3;
+        let fixed = run(&f, &mask, &c).unwrap();
+        let data = TrainData {
+            train: &f.train,
+            val: &f.val,
+            test: &f.test,
+            augment: None,
+        };
+        let mut hooks = Reshared { step: 0 };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let moved = pool
+            .install(|| {
+                train(
+                    &f.spec,
+                    &f.init,
+                    &mask,
+                    &data,
+                    &c,
+                    &DeviceSpec::Cpu,
+                    &mut hooks,
+                )
+            })
+            .unwrap();
+        assert_eq!(hooks.step, 9);
+        assert_eq!(bits(&moved.weights), bits(&fixed.weights));
+        assert_eq!(moved.curve, fixed.curve);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! key's progress checkpoints (to resume from, and to save into).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -125,6 +126,9 @@ pub struct StageContext<'a> {
     pub(crate) runtime: &'a Runtime,
     pub(crate) cancel: &'a AtomicBool,
     pub(crate) progress: &'a dyn ProgressSink,
+    /// The job's current share of the cores, when it follows the work (`None`: its pool's
+    /// size is fixed).
+    pub(crate) cpu_share: Option<Arc<AtomicUsize>>,
 }
 
 impl<'a> StageContext<'a> {
@@ -146,7 +150,21 @@ impl<'a> StageContext<'a> {
             runtime,
             cancel,
             progress,
+            cpu_share: None,
         }
+    }
+
+    /// The same context with a share of the cores that changes as other jobs start and end.
+    pub fn with_cpu_share(mut self, share: Option<Arc<AtomicUsize>>) -> Self {
+        self.cpu_share = share;
+        self
+    }
+
+    /// How many threads the stage should compute on now, when that follows the work: long
+    /// stages read it between steps and move their arithmetic to a pool of that size
+    /// (results do not depend on it). `None`: the pool the stage started on is its size.
+    pub fn cpu_threads(&self) -> Option<usize> {
+        Some(self.cpu_share.as_ref()?.load(Ordering::Relaxed))
     }
 
     pub fn name(&self) -> &str {

@@ -359,6 +359,10 @@ impl TrainHooks<NetAugState> for StageHooks<'_, '_> {
         self.clock.directive(self.ctx, pr)
     }
 
+    fn cpu_threads(&self) -> Option<usize> {
+        self.ctx.cpu_threads()
+    }
+
     fn checkpoint(&mut self, state: &NetAugState) -> Result<(), NnError> {
         self.clock.save(self.ctx, state.done, self.total, |dir| {
             save_netaug_state(dir, state)

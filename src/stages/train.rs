@@ -394,6 +394,10 @@ impl TrainHooks for StageHooks<'_, '_> {
         self.clock.directive(self.ctx, pr)
     }
 
+    fn cpu_threads(&self) -> Option<usize> {
+        self.ctx.cpu_threads()
+    }
+
     fn checkpoint(&mut self, state: &TrainState) -> Result<(), NnError> {
         let (spec, mask, seed) = (self.spec, self.mask, self.seed);
         self.clock.save(self.ctx, state.done, self.total, |dir| {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use pipe::cache::{StageStatus, Store};
-use pipe::exec::{self, PlainSink, RunOptions, RunOutcome};
+use pipe::exec::{self, PlainSink, RunOptions, RunOutcome, ThreadPolicy};
 use pipe::nn::DeviceSpec;
 use pipe::spec::{self, Override};
 use pipe::stages::{Registry, Runtime};
@@ -71,7 +71,8 @@ pub fn run_with(cache: &Path, files: &[PathBuf], set: &[&str], keep_going: bool)
         keep_going,
         device: DeviceSpec::Cpu.to_string(),
         detach: false,
-        threads: None,
+        // As `pipe run` by default: the cores re-shared as jobs start and end.
+        threads: ThreadPolicy::FollowWork { cores: 2 },
         checkpoint_every: None,
     };
     let (sink, runtime) = (PlainSink::new(true), Runtime::new(DeviceSpec::Cpu));
