@@ -19,7 +19,7 @@
 #                                         (79 × 128 = 10,112 images: one epoch of 10k); 0: skip
 #   PIPE_NN_OPS=reference                 pipe on burn's generic conv, batch-norm and pooling
 #                                         ops instead of its CPU kernels (src/nn/ops)
-# Needs python3 with torch (`pip install torch`).
+# Needs python3 with torch and safetensors (`pip install torch safetensors`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps="${1:-5}"
@@ -27,7 +27,8 @@ cases="${CASES:-resnet20_32:128 conv4_32:60 vgg11_32:128 mobilenet_v2_tiny_32:12
 epoch_steps="${EPOCH_STEPS:-79}"
 rounds="${ROUNDS:-3}"
 threads="$(nproc)"
-python3 -c 'import torch' 2>/dev/null || { echo "install PyTorch: pip install torch" >&2; exit 1; }
+python3 -c 'import torch, safetensors' 2>/dev/null ||
+    { echo "install PyTorch and safetensors: pip install torch safetensors" >&2; exit 1; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 cargo build --release --locked -q --example family_step

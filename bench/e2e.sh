@@ -39,7 +39,7 @@ for case in "${cases[@]}"; do
         pipe_s="$pipe_s $(seconds env -u PIPE_THREADS -u PIPE_CACHE_DIR -u RAYON_NUM_THREADS \
             "$pipe" --cache-dir "$cache" run -q "bench/e2e/$case.yaml")"
         pipe_acc="$("$pipe" --cache-dir "$cache" show --json test |
-            python3 -c 'import json,sys; print(f"{json.load(sys.stdin)["metrics"]["accuracy"]:.4f}")')"
+            python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["metrics"]["accuracy"])')"
         rm -rf "$cache"
         torch_s="$torch_s $(seconds python3 bench/torch_e2e.py "$case" "$threads")"
         torch_acc="$(awk '$1 == "RESULT" {print $3}' "$work/out")"
