@@ -208,14 +208,14 @@ impl Worker<'_> {
     /// complete; otherwise computes and publishes it. Reports `Start`, `Waiting` and `Corrupt`
     /// to the sink; the end is the caller's to report.
     pub fn run(&self, job: &JobSpec) -> Finished {
-        let share = match self.threads {
-            JobThreads::Shared(cores) => Some(cores.join()),
-            JobThreads::Fixed(_) => None,
-        };
-        let size = match (&share, self.threads) {
-            (Some(s), _) => Some(s.threads()),
-            (None, JobThreads::Fixed(t)) => t,
-            (None, JobThreads::Shared(_)) => None,
+        // A shared job holds its place (its cores counted) until it is done.
+        let (share, size) = match self.threads {
+            JobThreads::Shared(cores) => {
+                let share = cores.join();
+                let size = share.threads();
+                (Some(share), Some(size))
+            }
+            JobThreads::Fixed(t) => (None, t),
         };
         let wanted = share.as_ref().map(|s| s.reader());
         match super::on_own_pool(size, || self.try_run(job, wanted)) {

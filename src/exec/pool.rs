@@ -10,7 +10,7 @@
 //! 60, two threads) took 0.89–0.94 ms this way against 1.20–1.23 (bench/RESULTS.md).
 //! Results do not depend on the number of threads, so nothing a job computes changes.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Runs `f` on a new pool of `threads` threads (`None`: rayon's default, `RAYON_NUM_THREADS`
@@ -37,15 +37,13 @@ pub fn on_own_pool<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send
 pub struct CoreShare {
     cores: usize,
     /// The running jobs' wanted thread counts, oldest first.
-    running: Mutex<Vec<(u64, Arc<AtomicUsize>)>>,
-    next: AtomicU64,
+    running: Mutex<Vec<Arc<AtomicUsize>>>,
 }
 
 /// One job's place in a [`CoreShare`]; leaving it (dropping) gives its cores back.
 #[derive(Debug)]
 pub struct ShareHandle<'a> {
     share: &'a CoreShare,
-    id: u64,
     wanted: Arc<AtomicUsize>,
 }
 
@@ -54,27 +52,24 @@ impl CoreShare {
         CoreShare {
             cores: cores.max(1),
             running: Mutex::new(Vec::new()),
-            next: AtomicU64::new(0),
         }
     }
 
     /// Enters a job; the others' shares shrink to make room.
     pub fn join(&self) -> ShareHandle<'_> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let wanted = Arc::new(AtomicUsize::new(1));
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.push((id, wanted.clone()));
+        running.push(wanted.clone());
         self.rebalance(&running);
         ShareHandle {
             share: self,
-            id,
             wanted,
         }
     }
 
-    fn rebalance(&self, running: &[(u64, Arc<AtomicUsize>)]) {
+    fn rebalance(&self, running: &[Arc<AtomicUsize>]) {
         let n = running.len().max(1);
-        for (i, (_, wanted)) in running.iter().enumerate() {
+        for (i, wanted) in running.iter().enumerate() {
             let extra = usize::from(i < self.cores % n);
             wanted.store((self.cores / n + extra).max(1), Ordering::Relaxed);
         }
@@ -96,7 +91,8 @@ impl ShareHandle<'_> {
 impl Drop for ShareHandle<'_> {
     fn drop(&mut self) {
         let mut running = self.share.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|(id, _)| *id != self.id);
+        // A handle is known by its counter: the same allocation, never another job's.
+        running.retain(|w| !Arc::ptr_eq(w, &self.wanted));
         self.share.rebalance(&running);
     }
 }
