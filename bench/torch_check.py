@@ -16,12 +16,15 @@ import argparse
 import gzip
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file
+
+# The layer-program interpreter lives in one place: python/pipe_torch.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+from pipe_torch import Program  # noqa: E402
 
 
 def read_idx(path):
@@ -30,80 +33,6 @@ def read_idx(path):
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-class Program(nn.Module):
-    """A `pipe` layer program as a torch module; names match `pipe`'s checkpoints."""
-
-    def __init__(self, ops):
-        super().__init__()
-        self.ops = ops
-        self.mods = {}
-        self._build(ops)
-
-    def _register(self, name, module):
-        # Nested names (`layer1.0.conv1`) become nested modules, as in torch's own models.
-        parts = name.split(".")
-        parent = self
-        for p in parts[:-1]:
-            if not hasattr(parent, p):
-                parent.add_module(p, nn.Module())
-            parent = getattr(parent, p)
-        parent.add_module(parts[-1], module)
-        self.mods[name] = module
-
-    def _build(self, ops):
-        for op in ops:
-            kind = op["op"]
-            if kind == "conv":
-                self._register(op["name"], nn.Conv2d(
-                    op["c_in"], op["c_out"], op["kernel"], stride=op["stride"],
-                    padding=op["padding"], groups=op["groups"], bias=op["bias"]))
-            elif kind == "batch_norm":
-                self._register(op["name"], nn.BatchNorm2d(op["channels"]))
-            elif kind == "linear":
-                self._register(op["name"], nn.Linear(op["d_in"], op["d_out"], bias=op["bias"]))
-            elif kind == "residual":
-                self._build(op["body"])
-                if op["shortcut"]["kind"] == "projection":
-                    self._build(op["shortcut"]["ops"])
-
-    def _run(self, ops, x):
-        for op in ops:
-            kind = op["op"]
-            if kind in ("conv", "batch_norm", "linear"):
-                if kind == "linear":
-                    x = torch.flatten(x, 1)
-                x = self.mods[op["name"]](x)
-            elif kind == "relu":
-                x = F.relu(x)
-            elif kind == "relu6":
-                x = F.relu6(x)
-            elif kind == "max_pool":
-                x = F.max_pool2d(x, op["kernel"], op["stride"])
-            elif kind == "global_avg_pool":
-                x = x.mean(dim=(2, 3))
-            elif kind == "flatten":
-                x = torch.flatten(x, 1)
-            elif kind == "residual":
-                sc = op["shortcut"]
-                if sc["kind"] == "identity":
-                    skip = x
-                elif sc["kind"] == "zero_pad":
-                    s = x[:, :, ::sc["stride"], ::sc["stride"]]
-                    extra = sc["c_out"] - sc["c_in"]
-                    skip = F.pad(s, (0, 0, 0, 0, extra // 2, extra - extra // 2))
-                else:
-                    skip = self._run(sc["ops"], x)
-                x = self._run(op["body"], x) + skip
-                if op["relu"]:
-                    x = F.relu(x)
-            else:
-                raise ValueError(f"unknown op {kind}")
-        return x
-
-    def forward(self, x):
-        return self._run(self.ops, x)
 
 
 def main():

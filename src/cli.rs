@@ -191,6 +191,10 @@ pub enum Command {
         /// The table as Markdown.
         #[arg(long)]
         md: bool,
+        /// Only the folder of the stage's cache entry (its files: model.safetensors, a command
+        /// stage's log in command/log.txt), as an absolute path.
+        #[arg(long, conflicts_with_all = ["json", "csv", "md", "table"])]
+        path: bool,
         /// Which of a run's tables: summary, report (long form: mean, std, n), metrics (tidy:
         /// one row per stage and metric, with sweep variables and parameters as columns).
         #[arg(long, value_name = "NAME")]
@@ -384,11 +388,14 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8, Failure> {
             json,
             csv,
             md,
+            path,
             table,
             plots,
         } => {
             let format = report_cmds::Format::from_flags(*json, *csv, *md);
-            if plots.plots {
+            if *path {
+                cmd_show_path(g, target)
+            } else if plots.plots {
                 report_cmds::show_plots(g, target, plots)
             } else if table.is_some()
                 || matches!(format, report_cmds::Format::Csv | report_cmds::Format::Md)
@@ -1219,6 +1226,31 @@ fn cmd_show(g: &Global, target: &str, json: bool) -> Result<u8, Failure> {
         }
     }
     out_raw!("{}", t.render_text());
+    Ok(0)
+}
+
+/// `pipe show STAGE --path`: the stage's entry folder, from the latest run that has it.
+fn cmd_show_path(g: &Global, target: &str) -> Result<u8, Failure> {
+    let rs = all_runs(g)?;
+    let Some(s) = rs.iter().rev().find_map(|r| r.stage(target)) else {
+        return Err(Failure::invalid(format!(
+            "error: `{target}` is not a stage of any recorded run (--path takes a stage)\n  = hint: stage names are as `pipe plan` prints them"
+        )));
+    };
+    let entry = g
+        .cache_dir
+        .join("entries")
+        .join(&s.key[..2.min(s.key.len())])
+        .join(&s.key);
+    if !entry.is_dir() {
+        return Err(Failure::invalid(format!(
+            "error: stage `{target}` has no entry in {} (its key {} was removed by `pipe gc`, or it never finished)\n  = hint: `pipe run` computes it again",
+            g.cache_dir.display(),
+            crate::cache::short(&s.key, 12)
+        )));
+    }
+    let entry = std::path::absolute(&entry).unwrap_or(entry);
+    out!("{}", entry.display());
     Ok(0)
 }
 

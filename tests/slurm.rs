@@ -478,3 +478,23 @@ fn ctrl_c_cancels_the_submitted_jobs() {
     assert_eq!(rec.outcome, "interrupted");
     assert_eq!(rec.stage("b").unwrap().status, StageStatus::NotRun);
 }
+
+#[test]
+#[ignore = "needs a Slurm cluster (scripts/slurm-up.sh; cargo test --test slurm -- --ignored)"]
+fn command_stages_run_their_program_on_the_node() {
+    let _c = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let (local, slurm) = (dir.path().join("local"), dir.path().join("slurm"));
+    let file = "tests/pipelines/command_tiny.yaml";
+    let l = pipe(&local, &["run", file]);
+    assert_eq!(l.status.code(), Some(0), "{}", stderr(&l));
+    let s = slurm_run(&slurm, file, &[]);
+    assert_eq!(s.status.code(), Some(0), "{}", stderr(&s));
+    let (lr, sr) = (records(&local), records(&slurm));
+    let want = results(&lr[0]);
+    assert_eq!(results(&sr[0]), want);
+    assert!(sr[0].stages.iter().all(|s| s.job.is_some()));
+    // b's script read a's metrics from its input: 2 * 4 + 2.
+    let b = want.iter().find(|r| r.0 == "b").unwrap();
+    assert_eq!(b.3["score"].as_f64(), Some(10.0));
+}

@@ -114,7 +114,7 @@ pub fn collect(
     }
 
     // Unfinished folders: `<key>.<pid>.<n>` belongs to a writer only while it holds the key's
-    // lock; corrupt-/stale- folders were set aside by `pipe run` and are always garbage.
+    // lock; corrupt-/stale-/failed- folders were set aside by `pipe run` and are always garbage.
     let tmp = store.root().join("tmp");
     if let Ok(rd) = fs::read_dir(&tmp) {
         let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
@@ -124,7 +124,9 @@ pub fn collect(
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let set_aside = fname.starts_with("corrupt-") || fname.starts_with("stale-");
+            let set_aside = fname.starts_with("corrupt-")
+                || fname.starts_with("stale-")
+                || fname.starts_with("failed-");
             let key = fname.split('.').next().unwrap_or("").to_string();
             let _guard = if set_aside {
                 None

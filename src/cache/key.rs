@@ -56,6 +56,17 @@ impl PreImage {
         }))
     }
 
+    /// The same pre-image with the digests of a stage's deps (path as written → BLAKE3), when
+    /// it has any: a kind without deps keeps the keys it always had.
+    pub fn with_deps(mut self, deps: &BTreeMap<String, String>) -> PreImage {
+        if !deps.is_empty()
+            && let Value::Object(m) = &mut self.0
+        {
+            m.insert("deps".into(), json!(deps));
+        }
+        self
+    }
+
     /// Compact JSON with object keys sorted (serde_json's map is ordered by key) and floats in
     /// their shortest round-trip form: the same meaning always gives the same bytes.
     pub fn canonical(&self) -> String {

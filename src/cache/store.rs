@@ -370,6 +370,40 @@ impl Store {
         let _ = fs::remove_dir_all(&tmp.dir);
     }
 
+    /// Sets a failed attempt's folder aside (`tmp/failed-<stage>-<key>`, replacing the one an
+    /// earlier failure of the same stage and key left), so that what the stage wrote before
+    /// it failed (a command stage's log) can be read; `gc` collects it. `None` when the stage
+    /// wrote nothing, or the folder could not be moved (it is removed then).
+    pub fn keep_failed(&self, tmp: TmpEntry, stage: &str) -> Option<PathBuf> {
+        let empty = fs::read_dir(&tmp.dir).map_or(true, |mut d| d.next().is_none());
+        if empty {
+            self.abandon(tmp);
+            return None;
+        }
+        let safe: String = stage
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let dest = self
+            .root
+            .join("tmp")
+            .join(format!("failed-{safe}-{}", short(&tmp.key, 12)));
+        let _ = fs::remove_dir_all(&dest);
+        match fs::rename(&tmp.dir, &dest) {
+            Ok(()) => Some(dest),
+            Err(_) => {
+                self.abandon(tmp);
+                None
+            }
+        }
+    }
+
     /// Moves a corrupt entry out of `entries/` (into `tmp/`, where `gc` collects it), so it is
     /// recomputed and can still be inspected.
     pub fn quarantine(&self, key: &str) -> Result<PathBuf, CacheError> {

@@ -366,13 +366,20 @@ impl Worker<'_> {
                 })
             }
             Ok(Err(e)) => {
-                store.abandon(tmp);
                 if e.is_cancelled() {
+                    store.abandon(tmp);
                     Ok(Finished::Cancelled)
                 } else {
+                    let kept = store.keep_failed(tmp, name);
                     // A stage's own reads and writes that the OS refused (a full disk during
                     // a checkpoint) count as I/O failures, not as the stage failing.
-                    let error = JobError::of(&e);
+                    let mut error = JobError::of(&e);
+                    if let Some(dir) = kept {
+                        error.message.push_str(&format!(
+                            "\n  what it wrote before failing is kept in {}",
+                            std::path::absolute(&dir).unwrap_or(dir).display()
+                        ));
+                    }
                     // A failure of the stage itself would come back from its checkpoints as
                     // well (and one caused by a checkpoint must not trap the key): they go.
                     // An I/O failure keeps them, to resume once there is space again.

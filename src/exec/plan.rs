@@ -96,6 +96,16 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
                 ),
             }
         }
+        let deps = match dep_digests(&kind.deps(&inst.params)) {
+            Ok(d) => d,
+            Err(msg) => {
+                let loc = inst.param_locs.get("deps").unwrap_or(&inst.loc);
+                errors.push(Diagnostic::at(loc, format!("stage `{}`: {msg}", inst.name)).hint(
+                    "deps are relative to the directory `pipe run` runs in, like `data.dir`; fix the path or create the file",
+                ));
+                BTreeMap::new()
+            }
+        };
         let inputs: Vec<(String, Vec<String>)> = inst
             .inputs
             .iter()
@@ -115,7 +125,8 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
             kind.key_params(inst.params.clone()),
             &inputs,
             &data,
-        );
+        )
+        .with_deps(&deps);
         let key = pre.key();
         keys.insert(inst.name.clone(), key.clone());
         let why = if store.is_complete(&key) {
@@ -174,6 +185,50 @@ pub fn plan(pipeline: Pipeline, registry: &Registry, store: &Store) -> Result<Pl
     Ok(Plan { pipeline, stages })
 }
 
+/// The digest of every file a stage's deps name, by its path as written (a folder's files
+/// under the folder's path, sorted; `__pycache__` folders and hidden entries skipped, as
+/// running a script creates them).
+fn dep_digests(deps: &[PathBuf]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for dep in deps {
+        let meta = std::fs::metadata(dep).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("dep {} does not exist", dep.display()),
+            _ => format!("dep {}: {e}", dep.display()),
+        })?;
+        let files = if meta.is_dir() {
+            let mut files = Vec::new();
+            walk_dep(dep, &mut files).map_err(|e| format!("dep {}: {e}", dep.display()))?;
+            files.sort();
+            files
+        } else {
+            vec![dep.clone()]
+        };
+        for f in files {
+            let d = digest_file(&f).map_err(|e| format!("dep {}: {e}", f.display()))?;
+            out.insert(f.to_string_lossy().into_owned(), d);
+        }
+    }
+    Ok(out)
+}
+
+fn walk_dep(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        let path = entry.path();
+        if std::fs::metadata(&path)?.is_dir() {
+            walk_dep(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 impl Why {
     /// One line for `pipe plan`, naming upstream stages by name rather than by key.
     pub fn describe(&self, inst: &Instance) -> String {
@@ -195,6 +250,8 @@ impl Why {
                             format!("upstream `{ups}` changed")
                         } else if let Some(p) = path.strip_prefix("params.") {
                             format!("{p}: {} → {}", short(old), short(new))
+                        } else if let Some(f) = path.strip_prefix("deps.") {
+                            format!("dep {f} changed")
                         } else if let Some(f) = path.strip_prefix("data.") {
                             format!("input data {f} changed")
                         } else if path == "version" {

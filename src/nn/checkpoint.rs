@@ -452,6 +452,151 @@ fn load_v2(
     })
 }
 
+/// The side-car another program (a user's PyTorch script) writes beside its state dict: the
+/// model's spec (copied from the model it started from), and optionally its step, seed and
+/// layer program; other fields (pipe's `layers`, `tensors`, ...) are ignored, since pipe
+/// rewrites the side-car.
+#[derive(Deserialize)]
+struct ForeignSideCar {
+    spec: ModelSpec,
+    #[serde(default)]
+    program: Option<Program>,
+    #[serde(default)]
+    step: u64,
+    #[serde(default)]
+    seed: u64,
+}
+
+/// Loads a model another program wrote in pipe's layout: `<stem>.json` with the spec,
+/// `<stem>.safetensors` (a PyTorch state dict, f32; `num_batches_tracked` ignored) and,
+/// optionally, `<stem>.mask.safetensors` (u8 0/1; a weight it leaves out, or a missing file,
+/// is dense). Every tensor is checked against the spec's layer program, by name, dtype and
+/// shape; a tensor the program does not have is an error, so that a renamed layer is caught
+/// here rather than trained around.
+pub fn load_foreign(dir: &Path, stem: &str) -> Result<Checkpoint, NnError> {
+    let json_path = dir.join(format!("{stem}.json"));
+    let st_path = dir.join(format!("{stem}.safetensors"));
+    let side: ForeignSideCar = serde_json::from_slice(&read(&json_path)?).map_err(|e| {
+        format_err(
+            &json_path,
+            format!("cannot parse it: {e}; it needs the `spec` of the model it was built from (copy it from that model's {stem}.json)"),
+        )
+    })?;
+    let program = side
+        .spec
+        .program()
+        .map_err(|e| format_err(&json_path, format!("bad model spec: {e}")))?;
+    if side.program.as_ref().is_some_and(|p| *p != program) {
+        return Err(format_err(
+            &json_path,
+            "its `program` does not match its `spec`'s; copy both from the input model's side-car, or leave `program` out",
+        ));
+    }
+    let infos = program.params();
+    let buffers_expected = side.spec.buffer_names();
+    let bytes = read(&st_path)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| format_err(&st_path, format!("not a safetensors file: {e}")))?;
+    let known = |n: &str| {
+        infos.iter().any(|i| i.name == n)
+            || buffers_expected.iter().any(|(b, _)| b == n)
+            || n.ends_with(".num_batches_tracked")
+    };
+    let mut extra: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| !known(n))
+        .map(String::from)
+        .collect();
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(format_err(
+            &st_path,
+            format!(
+                "tensors {extra:?} are not parameters of the model its side-car describes (the names must be the input model's: {})",
+                infos
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mask_path = dir.join(format!("{stem}.mask.safetensors"));
+    let mask_bytes = if mask_path.exists() {
+        Some(read(&mask_path)?)
+    } else {
+        None
+    };
+    let ms = match &mask_bytes {
+        Some(b) => Some(
+            SafeTensors::deserialize(b)
+                .map_err(|e| format_err(&mask_path, format!("not a safetensors file: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(ms) = &ms {
+        let mut stray: Vec<String> = ms
+            .names()
+            .into_iter()
+            .filter(|n| !infos.iter().any(|i| i.name == *n))
+            .map(String::from)
+            .collect();
+        if !stray.is_empty() {
+            stray.sort();
+            return Err(format_err(
+                &mask_path,
+                format!("masks {stray:?} are not parameters of the model"),
+            ));
+        }
+    }
+    let mut params = Vec::with_capacity(infos.len());
+    let mut mask = Mask::default();
+    for info in &infos {
+        let shape = info.torch_shape();
+        let data = f32s(tensor(&st, &st_path, &info.name, Dtype::F32, &shape)?);
+        let given = match &ms {
+            Some(ms) if ms.tensor(&info.name).is_ok() => {
+                let m = tensor(ms, &mask_path, &info.name, Dtype::U8, &shape)?;
+                Some(mask_bits(
+                    &mask_path,
+                    &info.name,
+                    &from_torch(info.role, &info.shape, m),
+                )?)
+            }
+            _ => None,
+        };
+        if info.is_weight() {
+            mask.layers
+                .push(given.unwrap_or_else(|| vec![true; data.len()]));
+        } else if let Some(m) = given {
+            mask.extra.insert(info.name.clone(), m);
+        }
+        params.push(Param {
+            name: info.name.clone(),
+            data: from_torch(info.role, &info.shape, &data),
+            shape: info.shape.clone(),
+            role: info.role,
+        });
+    }
+    let mut buffers = Vec::new();
+    for (name, c) in buffers_expected {
+        let data = f32s(tensor(&st, &st_path, &name, Dtype::F32, &[c])?);
+        buffers.push(Named {
+            name,
+            shape: vec![c],
+            data,
+        });
+    }
+    Ok(Checkpoint {
+        spec: side.spec,
+        weights: Weights { params, buffers },
+        mask,
+        step: side.step,
+        seed: side.seed,
+    })
+}
+
 /// Format 1: MLPs only; `fcK.weight` `[in, out]`, `fcK.bias`, `fcK.mask` in one file.
 fn load_v1(
     raw: serde_json::Value,

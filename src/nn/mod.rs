@@ -36,7 +36,7 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use arch::ModelSpec;
-pub use checkpoint::{Checkpoint, load_checkpoint, save_checkpoint};
+pub use checkpoint::{Checkpoint, load_checkpoint, load_foreign, save_checkpoint};
 pub use device::{BackendTask, DeviceSpec, dispatch};
 pub use flops::forward_flops;
 pub use init::{InitDraw, InitScheme, draw_weights, init_weights};

@@ -753,7 +753,10 @@ fn check_kinds_and_roles(
         let role_names: Vec<&str> = roles.iter().map(|r| r.name).collect();
         for (role, refs, many) in &t.inputs {
             let loc = refs.first().map(|r| &r.loc).unwrap_or(&t.loc);
-            match roles.iter().find(|r| r.name == role) {
+            match roles
+                .iter()
+                .find(|r| r.name == role || r.name == crate::stages::ANY_ROLE)
+            {
                 None => errors.push(
                     Diagnostic::at(loc, format!("a `{}` stage has no input `{role}`", t.kind))
                         .hint(if role_names.is_empty() {
@@ -1354,7 +1357,10 @@ fn check_upstream(
         }
         known.insert(
             inst.name.as_str(),
-            (kind.produces(), kind.facts(&inst.params, &ups)),
+            (
+                kind.produces_for(&inst.params),
+                kind.facts(&inst.params, &ups),
+            ),
         );
     }
     errors.extend(problems.into_diagnostics());

@@ -25,6 +25,9 @@ pub trait StageKind: Send + Sync {
     fn normalize(&self, params: &Value) -> Result<Value, ParamError>;
     fn external_inputs(&self, params: &Value) -> Vec<PathBuf>;
     fn key_params(&self, params: Value) -> Value;
+    fn deps(&self, params: &Value) -> Vec<PathBuf>;
+    /// What a stage of these (normalised) parameters produces.
+    fn produces_for(&self, params: &Value) -> Option<&'static str>;
     fn check(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String>;
     fn produces(&self) -> Option<&'static str>;
     fn metrics(&self) -> &'static [&'static str];
@@ -82,6 +85,18 @@ impl<S: Stage> StageKind for Typed<S> {
     }
     fn key_params(&self, params: Value) -> Value {
         self.0.key_params(params)
+    }
+    fn deps(&self, params: &Value) -> Vec<PathBuf> {
+        match typed::<S::Params>(params) {
+            Ok(p) => self.0.deps(&p),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn produces_for(&self, params: &Value) -> Option<&'static str> {
+        match typed::<S::Params>(params) {
+            Ok(p) => self.0.produces_for(&p),
+            Err(_) => S::PRODUCES,
+        }
     }
     fn check(&self, params: &Value, inputs: &[(String, Vec<UpstreamInfo>)]) -> Result<(), String> {
         let p: S::Params = typed(params).map_err(|e| e.message)?;

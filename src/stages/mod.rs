@@ -10,7 +10,9 @@ mod context;
 pub mod dataset;
 mod erased;
 
+pub mod command;
 pub mod correlate;
+pub mod data_splits;
 pub mod evaluate;
 pub mod init;
 pub mod lesion;
@@ -73,6 +75,16 @@ impl Role {
             accepts: None,
         }
     }
+    /// Any role name the pipeline writes, each bound to one stage or a list (a kind that
+    /// hands its inputs on unread, such as `command`). Written `*` in `pipe kinds`.
+    pub const fn any() -> Role {
+        Role {
+            name: ANY_ROLE,
+            required: false,
+            many: true,
+            accepts: None,
+        }
+    }
     /// The same slot, taking only `artifact`.
     pub const fn taking(self, artifact: &'static str) -> Role {
         Role {
@@ -81,6 +93,9 @@ impl Role {
         }
     }
 }
+
+/// The name of [`Role::any`].
+pub const ANY_ROLE: &str = "*";
 
 /// The artifact of the model-producing kinds: a checkpoint (`model.*`) that `train`,
 /// `prune`, `rewind`, `reinit` and `evaluate` consume. A kind defined outside the crate that
@@ -152,6 +167,14 @@ pub trait Stage: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Files and folders (their files, sorted) whose content enters the key under the path as
+    /// written (a user's script), so that an edit re-runs the stage. Unlike
+    /// `external_inputs`, whose files are keyed by file name, two deps of the same file name
+    /// in different folders are two entries; a dep that does not exist is a plan-time error.
+    fn deps(&self, _params: &Self::Params) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// The parameters as they enter the key: fields that only locate things (a dataset's
     /// directory) are removed here, their content being keyed through `external_inputs`.
     fn key_params(&self, params: Value) -> Value {
@@ -160,6 +183,12 @@ pub trait Stage: Send + Sync + 'static {
 
     /// The artifact this kind produces, that other kinds' roles may take (see [`Role::accepts`]).
     const PRODUCES: Option<&'static str> = None;
+
+    /// What a stage of these parameters produces, for a kind whose artifact the pipeline
+    /// chooses (`command`'s `produces:`); [`Stage::PRODUCES`] otherwise.
+    fn produces_for(&self, _params: &Self::Params) -> Option<&'static str> {
+        Self::PRODUCES
+    }
 
     /// The metrics this kind can set, as patterns (`*` matches any run of characters:
     /// `density_*`, `single.*`). `plan` checks every metric a `report:`, `claims:` or `plots:`
@@ -215,6 +244,8 @@ impl Registry {
         r.register(repr_reinit::ReprReinit);
         r.register(lesion::Lesion);
         r.register(netaug_train::NetAugTrain);
+        r.register(data_splits::DataSplits);
+        r.register(command::Command);
         r
     }
 
