@@ -270,17 +270,58 @@ fn a_failing_program_publishes_nothing_and_shows_its_log() {
     assert!(t.contains("cannot start `no-such-program-here`"), "{t}");
 }
 
+/// The pids sleep.py wrote (itself, its child), once it has.
+fn sleeper_pids(file: &Path) -> Vec<u32> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(file) {
+            return t.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "sleep.py never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every process of `pids` is gone (within a few seconds: an orphan is reaped by init).
+fn all_gone(pids: &[u32]) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let alive = pids.iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        });
+        if !alive {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+const SLEEP_PIPELINE: &str =
+    "pipeline: x\nstages:\n  slow:\n    kind: command\n    run: [python3, scripts/sleep.py]\n";
+
 #[test]
 fn a_program_past_its_timeout_is_stopped_with_its_children() {
     let p = project();
     let d = p.path();
-    write(
-        d,
-        "p.yaml",
-        "pipeline: x\nstages:\n  slow:\n    kind: command\n    run: [python3, scripts/sleep.py]\n    timeout: 1s\n",
-    );
+    write(d, "p.yaml", &format!("{SLEEP_PIPELINE}    timeout: 1s\n"));
+    let pids_file = d.join("pids");
     let t0 = Instant::now();
-    let o = pipe(d, &["run", "p.yaml"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["run", "p.yaml"])
+        .current_dir(d)
+        .env("SLEEP_PIDS", &pids_file)
+        .output()
+        .unwrap();
     let took = t0.elapsed();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
@@ -291,7 +332,44 @@ fn a_program_past_its_timeout_is_stopped_with_its_children() {
     assert!(t.contains("sleeping"), "{t}");
     // The grandchild holding the output open was stopped too, or pipe would wait for it.
     assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        all_gone(&sleeper_pids(&pids_file)),
+        "a process of the program outlived it"
+    );
     assert_eq!(entries(d), 0);
+}
+
+#[test]
+fn ctrl_c_stops_the_program_and_publishes_nothing() {
+    let p = project();
+    let d = p.path();
+    write(d, "p.yaml", SLEEP_PIPELINE);
+    let pids_file = d.join("pids");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["run", "p.yaml"])
+        .current_dir(d)
+        .env("SLEEP_PIDS", &pids_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pids = sleeper_pids(&pids_file);
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on the child we started; no memory is touched.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "pipe did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", text(&o));
+    assert!(all_gone(&pids), "a process of the program outlived the run");
+    assert_eq!(entries(d), 0, "nothing of a stopped run is published");
 }
 
 #[test]
