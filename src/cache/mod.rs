@@ -21,4 +21,6 @@ pub mod store;
 
 pub use key::{PreImage, digest_file, hash_file};
 pub use runs::{RunRecord, StageRecord, StageStatus};
-pub use store::{COMPLETE, CacheError, MANIFEST, Manifest, Store, is_key, os_error_in, short};
+pub use store::{
+    COMPLETE, CacheError, MANIFEST, Manifest, Store, file_safe, is_key, os_error_in, short,
+};

@@ -65,6 +65,21 @@ pub fn is_key(s: &str) -> bool {
 }
 
 /// The first `n` characters of a key or digest for display, whatever the string holds.
+/// A stage name as a file name: characters other than ASCII letters, digits, `.`, `_` and
+/// `-` become `_` (`imp.3.ticket[lr=1.2e-3]` → `imp.3.ticket_lr_1.2e-3_`).
+pub fn file_safe(stage: &str) -> String {
+    stage
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 pub fn short(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
@@ -380,20 +395,11 @@ impl Store {
             self.abandon(tmp);
             return None;
         }
-        let safe: String = stage
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let dest = self
-            .root
-            .join("tmp")
-            .join(format!("failed-{safe}-{}", short(&tmp.key, 12)));
+        let dest = self.root.join("tmp").join(format!(
+            "failed-{}-{}",
+            file_safe(stage),
+            short(&tmp.key, 12)
+        ));
         let _ = fs::remove_dir_all(&dest);
         match fs::rename(&tmp.dir, &dest) {
             Ok(()) => Some(dest),

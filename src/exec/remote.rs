@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::job::{Finished, JobSpec};
-use crate::cache::{StageStatus, Store, os_error_in};
+use crate::cache::{StageStatus, Store, file_safe, os_error_in};
 
 /// Where a job's description, result, log and script live, in the run's folder
 /// (`<cache>/runs/<run-id>/`). Names are the stage's (made file-safe) and the key's start, so
@@ -23,17 +23,7 @@ pub struct JobFiles {
 
 impl JobFiles {
     pub fn new(run_dir: &Path, stage: &str, key: &str) -> JobFiles {
-        let safe: String = stage
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let stem = format!("{safe}-{}", &key[..12.min(key.len())]);
+        let stem = format!("{}-{}", file_safe(stage), &key[..12.min(key.len())]);
         JobFiles {
             job: run_dir.join(format!("{stem}.job.json")),
             result: result_path(&run_dir.join(format!("{stem}.job.json"))),

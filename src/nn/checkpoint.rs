@@ -434,15 +434,7 @@ fn load_v2(
             role: info.role,
         });
     }
-    let mut buffers = Vec::new();
-    for (name, c) in side.spec.buffer_names() {
-        let data = f32s(tensor(&st, st_path, &name, Dtype::F32, &[c])?);
-        buffers.push(Named {
-            name,
-            shape: vec![c],
-            data,
-        });
-    }
+    let buffers = read_buffers(&st, st_path, side.spec.buffer_names())?;
     Ok(Checkpoint {
         spec: side.spec,
         weights: Weights { params, buffers },
@@ -450,6 +442,25 @@ fn load_v2(
         step: side.step,
         seed: side.seed,
     })
+}
+
+/// The batch-norm running statistics `names` (name, channels) of a state dict.
+fn read_buffers(
+    st: &SafeTensors<'_>,
+    path: &Path,
+    names: Vec<(String, usize)>,
+) -> Result<Vec<Named>, NnError> {
+    names
+        .into_iter()
+        .map(|(name, c)| {
+            let data = f32s(tensor(st, path, &name, Dtype::F32, &[c])?);
+            Ok(Named {
+                name,
+                shape: vec![c],
+                data,
+            })
+        })
+        .collect()
 }
 
 /// The side-car another program (a user's PyTorch script) writes beside its state dict: the
@@ -579,15 +590,7 @@ pub fn load_foreign(dir: &Path, stem: &str) -> Result<Checkpoint, NnError> {
             role: info.role,
         });
     }
-    let mut buffers = Vec::new();
-    for (name, c) in buffers_expected {
-        let data = f32s(tensor(&st, &st_path, &name, Dtype::F32, &[c])?);
-        buffers.push(Named {
-            name,
-            shape: vec![c],
-            data,
-        });
-    }
+    let buffers = read_buffers(&st, &st_path, buffers_expected)?;
     Ok(Checkpoint {
         spec: side.spec,
         weights: Weights { params, buffers },
