@@ -383,6 +383,52 @@ fn thread_count_changes_neither_keys_nor_results() {
     assert!(stderr(&zero).contains("--threads"), "{}", stderr(&zero));
 }
 
+/// An `evaluate` of a trained model on the data its training evaluated reads the training's
+/// final figures instead of running the model again, for the test and the validation split;
+/// on other data it evaluates. (That the figures are the same bits as an evaluation of the
+/// saved model is `nn::train`'s `deterministic_learns_and_reports_points` test.)
+#[test]
+fn evaluate_reuses_the_training_s_final_evaluation_of_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("reuse.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "pipeline: reuse\n\
+             defaults:\n  train: {{batch: 60, iterations: 20, eval_every: 10, data: &d {{dir: {data}, train_subset: 1200, test_subset: 500, val_size: 500}}}}\n  evaluate: {{data: *d}}\n\
+             stages:\n  init: {{kind: init, seed: 3}}\n  dense: {{kind: train, inputs: {{model: init}}}}\n\
+             \x20 same: {{kind: evaluate, inputs: {{model: dense}}}}\n\
+             \x20 same_val: {{kind: evaluate, inputs: {{model: dense}}, split: val}}\n\
+             \x20 unverified: {{kind: evaluate, inputs: {{model: dense}}, data: {{dir: {data}, train_subset: 1200, test_subset: 500, val_size: 500, verify: false}}}}\n\
+             \x20 other: {{kind: evaluate, inputs: {{model: dense}}, data: {{dir: {data}, train_subset: 1200, test_subset: 400, val_size: 500}}}}\n",
+            data = root().join("data/mnist").display()
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let o = pipe(&cache, &["-v", "run", yaml.to_str().unwrap(), "-j", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let reused: Vec<&str> = ["same", "same_val", "unverified", "other"]
+        .into_iter()
+        .filter(|s| {
+            stderr(&o).contains(&format!("{s}: loss and accuracy as `dense` recorded them"))
+        })
+        .collect();
+    // `unverified` names the same samples (`verify` only skips the files' check), and its
+    // key is `same`'s: one computation.
+    assert_eq!(reused, ["same", "same_val"], "{}", stderr(&o));
+    let results = recorded_results(&cache);
+    let metric = |stage: &str, m: &str| {
+        let (_, _, metrics) = results.iter().find(|(n, _, _)| n == stage).unwrap();
+        metrics[m].as_f64().unwrap().to_bits()
+    };
+    assert_eq!(metric("same", "accuracy"), metric("dense", "test_acc"));
+    assert_eq!(metric("same", "loss"), metric("dense", "test_loss"));
+    assert_eq!(metric("unverified", "loss"), metric("dense", "test_loss"));
+    assert_eq!(metric("same_val", "accuracy"), metric("dense", "val_acc"));
+    assert_ne!(metric("other", "loss"), metric("dense", "test_loss"));
+}
+
 #[test]
 fn a_run_named_by_place_counts_within_the_other_runs_pipeline() {
     let cache = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::fmt_float;
 use crate::cache::{StageRecord, StageStatus};
-use crate::spec::claims::{Agg, ClaimSpec, Side};
+use crate::spec::claims::{Agg, ClaimSpec, Side, levels_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,13 +165,15 @@ fn evaluate_side(side: &Side, stages: &[StageRecord]) -> SideResult {
             agg,
             scale,
             offset,
+            levels,
             matched,
         } => {
             let head = format!(
-                "{} of {metric} over {} stage{} `{pattern}`",
+                "{} of {metric} over {} stage{} `{pattern}`{}",
                 agg.as_str(),
                 matched.len(),
-                if matched.len() == 1 { "" } else { "s" }
+                if matched.len() == 1 { "" } else { "s" },
+                levels_text(levels)
             );
             let mut values = Vec::new();
             for name in matched {
@@ -185,7 +187,10 @@ fn evaluate_side(side: &Side, stages: &[StageRecord]) -> SideResult {
             }
             let xs: Vec<f64> = values.iter().map(|v| v.value).collect();
             let Some(raw) = agg.apply(&xs) else {
-                return unknown(head, format!("`{pattern}` matched no stage"));
+                return unknown(
+                    head,
+                    format!("`{pattern}` matched no stage{}", levels_text(levels)),
+                );
             };
             let value = raw * scale + offset;
             let std = (*agg == Agg::Mean).then(|| Agg::Std.apply(&xs).unwrap_or(0.0));
@@ -229,53 +234,22 @@ fn evaluate_side(side: &Side, stages: &[StageRecord]) -> SideResult {
             b,
             metric,
             lower_is_better,
+            levels,
             pairs,
         } => {
             let cmp = if *lower_is_better { "<" } else { ">" };
-            let head = format!("wins of `{a}` over `{b}` on {metric} (a {cmp} b)");
-            if pairs.is_empty() {
-                return unknown(
-                    head,
-                    format!(
-                        "`{a}` and `{b}` have no stages with the same level and shared sweep values to pair"
-                    ),
-                );
-            }
-            let mut out = Vec::new();
-            for (sa, sb) in pairs {
-                let va = match stage_value(stages, sa, metric) {
-                    Ok(v) => v,
-                    Err(r) => return unknown(head, r),
-                };
-                let vb = match stage_value(stages, sb, metric) {
-                    Ok(v) => v,
-                    Err(r) => return unknown(head, r),
-                };
-                out.push(PairResult {
-                    a: sa.clone(),
-                    b: sb.clone(),
-                    a_value: va,
-                    b_value: vb,
-                    a_wins: if *lower_is_better { va < vb } else { va > vb },
-                });
-            }
+            let head = format!(
+                "wins of `{a}` over `{b}`{} on {metric} (a {cmp} b)",
+                levels_text(levels)
+            );
+            let out = match pair_values(a, b, levels, pairs, stages, metric, *lower_is_better) {
+                Ok(out) => out,
+                Err(reason) => return unknown(head, reason),
+            };
             let wins = out.iter().filter(|p| p.a_wins).count();
-            let listed = out
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{} {} vs {} {}",
-                        p.a,
-                        fmt_float(p.a_value),
-                        p.b,
-                        fmt_float(p.b_value)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
             SideResult {
                 value: Some(wins as f64),
-                describe: format!("{head}: {wins} of {} pairs: {listed}", out.len()),
+                describe: format!("{head}: {wins} of {} pairs: {}", out.len(), listed(&out)),
                 metric: Some(metric.clone()),
                 agg: None,
                 n: Some(out.len()),
@@ -285,7 +259,90 @@ fn evaluate_side(side: &Side, stages: &[StageRecord]) -> SideResult {
                 reason: None,
             }
         }
+        Side::Gap {
+            a,
+            b,
+            metric,
+            levels,
+            pairs,
+        } => {
+            let head = format!("mean gap `{a}` − `{b}`{} on {metric}", levels_text(levels));
+            let out = match pair_values(a, b, levels, pairs, stages, metric, false) {
+                Ok(out) => out,
+                Err(reason) => return unknown(head, reason),
+            };
+            let gaps: Vec<f64> = out.iter().map(|p| p.a_value - p.b_value).collect();
+            let mean = crate::stats::mean(&gaps).expect("at least one pair");
+            let std = Agg::Std.apply(&gaps).unwrap_or(0.0);
+            SideResult {
+                value: Some(mean),
+                describe: format!(
+                    "{head}: {} ± {} over {} pairs: {}",
+                    fmt_float(mean),
+                    fmt_float(std),
+                    out.len(),
+                    listed(&out)
+                ),
+                metric: Some(metric.clone()),
+                agg: Some(Agg::Mean),
+                n: Some(out.len()),
+                std: Some(std),
+                stages: vec![],
+                pairs: out,
+                reason: None,
+            }
+        }
     }
+}
+
+/// Both stages' values of every (a, b) pair; `a_wins` is a < b with `lower_is_better`, else
+/// a > b. Unknown (with the reason) when there are no pairs or a stage has no value.
+fn pair_values(
+    a: &str,
+    b: &str,
+    levels: &Option<[u32; 2]>,
+    pairs: &[(String, String)],
+    stages: &[StageRecord],
+    metric: &str,
+    lower_is_better: bool,
+) -> Result<Vec<PairResult>, String> {
+    if pairs.is_empty() {
+        return Err(format!(
+            "`{a}` and `{b}` have no stages with the same level and shared sweep values to pair{}",
+            levels_text(levels)
+        ));
+    }
+    pairs
+        .iter()
+        .map(|(sa, sb)| {
+            let va = stage_value(stages, sa, metric)?;
+            let vb = stage_value(stages, sb, metric)?;
+            Ok(PairResult {
+                a: sa.clone(),
+                b: sb.clone(),
+                a_value: va,
+                b_value: vb,
+                a_wins: if lower_is_better { va < vb } else { va > vb },
+            })
+        })
+        .collect()
+}
+
+/// `a 0.97 vs b 0.95, …` for a side's description.
+fn listed(pairs: &[PairResult]) -> String {
+    pairs
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} vs {} {}",
+                p.a,
+                fmt_float(p.a_value),
+                p.b,
+                fmt_float(p.b_value)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every claim's outcome against the stages of one run.
@@ -398,6 +455,7 @@ mod tests {
             agg,
             scale: 1.0,
             offset: 0.0,
+            levels: None,
             matched: matched.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -473,6 +531,7 @@ mod tests {
             b: "b*".into(),
             metric: "acc".into(),
             lower_is_better,
+            levels: None,
             pairs,
         };
         let pairs = vec![
@@ -495,5 +554,54 @@ mod tests {
         );
         assert_eq!(r[1].outcome, Outcome::Held);
         assert_eq!(r[2].outcome, Outcome::Unknown);
+    }
+
+    #[test]
+    fn a_gap_is_the_mean_paired_difference() {
+        let stages = vec![
+            rec("a[seed=1]", StageStatus::Ran, json!({"acc": 0.75})),
+            rec("a[seed=2]", StageStatus::Ran, json!({"acc": 0.5})),
+            rec("b[seed=1]", StageStatus::Ran, json!({"acc": 0.5})),
+            rec("b[seed=2]", StageStatus::Ran, json!({"acc": 0.625})),
+            rec("b[seed=3]", StageStatus::Failed, json!({})),
+        ];
+        let gap = |pairs: &[(&str, &str)]| Side::Gap {
+            a: "a*".into(),
+            b: "b*".into(),
+            metric: "acc".into(),
+            levels: Some([2, 3]),
+            pairs: pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        let both = [("a[seed=1]", "b[seed=1]"), ("a[seed=2]", "b[seed=2]")];
+        let r = evaluate(
+            &[
+                claim(gap(&both), Op::Gt, Side::Number(0.0)),
+                claim(
+                    gap(&[("a[seed=1]", "b[seed=3]")]),
+                    Op::Gt,
+                    Side::Number(0.0),
+                ),
+            ],
+            &stages,
+        );
+        // (0.25 + (−0.125)) / 2, exact in binary.
+        assert_eq!(r[0].left.value, Some(0.0625));
+        assert_eq!(r[0].outcome, Outcome::Held);
+        assert_eq!(r[0].left.n, Some(2));
+        assert!(
+            r[0].left
+                .describe
+                .starts_with("mean gap `a*` − `b*` at levels 2–3 on acc: 0.0625"),
+            "{}",
+            r[0].left.describe
+        );
+        assert_eq!(r[1].outcome, Outcome::Unknown);
+        assert_eq!(
+            r[1].left.reason.as_deref(),
+            Some("stage `b[seed=3]` failed")
+        );
     }
 }

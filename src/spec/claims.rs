@@ -150,6 +150,8 @@ pub enum Side {
         agg: Agg,
         scale: f64,
         offset: f64,
+        /// Only stages of these levels (inclusive), when given.
+        levels: Option<[u32; 2]>,
         /// The expanded stages the pattern matches, in pipeline order.
         matched: Vec<String>,
     },
@@ -159,9 +161,28 @@ pub enum Side {
         b: String,
         metric: String,
         lower_is_better: bool,
+        levels: Option<[u32; 2]>,
         /// (a-stage, b-stage), paired on the level and sweep values they share.
         pairs: Vec<(String, String)>,
     },
+    /// The mean of `a − b` over the (a, b) pairs (paired as for `Wins`): by how much a
+    /// beats b, on average over the levels or seeds.
+    Gap {
+        a: String,
+        b: String,
+        metric: String,
+        levels: Option<[u32; 2]>,
+        pairs: Vec<(String, String)>,
+    },
+}
+
+/// ` at levels 7–15`, for a side's description; empty without a level filter.
+pub fn levels_text(levels: &Option<[u32; 2]>) -> String {
+    match levels {
+        Some([a, b]) if a == b => format!(" at level {a}"),
+        Some([a, b]) => format!(" at levels {a}–{b}"),
+        None => String::new(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,8 +198,9 @@ pub struct ClaimSpec {
 }
 
 const CLAIM_FIELDS: &[&str] = &["text", "source", "left", "op", "right"];
-const METRIC_FIELDS: &[&str] = &["stages", "metric", "agg", "scale", "offset"];
-const WINS_FIELDS: &[&str] = &["a", "b", "metric", "lower_is_better"];
+const METRIC_FIELDS: &[&str] = &["stages", "metric", "agg", "scale", "offset", "levels"];
+const WINS_FIELDS: &[&str] = &["a", "b", "metric", "lower_is_better", "levels"];
+const GAP_FIELDS: &[&str] = &["a", "b", "metric", "levels"];
 
 fn number(n: &Node) -> Option<f64> {
     match &n.kind {
@@ -267,7 +289,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn matched(&mut self, pattern: &str, at: &Loc) -> Vec<&'a Instance> {
+    fn matched(&mut self, pattern: &str, at: &Loc, levels: Option<[u32; 2]>) -> Vec<&'a Instance> {
         let instances: &'a [Instance] = self.instances;
         let m: Vec<&'a Instance> = instances
             .iter()
@@ -276,8 +298,57 @@ impl<'a> Checker<'a> {
         if m.is_empty() {
             let hint = pattern_hint(pattern, &self.names);
             self.err(at, format!("`{pattern}` matches no stage"), hint);
+            return m;
         }
-        m
+        let Some([lo, hi]) = levels else {
+            return m;
+        };
+        let kept: Vec<&'a Instance> = m
+            .iter()
+            .copied()
+            .filter(|i| i.level.as_ref().is_some_and(|(_, l)| (lo..=hi).contains(l)))
+            .collect();
+        // Stages outside any level group cannot be at a level: that is a mistake in the claim.
+        // Stages at other levels are not: `-S levels.imp.count=3` leaves a claim about level 7
+        // nothing to check in that run, and it comes out `unknown` (saying so), not an error.
+        if m.iter().all(|i| i.level.is_none()) {
+            self.err(
+                at,
+                format!("`{pattern}` matches no stage{}", levels_text(&levels)),
+                "its stages are not in a `levels:` group; drop `levels`".into(),
+            );
+        }
+        kept
+    }
+
+    /// `levels: [FROM, TO]` (inclusive) or `levels: N`: only stages of those levels.
+    fn levels(&mut self, node: &Node) -> Option<Option<[u32; 2]>> {
+        let Some(v) = node.get("levels") else {
+            return Some(None);
+        };
+        let level = |n: &Node| match &n.kind {
+            NodeKind::Scalar(Scalar::Int(i)) if *i >= 1 => u32::try_from(*i).ok(),
+            _ => None,
+        };
+        let range = match &v.kind {
+            NodeKind::Seq(items) if items.len() == 2 => level(&items[0])
+                .zip(level(&items[1]))
+                .map(|(a, b)| [a, b])
+                .filter(|[a, b]| a <= b),
+            _ => level(v).map(|l| [l, l]),
+        };
+        if range.is_none() {
+            self.err(
+                &v.loc,
+                format!(
+                    "`levels` must be a level or a range `[FROM, TO]` of levels (from 1, FROM ≤ TO), found `{}`",
+                    v.display_text()
+                ),
+                "e.g. `levels: [7, 15]` for levels 7 to 15".into(),
+            );
+            return None;
+        }
+        Some(range)
     }
 
     fn required_side(&mut self, claim: &Node, at: &Loc, which: &str) -> Option<Side> {
@@ -308,22 +379,25 @@ impl<'a> Checker<'a> {
             );
             return None;
         };
-        if let Some(w) = node.get("wins") {
+        for paired in ["wins", "gap"] {
+            let Some(w) = node.get(paired) else {
+                continue;
+            };
             if map.len() > 1 {
                 let other = map
                     .iter()
-                    .find(|(k, _)| k.name != "wins")
+                    .find(|(k, _)| k.name != paired)
                     .expect("two keys");
                 self.err(
                     &other.0.loc,
                     format!(
-                        "a `wins` side takes nothing beside `wins`, found `{}`",
+                        "a `{paired}` side takes nothing beside `{paired}`, found `{}`",
                         other.0.name
                     ),
-                    "put `metric` and `lower_is_better` inside `wins: {...}`".into(),
+                    format!("put `metric` and `levels` inside `{paired}: {{...}}`"),
                 );
             }
-            return self.wins(w);
+            return self.paired(w, paired == "gap");
         }
         self.unknown_fields(node, METRIC_FIELDS, &format!("`{which}`"));
         let stages = self.string(node, "stages", &format!("`{which}`"));
@@ -359,14 +433,17 @@ impl<'a> Checker<'a> {
         };
         let scale = factor("scale", 1.0);
         let offset = factor("offset", 0.0);
+        let levels = self.levels(node);
         let stages = stages?;
+        let levels = levels?;
         let at = node.get("stages").map_or(&node.loc, |n| &n.loc).clone();
         let matched = self
-            .matched(&stages, &at)
+            .matched(&stages, &at, levels)
             .iter()
             .map(|i| i.name.clone())
             .collect();
         Some(Side::Metric {
+            levels,
             stages,
             metric: metric?,
             agg: agg?,
@@ -376,19 +453,25 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn wins(&mut self, w: &Node) -> Option<Side> {
+    /// A `wins` side, or with `gap` a `gap` side (the same pairing, no `lower_is_better`).
+    fn paired(&mut self, w: &Node, gap: bool) -> Option<Side> {
+        let what = if gap { "`gap`" } else { "`wins`" };
         if w.as_map().is_none() {
             self.err(
                 &w.loc,
-                format!("`wins` must be a map, found {}", w.type_name()),
-                "e.g. `wins: {a: \"eval_repr*\", b: \"eval_std*\", metric: accuracy}`".into(),
+                format!("{what} must be a map, found {}", w.type_name()),
+                format!(
+                    "e.g. `{}: {{a: \"eval_repr*\", b: \"eval_std*\", metric: accuracy}}`",
+                    what.trim_matches('`')
+                ),
             );
             return None;
         }
-        self.unknown_fields(w, WINS_FIELDS, "`wins`");
-        let a = self.string(w, "a", "`wins`");
-        let b = self.string(w, "b", "`wins`");
-        let metric = self.string(w, "metric", "`wins`");
+        self.unknown_fields(w, if gap { GAP_FIELDS } else { WINS_FIELDS }, what);
+        let a = self.string(w, "a", what);
+        let b = self.string(w, "b", what);
+        let metric = self.string(w, "metric", what);
+        let levels = self.levels(w);
         let lower_is_better = match w.get("lower_is_better") {
             None => Some(false),
             Some(v) => match &v.kind {
@@ -406,10 +489,10 @@ impl<'a> Checker<'a> {
                 }
             },
         };
-        let (a, b) = (a?, b?);
+        let (a, b, levels) = (a?, b?, levels?);
         let loc = |f: &str| w.get(f).map_or(&w.loc, |n| &n.loc).clone();
-        let am = self.matched(&a, &loc("a"));
-        let bm = self.matched(&b, &loc("b"));
+        let am = self.matched(&a, &loc("a"), levels);
+        let bm = self.matched(&b, &loc("b"), levels);
         let pairs = match pair(&am, &bm) {
             Ok(p) => p,
             Err(msg) => {
@@ -421,11 +504,21 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        if gap {
+            return Some(Side::Gap {
+                a,
+                b,
+                metric: metric?,
+                levels,
+                pairs,
+            });
+        }
         Some(Side::Wins {
             a,
             b,
             metric: metric?,
             lower_is_better: lower_is_better?,
+            levels,
             pairs,
         })
     }
@@ -696,5 +789,75 @@ mod tests {
         assert!(!Op::Gt.holds(3.0, 3.0));
         assert!(Op::Ne.holds(1.0, 2.0));
         assert_eq!(Op::parse("=>"), None);
+    }
+
+    fn parsed(yaml: &str, instances: &[Instance]) -> Result<Vec<ClaimSpec>, Vec<String>> {
+        let node = crate::spec::yaml::parse(Arc::new(SourceFile {
+            path: "t.yaml".into(),
+            text: yaml.into(),
+        }))
+        .unwrap();
+        parse(Some(&node), instances).map_err(|e| {
+            e.iter()
+                .map(|d| format!("{} ({})", d.message, d.hint.clone().unwrap_or_default()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn levels_narrow_a_side_to_a_range_of_levels_and_gap_pairs_like_wins() {
+        let mut stages = Vec::new();
+        for l in 1..=4 {
+            stages.push(inst(&format!("imp.{l}.eval_t"), &[], Some(l)));
+            stages.push(inst(&format!("imp.{l}.eval_r"), &[], Some(l)));
+        }
+        stages.push(inst("eval_dense", &[], None));
+        let c = parsed(
+            "m: {left: {stages: \"imp.*.eval_t\", metric: accuracy, agg: min, levels: [2, 3]}, op: \">=\", right: {stages: eval_dense, metric: accuracy}}\n\
+             g: {left: {gap: {a: \"imp.*.eval_t\", b: \"imp.*.eval_r\", metric: accuracy, levels: 4}}, op: \">\", right: 0}\n",
+            &stages,
+        )
+        .unwrap();
+        match &c[0].left {
+            Side::Metric {
+                matched, levels, ..
+            } => {
+                assert_eq!(matched, &["imp.2.eval_t", "imp.3.eval_t"]);
+                assert_eq!(levels, &Some([2, 3]));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c[1].left {
+            Side::Gap { pairs, .. } => {
+                assert_eq!(
+                    pairs,
+                    &[("imp.4.eval_t".to_string(), "imp.4.eval_r".to_string())]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Levels the group does not have (a `count` override) leave the side empty: the claim
+        // is unknown in that run (see `claim_eval`), not an error.
+        let c = parsed(
+            "c: {left: {stages: \"imp.*.eval_t\", metric: accuracy, levels: [7, 9]}, op: \">\", right: 0}\n",
+            &stages,
+        )
+        .unwrap();
+        assert!(matches!(&c[0].left, Side::Metric { matched, .. } if matched.is_empty()));
+        let errors = parsed(
+            "a: {left: {stages: eval_dense, metric: accuracy, levels: [1, 2]}, op: \">\", right: 0}\n\
+             b: {left: {stages: \"imp.*.eval_t\", metric: accuracy, levels: [3, 2]}, op: \">\", right: 0}\n\
+             d: {left: {gap: {a: \"imp.*.eval_t\", b: \"imp.*.eval_r\", metric: accuracy, lower_is_better: true}}, op: \">\", right: 0}\n",
+            &stages,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "claim `a`: `eval_dense` matches no stage at levels 1–2 (its stages are not in a `levels:` group; drop `levels`)",
+                "claim `b`: `levels` must be a level or a range `[FROM, TO]` of levels (from 1, FROM ≤ TO), found `[3,2]` (e.g. `levels: [7, 15]` for levels 7 to 15)",
+                "claim `d`: unknown field `lower_is_better` in `gap` (valid: `a`, `b`, `metric`, `levels`)",
+            ]
+        );
     }
 }

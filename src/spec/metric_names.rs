@@ -75,7 +75,7 @@ pub fn check(
                 Side::Metric {
                     metric, matched, ..
                 } => (metric, matched.iter().map(String::as_str).collect()),
-                Side::Wins { metric, pairs, .. } => (
+                Side::Wins { metric, pairs, .. } | Side::Gap { metric, pairs, .. } => (
                     metric,
                     pairs
                         .iter()

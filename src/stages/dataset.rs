@@ -260,8 +260,9 @@ impl DataParams {
         params
     }
 
-    /// The fields the loaded splits depend on (everything but `augment`), as a memo key.
-    fn load_key(&self) -> String {
+    /// The fields the loaded splits depend on (everything but `augment`): the memo key of
+    /// loaded splits, and what identifies a split's samples in a recorded evaluation.
+    pub(crate) fn load_key(&self) -> String {
         let mut p = self.clone();
         p.augment = None;
         p.dir = self.dir().ok();

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::dataset::DataParams;
+use super::evaluations::{self, DataIdentity};
 use super::model_facts::{ModelFacts, check_fits};
 use super::teacher_data::{check_generated_fits, data_input, read_generated};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
@@ -95,18 +96,31 @@ impl Stage for Evaluate {
         let m = input.load_model()?;
         let (loss, acc) = match ctx.inputs("data") {
             [] => {
-                let splits = ctx.data().load(&p.data)?;
-                let split = match p.split {
-                    SplitName::Train => &splits.train,
-                    SplitName::Val => &splits.val,
-                    SplitName::Test => &splits.test,
-                };
-                evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
+                let identity = DataIdentity::of_params(&p.data, p.split);
+                match reuse(ctx, &input, &identity)? {
+                    Some(figures) => figures,
+                    None => {
+                        let splits = ctx.data().load(&p.data)?;
+                        let split = match p.split {
+                            SplitName::Train => &splits.train,
+                            SplitName::Val => &splits.val,
+                            SplitName::Test => &splits.test,
+                        };
+                        evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
+                    }
+                }
             }
-            _ => {
-                let g = read_generated(ctx.input("data")?, p.split == SplitName::Train)?;
-                let split = g.train.as_ref().unwrap_or(&g.eval);
-                evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
+            [dataset, ..] => {
+                let train_split = p.split == SplitName::Train;
+                let identity = DataIdentity::of_generated(dataset, train_split);
+                match reuse(ctx, &input, &identity)? {
+                    Some(figures) => figures,
+                    None => {
+                        let g = read_generated(dataset, train_split)?;
+                        let split = g.train.as_ref().unwrap_or(&g.eval);
+                        evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
+                    }
+                }
             }
         };
         // Regression targets (MSE) have no accuracy.
@@ -126,4 +140,22 @@ impl Stage for Evaluate {
         }
         Ok(())
     }
+}
+
+/// The figures the model's own stage recorded for its saved model on exactly this data, if it
+/// did (a `train` stage's final test pass): the same computation, so it is not run twice.
+fn reuse(
+    ctx: &StageContext,
+    input: &super::InputEntry,
+    data: &DataIdentity,
+) -> Result<Option<(f64, f64)>, StageError> {
+    let Some(e) = evaluations::recorded(input, "model", data)? else {
+        return Ok(None);
+    };
+    tracing::info!(
+        "{}: loss and accuracy as `{}` recorded them for its model on the same data (not evaluated twice)",
+        ctx.name(),
+        input.name
+    );
+    Ok(Some(e.figures()))
 }

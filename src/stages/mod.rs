@@ -14,6 +14,7 @@ pub mod command;
 pub mod correlate;
 pub mod data_splits;
 pub mod evaluate;
+pub mod evaluations;
 pub mod init;
 pub mod lesion;
 pub mod model_facts;

@@ -11,6 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{DataParams, Splits};
+use super::evaluate::SplitName;
+use super::evaluations::{self, DataIdentity, Evaluation};
 use super::model_facts::{ModelFacts, check_fits};
 use super::progress_checkpoints::{CheckpointClock, resume_point};
 use super::teacher_data::{check_generated_fits, data_input, read_generated};
@@ -344,6 +346,7 @@ impl Stage for Train {
             ctx.save_optimizer("model", &out.weights, state)?;
         }
         ctx.write_json("curve.json", &out.curve)?;
+        record_final_evaluations(ctx, p, &out.curve, iterations)?;
         ctx.set_metric("iterations", iterations);
         ctx.set_metric(
             "remaining_pct",
@@ -367,6 +370,47 @@ impl Stage for Train {
         }
         Ok(())
     }
+}
+
+/// Records the final curve point's test (and validation) figures as evaluations of `model`,
+/// so that an `evaluate` of it on the same data reads them (see [`evaluations`]). They are the
+/// final weights' figures: the loop evaluates after its last step, and `nn::train`'s tests
+/// check that the point equals `nn::evaluate` of the saved model bit for bit.
+fn record_final_evaluations(
+    ctx: &StageContext,
+    p: &TrainParams,
+    curve: &[crate::nn::EvalPoint],
+    iterations: u64,
+) -> Result<(), StageError> {
+    let Some(last) = curve.last().filter(|l| l.iteration == iterations) else {
+        return Ok(());
+    };
+    let test = (last.test_loss, last.test_acc);
+    let val = last.val_loss.zip(last.val_acc);
+    let records = match ctx.inputs("data") {
+        // Generated data evaluates on its held-out split for both.
+        [dataset, ..] => vec![Evaluation::new(
+            "model",
+            DataIdentity::of_generated(dataset, false),
+            test,
+        )],
+        [] => {
+            let mut r = vec![Evaluation::new(
+                "model",
+                DataIdentity::of_params(&p.data, SplitName::Test),
+                test,
+            )];
+            if let Some(val) = val {
+                r.push(Evaluation::new(
+                    "model",
+                    DataIdentity::of_params(&p.data, SplitName::Val),
+                    val,
+                ));
+            }
+            r
+        }
+    };
+    evaluations::record(ctx, &records)
 }
 
 /// What the training loop hears back from the stage: progress lines, the cancel flag, and
