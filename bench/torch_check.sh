@@ -16,7 +16,8 @@ field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 # evaluate stage:the stage whose model it evaluated (its checkpoint is `model.*` in that
 # stage's cache entry).
 for pair in eval_mlp:mlp_pruned eval_convnet:convnet_pruned eval_vgg:vgg \
-    eval_resnet_a:resnet_a eval_resnet_b:resnet_b eval_mobilenet:mobilenet; do
+    eval_resnet_a:resnet_a eval_resnet_b:resnet_b eval_mobilenet:mobilenet \
+    eval_resnet_c:resnet_c eval_plain:plain eval_bottleneck:bottleneck; do
     acc=$($pipe show "${pair%%:*}" --json | field '100 * d["metrics"]["accuracy"]')
     key=$($pipe show "${pair##*:}" --json | field 'd["key"]')
     models+=("cache/entries/${key:0:2}/$key/model=$acc")

@@ -679,7 +679,7 @@ def _program_class():
                 elif kind == "relu6":
                     x = F.relu6(x)
                 elif kind == "max_pool":
-                    x = F.max_pool2d(x, op["kernel"], op["stride"])
+                    x = F.max_pool2d(x, op["kernel"], op["stride"], op.get("padding", 0))
                 elif kind == "global_avg_pool":
                     x = x.mean(dim=(2, 3))
                 elif kind == "flatten":

@@ -62,6 +62,7 @@ enum Step {
     MaxPool {
         kernel: usize,
         stride: usize,
+        padding: usize,
     },
     GlobalAvgPool,
     Flatten,
@@ -94,6 +95,8 @@ pub struct BatchStat<B: Backend> {
     pub var: Tensor<B, 1>,
     /// Values per channel (batch × height × width).
     pub count: usize,
+    /// Which batch norm (program order) they belong to.
+    pub index: usize,
 }
 
 /// Which statistics batch norm uses.
@@ -202,9 +205,14 @@ fn compile(ops: &[Op], next: &mut usize, bn: &mut usize) -> Vec<Step> {
             }
             Op::Relu => Step::Relu,
             Op::Relu6 => Step::Relu6,
-            Op::MaxPool { kernel, stride } => Step::MaxPool {
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => Step::MaxPool {
                 kernel: *kernel,
                 stride: *stride,
+                padding: *padding,
             },
             Op::GlobalAvgPool => Step::GlobalAvgPool,
             Op::Flatten => Step::Flatten,
@@ -265,6 +273,9 @@ impl<B: NnBackend> Net<B> {
     ) -> (Tensor<B, 2>, Vec<BatchStat<B>>) {
         let mut stats = Vec::new();
         let out = self.run(plan, &plan.steps, Act::Map(x), mode, &mut stats);
+        // A projection shortcut runs before its block's body, so the statistics arrive out of
+        // program order; callers index running buffers by position, so put them in order.
+        stats.sort_by_key(|s| s.index);
         (out.flat(), stats)
     }
 
@@ -306,6 +317,7 @@ impl<B: NnBackend> Net<B> {
                                 mean: out.mean,
                                 var: out.var,
                                 count: n * h * w,
+                                index: *index,
                             });
                             Act::Map(out.output)
                         }
@@ -327,9 +339,11 @@ impl<B: NnBackend> Net<B> {
                     Act::Map(t) => Act::Map(B::nn_relu6(t)),
                     Act::Flat(t) => Act::Flat(B::nn_relu6(t)),
                 },
-                Step::MaxPool { kernel, stride } => {
-                    Act::Map(B::nn_max_pool2d(x.map(), *kernel, *stride, 0))
-                }
+                Step::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => Act::Map(B::nn_max_pool2d(x.map(), *kernel, *stride, *padding)),
                 Step::GlobalAvgPool => Act::Flat(B::nn_global_avg_pool(x.map())),
                 Step::Flatten => Act::Flat(x.flat()),
                 Step::Residual {
@@ -639,5 +653,44 @@ mod tests {
         assert_eq!(stats[0].count, 4);
         assert_eq!(values(stats[0].mean.clone()), vec![1.0]);
         assert_eq!(values(stats[0].var.clone()), vec![5.0]);
+    }
+
+    #[test]
+    fn batch_statistics_come_back_in_program_order_when_a_projection_runs_first() {
+        // A projection shortcut runs before its block's body, yet its statistics must land on
+        // its own batch norm: a bottleneck's unequal widths exposed the mix-up, a basic block's
+        // equal widths had hidden it (option-B running statistics went to the wrong layers).
+        use crate::nn::arch::{BlockKind, ResnetSpec, ShortcutOption};
+        let spec = ModelSpec::Resnet(ResnetSpec {
+            depth: None,
+            stages: Some(vec![1]),
+            block: BlockKind::Bottleneck,
+            shortcut: ShortcutOption::B,
+            width: 2,
+            input: [1, 4, 4],
+            ..ResnetSpec::standard(20)
+        });
+        let program = spec.program().unwrap();
+        let plan = Plan::new(&program);
+        let w = init_weights(&spec, InitScheme::KaimingNormal, 1);
+        let net: Net<Flex> = to_net(&spec, &w, &Mask::dense(&spec), &FlexDevice).unwrap();
+        let x = Tensor::from_data(
+            TensorData::new(
+                (0..32).map(|v| v as f32 / 7.0).collect::<Vec<_>>(),
+                [2, 1, 4, 4],
+            ),
+            &FlexDevice,
+        );
+        let (_, stats) = net.forward(&plan, x, &BnMode::Batch);
+        let got: Vec<(usize, usize)> = stats.iter().map(|s| (s.index, s.mean.dims()[0])).collect();
+        // stem bn1 (2), block bn1 (2), bn2 (2), bn3 (8), shortcut.1 (8).
+        assert_eq!(got, [(0, 2), (1, 2), (2, 2), (3, 8), (4, 8)]);
+        let widths: Vec<usize> = program
+            .params()
+            .into_iter()
+            .filter(|p| p.role == crate::nn::program::ParamRole::BnWeight)
+            .map(|p| p.shape[0])
+            .collect();
+        assert_eq!(widths, [2, 2, 2, 8, 8]);
     }
 }

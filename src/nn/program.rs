@@ -37,9 +37,13 @@ pub enum Op {
     Relu,
     /// min(max(x, 0), 6), MobileNetV2's activation.
     Relu6,
+    /// Max pooling; `padding` (at most half the kernel) is left out of the JSON when zero, so
+    /// the programs written before it existed read and hash as they did.
     MaxPool {
         kernel: usize,
         stride: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
     },
     /// `[n, c, h, w]` → `[n, c]`.
     GlobalAvgPool,
@@ -89,6 +93,10 @@ impl Op {
             channels,
         }
     }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// The skip path of a residual block.
@@ -305,6 +313,19 @@ impl Program {
         total
     }
 
+    /// Whether a residual block has a projection shortcut (conv + batch norm on the skip).
+    pub fn has_projection(&self) -> bool {
+        self.ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::Residual {
+                    shortcut: Shortcut::Projection { .. },
+                    ..
+                }
+            )
+        })
+    }
+
     /// The name of every residual block, in order (what a lesion may delete or reorder).
     pub fn residual_blocks(&self) -> Vec<String> {
         self.ops
@@ -515,13 +536,19 @@ fn shape_of(op: &Op, shape: Shape, f: &mut dyn FnMut(&Op, Shape, Shape)) -> Resu
             shape
         }
         Op::Relu | Op::Relu6 => shape,
-        Op::MaxPool { kernel, stride } => {
+        Op::MaxPool {
+            kernel,
+            stride,
+            padding,
+        } => {
             let (c, h, w) = map("max pooling")?;
             match (
-                conv_out(h, *kernel, *stride, 0),
-                conv_out(w, *kernel, *stride, 0),
+                conv_out(h, *kernel, *stride, *padding),
+                conv_out(w, *kernel, *stride, *padding),
             ) {
-                (Some(h), Some(w)) if h > 0 && w > 0 && *stride > 0 => Shape::Map { c, h, w },
+                (Some(h), Some(w)) if h > 0 && w > 0 && *stride > 0 && 2 * padding <= *kernel => {
+                    Shape::Map { c, h, w }
+                }
                 _ => {
                     return Err(format!(
                         "max pooling {kernel}×{kernel} does not fit activations of shape {shape}"
@@ -717,6 +744,7 @@ mod tests {
                 Op::MaxPool {
                     kernel: 2,
                     stride: 2,
+                    padding: 0,
                 },
                 Op::Flatten,
                 Op::Linear {

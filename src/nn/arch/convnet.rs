@@ -141,6 +141,7 @@ impl ConvnetSpec {
                 ConvLayer::Pool(m) if m == "M" => ops.push(Op::MaxPool {
                     kernel: 2,
                     stride: 2,
+                    padding: 0,
                 }),
                 ConvLayer::Pool(other) => {
                     return Err(format!(

@@ -17,7 +17,7 @@ use super::program::{ParamInfo, Program};
 pub use convnet::ConvnetSpec;
 pub use mlp::MlpSpec;
 pub use mobilenet_v2::MobileNetV2Spec;
-pub use resnet::{ResnetSpec, ShortcutOption};
+pub use resnet::{BlockKind, ResnetSpec, ShortcutOption, Stem};
 pub use vgg::VggSpec;
 
 /// One model family as `pipe kinds init` lists it.
@@ -55,7 +55,7 @@ pub fn families() -> Vec<Family> {
         },
         Family {
             arch: "resnet",
-            about: "CIFAR ResNet-(6n+2) (`depth` 8, 14, 20, 32, …, base `width`, `shortcut` a or b), or an explicit `blocks` list",
+            about: "ResNet: CIFAR (6n+2 basic, 9n+2 `block: bottleneck`) or `stem: imagenet` (18…152); base `width`; `shortcut` a, b, c or none (the plain net); or `stages` / an explicit `blocks` list",
             fields: field_names::<ResnetSpec>(),
             example: r#"{"arch": "resnet", "depth": 20, "shortcut": "a"}"#,
         },

@@ -64,6 +64,7 @@ impl VggSpec {
                 ops.push(Op::MaxPool {
                     kernel: 2,
                     stride: 2,
+                    padding: 0,
                 });
                 continue;
             }
