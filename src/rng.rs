@@ -51,11 +51,15 @@ pub enum Domain {
     BalancedSubset,
     /// `lesion`: which blocks each random deletion or swap takes.
     LesionDraws,
+    /// `train` with `stochastic_depth`: the residual blocks each iteration keeps.
+    StochasticDepth,
+    /// `path_gradients`: the blocks whose branch each sampled path takes.
+    PathDraws,
 }
 
 impl Domain {
     /// Every domain, for the uniqueness test and for audits.
-    pub const ALL: [Domain; 17] = [
+    pub const ALL: [Domain; 19] = [
         Domain::InitWeights,
         Domain::InitBiases,
         Domain::ReinitWeights,
@@ -73,6 +77,8 @@ impl Domain {
         Domain::Batches,
         Domain::BalancedSubset,
         Domain::LesionDraws,
+        Domain::StochasticDepth,
+        Domain::PathDraws,
     ];
 
     /// The domain's half of the generator's key.
@@ -95,6 +101,8 @@ impl Domain {
             Domain::Batches => 0x4241_5443_4845_5321,     // "BATCHES!"
             Domain::BalancedSubset => 0x4241_4c53_5542_5345, // "BALSUBSE"
             Domain::LesionDraws => 0x4c45_5349_4f4e_5321, // "LESIONS!"
+            Domain::StochasticDepth => 0x5354_4f43_4844_4550, // "STOCHDEP"
+            Domain::PathDraws => 0x5041_5448_4452_4157,   // "PATHDRAW"
         }
     }
 }

@@ -145,6 +145,8 @@ fn seeds_yaml_keeps_every_papers_keys_and_claims() {
         "netaug",
         "lesion",
         "luck_matters",
+        "degradation",
+        "warmup",
     ];
     let mut total = 0;
     for paper in papers {

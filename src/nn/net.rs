@@ -74,7 +74,23 @@ enum Step {
         body: Vec<Step>,
         shortcut: Skip,
         relu: bool,
+        route: Route,
     },
+}
+
+/// What a residual block passes on, and which of its paths a gradient may take back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Route {
+    /// Branch plus shortcut, both ways (the network as built).
+    #[default]
+    Both,
+    /// The shortcut alone: stochastic depth dropped the branch for this step.
+    ShortcutOnly,
+    /// Branch plus shortcut forward, the gradient back through the branch only (the
+    /// shortcut's contribution is detached): a path through this block takes its branch.
+    GradientThroughBranch,
+    /// Branch plus shortcut forward, the gradient back through the shortcut only.
+    GradientThroughShortcut,
 }
 
 #[derive(Clone, Debug)]
@@ -154,6 +170,37 @@ impl Plan {
 
     pub fn batch_norms(&self) -> usize {
         self.batch_norms
+    }
+
+    /// Number of residual blocks (top level, in order).
+    pub fn residual_blocks(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Residual { .. }))
+            .count()
+    }
+
+    /// This plan with the residual branch of block `b` dropped wherever `keep[b]` is false
+    /// (stochastic depth: the block passes its shortcut on, and its batch norms see nothing).
+    pub fn with_kept_blocks(&self, keep: &[bool]) -> Plan {
+        let routes: Vec<Route> = keep
+            .iter()
+            .map(|&k| if k { Route::Both } else { Route::ShortcutOnly })
+            .collect();
+        self.with_routes(&routes)
+    }
+
+    /// This plan with block `b` routed as `routes[b]` (blocks past the list: [`Route::Both`]).
+    pub fn with_routes(&self, routes: &[Route]) -> Plan {
+        let mut plan = self.clone();
+        let blocks = plan.steps.iter_mut().filter_map(|s| match s {
+            Step::Residual { route, .. } => Some(route),
+            _ => None,
+        });
+        for (route, &r) in blocks.zip(routes) {
+            *route = r;
+        }
+        plan
     }
 }
 
@@ -240,6 +287,7 @@ fn compile(ops: &[Op], next: &mut usize, bn: &mut usize) -> Vec<Step> {
                     body,
                     shortcut,
                     relu: *relu,
+                    route: Route::Both,
                 }
             }
         });
@@ -350,6 +398,7 @@ impl<B: NnBackend> Net<B> {
                     body,
                     shortcut,
                     relu: after,
+                    route,
                 } => {
                     let input = x.map();
                     let skip = match shortcut {
@@ -363,7 +412,16 @@ impl<B: NnBackend> Net<B> {
                             .run(plan, ops, Act::Map(input.clone()), mode, stats)
                             .map(),
                     };
-                    let y = self.run(plan, body, Act::Map(input), mode, stats).map() + skip;
+                    let mut branch = || {
+                        self.run(plan, body, Act::Map(input.clone()), mode, stats)
+                            .map()
+                    };
+                    let y = match route {
+                        Route::Both => branch() + skip,
+                        Route::ShortcutOnly => skip,
+                        Route::GradientThroughBranch => branch() + skip.detach(),
+                        Route::GradientThroughShortcut => branch().detach() + skip,
+                    };
                     Act::Map(if *after { relu(y) } else { y })
                 }
             };

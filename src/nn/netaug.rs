@@ -879,6 +879,7 @@ impl BackendTask for Task<'_, '_> {
                 val_acc: v.map(|v| v.1),
                 test_loss,
                 test_acc,
+                train_error: None,
             });
         }
         // The parameters have not changed since the last epoch's calibration (the last epoch

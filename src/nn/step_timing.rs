@@ -113,6 +113,8 @@ pub fn bench_config(batch: usize, iterations: u64) -> TrainConfig {
         data_seed: 1,
         start_step: 0,
         resume: None,
+        train_probe: 0,
+        stochastic_depth: None,
     }
 }
 

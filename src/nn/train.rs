@@ -27,6 +27,7 @@ use super::objective::{EvalSums, Objective, one_hot};
 use super::ops::NnBackend;
 use super::optim_records::{adam_state, load_adam, load_sgd, sgd_state};
 use super::schedule::{LrSchedule, lr_at};
+use super::stochastic_depth::{StochasticDepth, fold_survival};
 use super::{Mask, ModelSpec, NnError, OptimState, Weights};
 use crate::data::{
     Augment, AugmentStep, BatchOrder, BatchTargets, Split, gather_batch, gather_range,
@@ -69,6 +70,19 @@ pub struct TrainConfig {
     /// Optimiser state to continue from (the input checkpoint's), instead of a fresh
     /// optimiser; entries the mask removes are zeroed first.
     pub resume: Option<OptimState>,
+    /// Training images evaluated (eval mode, no augmentation) at every curve point, for the
+    /// training error (He et al.'s Fig. 1 and 6); 0 = none. See [`probe_indices`].
+    pub train_probe: usize,
+    /// Drop residual branches per batch (Huang et al. 2016); the returned final weights are
+    /// the test-time network (see [`super::stochastic_depth`]).
+    pub stochastic_depth: Option<StochasticDepth>,
+}
+
+/// The fixed training subset of `n` images a curve measures its training error on: evenly
+/// spaced over the split (image `⌊i·len/n⌋` for `i < n`), the same for every arm and seed.
+pub fn probe_indices(len: usize, n: usize) -> Vec<usize> {
+    let n = n.min(len);
+    (0..n).map(|i| i * len / n).collect()
 }
 
 /// The splits a run uses. `val` may be empty (no validation, no early stop). `augment`
@@ -92,6 +106,10 @@ pub struct EvalPoint {
     pub val_acc: Option<f64>,
     pub test_loss: f64,
     pub test_acc: f64,
+    /// Misclassified fraction of the fixed training subset (`train_probe`), in eval mode;
+    /// absent when none was asked for (so older curves read and compare as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_error: Option<f64>,
 }
 
 /// Reported after every step. `train_loss` is the last loss read back from the
@@ -214,6 +232,8 @@ pub struct TrainSession<B: AutodiffBackend<InnerBackend: NnBackend>> {
     spec: ModelSpec,
     classes: usize,
     objective: Objective,
+    /// Stochastic depth: the residual blocks the next step keeps (all when `None`).
+    kept: Option<Vec<bool>>,
 }
 
 impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
@@ -271,7 +291,13 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
             spec: spec.clone(),
             classes: spec.output_dim(),
             objective: Objective::CrossEntropy,
+            kept: None,
         })
+    }
+
+    /// The residual blocks the following steps keep (stochastic depth); `None` keeps all.
+    pub fn keep_blocks(&mut self, kept: Option<Vec<bool>>) {
+        self.kept = kept;
     }
 
     /// The same session minimising `objective` (cross-entropy unless set).
@@ -334,10 +360,21 @@ impl<B: AutodiffBackend<InnerBackend: NnBackend> + NnBackend> TrainSession<B> {
         let model = self.model.take().expect("model present between steps");
         let [c, h, w] = self.plan.input();
         let x = Tensor::<B, 4>::from_data(TensorData::new(images, [n, c, h, w]), &self.device);
-        let (logits, stats) = model.forward(&self.plan, x, &BnMode::Batch);
+        let gated;
+        let plan = match &self.kept {
+            Some(keep) => {
+                gated = self.plan.with_kept_blocks(keep);
+                &gated
+            }
+            None => &self.plan,
+        };
+        let (logits, stats) = model.forward(plan, x, &BnMode::Batch);
         let loss = objective.loss(logits, y);
         // Running statistics as PyTorch keeps them: the unbiased batch variance, momentum 0.1.
-        for (k, st) in stats.into_iter().enumerate() {
+        // By the norm's index: a block that stochastic depth dropped reports nothing, and its
+        // norms keep their statistics (as PyTorch's, which are not run either).
+        for st in stats {
+            let k = st.index;
             let unbias = st.count as f64 / (st.count.max(2) - 1) as f64;
             let m = BN_MOMENTUM;
             let mean = self.running[2 * k].clone() * (1.0 - m) + st.mean.inner() * m;
@@ -613,9 +650,39 @@ impl BackendTask for TrainTask<'_, '_> {
                 iteration,
             })
         };
+        let probe = (cfg.train_probe > 0).then(|| {
+            data.train
+                .take(&probe_indices(data.train.n, cfg.train_probe))
+        });
+        let survival = cfg
+            .stochastic_depth
+            .as_ref()
+            .map(|sd| sd.survival(session.plan.residual_blocks()));
+        let program = spec.program().map_err(NnError::Invalid)?;
+        // The weights as the test-time network has them: stochastic depth's branches scaled.
+        let test_time = |mut w: Weights| -> Result<Weights, NnError> {
+            if let Some(s) = &survival {
+                fold_survival(&program, &mut w, s)?;
+            }
+            Ok(w)
+        };
         let point = |session: &TrainSession<B>, iteration: u64, train_loss: f64| {
-            let inner = session.model().valid();
-            let (plan, running) = (&session.plan, &session.running);
+            let folded = match &survival {
+                Some(_) => {
+                    let w = test_time(session.weights())?;
+                    let net = to_net::<B::InnerBackend>(spec, &w, mask, &device)?;
+                    Some((net, buffers_to_device::<B::InnerBackend>(&w, &device)))
+                }
+                None => None,
+            };
+            let (inner, running) = match folded {
+                Some((net, running)) => (net, std::borrow::Cow::Owned(running)),
+                None => (
+                    session.model().valid(),
+                    std::borrow::Cow::Borrowed(&session.running),
+                ),
+            };
+            let (plan, running) = (&session.plan, running.as_slice());
             let (val_loss, val_acc) = if data.val.n > 0 {
                 let (l, a) = eval_split(&inner, plan, running, data.val, &device);
                 (Some(l), Some(a))
@@ -623,14 +690,18 @@ impl BackendTask for TrainTask<'_, '_> {
                 (None, None)
             };
             let (test_loss, test_acc) = eval_split(&inner, plan, running, data.test, &device);
-            EvalPoint {
+            let train_error = probe
+                .as_ref()
+                .map(|p| 1.0 - eval_split(&inner, plan, running, p, &device).1);
+            Ok::<_, NnError>(EvalPoint {
                 iteration,
                 train_loss,
                 val_loss,
                 val_acc,
                 test_loss,
                 test_acc,
-            }
+                train_error,
+            })
         };
 
         let total = cfg.iterations;
@@ -672,7 +743,7 @@ impl BackendTask for TrainTask<'_, '_> {
                 let (logits, _) = inner.forward(&session.plan, x, &BnMode::Batch);
                 scalar(objective.loss(logits, y))
             };
-            curve = vec![point(&session, cfg.start_step, first_loss)];
+            curve = vec![point(&session, cfg.start_step, first_loss)?];
             last_loss = first_loss;
         }
 
@@ -687,6 +758,10 @@ impl BackendTask for TrainTask<'_, '_> {
                 &mut targets,
             );
             let lr = lr_at(cfg.lr, &cfg.schedule, cfg.warmup, it, total);
+            if let Some(sd) = &cfg.stochastic_depth {
+                let blocks = session.plan.residual_blocks();
+                session.keep_blocks(Some(sd.kept(blocks, cfg.data_seed, it)));
+            }
             let batch = std::mem::take(&mut images);
             let loss = threads.run(hooks.cpu_threads(), || {
                 session.step_targets(batch, &targets, lr)
@@ -714,7 +789,7 @@ impl BackendTask for TrainTask<'_, '_> {
                     )));
                 }
                 last_loss = mean;
-                curve.push(threads.run(hooks.cpu_threads(), || point(&session, done, mean)));
+                curve.push(threads.run(hooks.cpu_threads(), || point(&session, done, mean))?);
             }
             let progress = Progress {
                 iteration: done,
@@ -756,7 +831,7 @@ impl BackendTask for TrainTask<'_, '_> {
             None
         };
         Ok(TrainOutput {
-            weights: session.weights(),
+            weights: test_time(session.weights())?,
             optimizer: session.optimizer_state(),
             checkpoints,
             checkpoint_states,
@@ -865,6 +940,8 @@ mod tests {
             data_seed: 5,
             start_step: 0,
             resume: None,
+            train_probe: 0,
+            stochastic_depth: None,
         }
     }
 
@@ -911,6 +988,81 @@ mod tests {
             .flat_map(|p| p.data.iter())
             .map(|x| x.to_bits())
             .collect()
+    }
+
+    #[test]
+    fn stochastic_depth_is_deterministic_and_saves_the_test_time_network() {
+        use crate::nn::arch::ResnetSpec;
+        use crate::nn::stochastic_depth::StochasticDepth;
+        let spec = ModelSpec::Resnet(ResnetSpec {
+            depth: None,
+            stages: Some(vec![4]),
+            width: 4,
+            classes: 4,
+            input: [8, 1, 1],
+            ..ResnetSpec::standard(20)
+        });
+        let base = fixture();
+        let f = Fixture {
+            init: init_weights(&spec, InitScheme::KaimingNormal, 3),
+            spec,
+            ..base
+        };
+        let mask = Mask::dense(&f.spec);
+        let mut c = cfg(OptimizerKind::Adam, 20);
+        c.eval_every = 10;
+        let plain = run(&f, &mask, &c).unwrap();
+        // Keeping every block is plain training, bit for bit.
+        c.stochastic_depth = Some(StochasticDepth {
+            survival_last: None,
+            keep: Some(4),
+        });
+        let all = run(&f, &mask, &c).unwrap();
+        assert_eq!(bits(&all.weights), bits(&plain.weights));
+        assert_eq!(all.curve, plain.curve);
+        c.stochastic_depth = Some(StochasticDepth {
+            survival_last: Some(0.5),
+            keep: None,
+        });
+        let a = run(&f, &mask, &c).unwrap();
+        let b = run(&f, &mask, &c).unwrap();
+        assert_eq!(bits(&a.weights), bits(&b.weights));
+        assert_eq!(a.curve, b.curve);
+        assert_ne!(bits(&a.weights), bits(&plain.weights));
+        // The curve's last point is the saved (folded) network's evaluation.
+        let last = a.curve.last().unwrap();
+        let (loss, acc) = evaluate(&f.spec, &a.weights, &mask, &f.test, &DeviceSpec::Cpu).unwrap();
+        assert_eq!((last.test_loss, last.test_acc), (loss, acc));
+    }
+
+    #[test]
+    fn the_training_error_is_measured_on_a_fixed_evenly_spaced_subset() {
+        assert_eq!(probe_indices(10, 4), [0, 2, 5, 7]);
+        assert_eq!(probe_indices(3, 8), [0, 1, 2]);
+        let f = fixture();
+        let mask = Mask::dense(&f.spec);
+        let mut c = cfg(OptimizerKind::Adam, 20);
+        c.eval_every = 10;
+        let without = run(&f, &mask, &c).unwrap();
+        assert!(without.curve.iter().all(|p| p.train_error.is_none()));
+        c.train_probe = 50;
+        let with = run(&f, &mask, &c).unwrap();
+        // Measuring changes nothing else.
+        assert_eq!(bits(&with.weights), bits(&without.weights));
+        let strip = |c: &[EvalPoint]| {
+            c.iter()
+                .map(|p| EvalPoint {
+                    train_error: None,
+                    ..p.clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&with.curve), without.curve);
+        // The last point's figure is the final model's error on images 0, 4, 8, …, 196.
+        let probe = f.train.take(&(0..50).map(|i| i * 4).collect::<Vec<_>>());
+        let (_, acc) = evaluate(&f.spec, &with.weights, &mask, &probe, &DeviceSpec::Cpu).unwrap();
+        assert_eq!(with.curve.last().unwrap().train_error, Some(1.0 - acc));
+        assert!(with.curve.iter().all(|p| p.train_error.is_some()));
     }
 
     #[test]
@@ -1506,6 +1658,8 @@ mod mnist_smoke {
             data_seed: 0,
             start_step: 0,
             resume: None,
+            train_probe: 0,
+            stochastic_depth: None,
         };
         let data = TrainData {
             train: &train_set,

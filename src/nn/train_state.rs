@@ -57,6 +57,8 @@ struct PointBits {
     val_acc: Option<u64>,
     test_loss: u64,
     test_acc: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train_error: Option<u64>,
 }
 
 impl From<&EvalPoint> for PointBits {
@@ -68,6 +70,7 @@ impl From<&EvalPoint> for PointBits {
             val_acc: p.val_acc.map(f64::to_bits),
             test_loss: p.test_loss.to_bits(),
             test_acc: p.test_acc.to_bits(),
+            train_error: p.train_error.map(f64::to_bits),
         }
     }
 }
@@ -81,6 +84,7 @@ impl From<&PointBits> for EvalPoint {
             val_acc: p.val_acc.map(f64::from_bits),
             test_loss: f64::from_bits(p.test_loss),
             test_acc: f64::from_bits(p.test_acc),
+            train_error: p.train_error.map(f64::from_bits),
         }
     }
 }
@@ -299,6 +303,7 @@ mod tests {
                 val_acc: None,
                 test_loss: 0.1 + 0.2,
                 test_acc: 0.75,
+                train_error: Some(0.125),
             }],
             loss_sum: 12.345_678,
             last_loss: f64::NAN,

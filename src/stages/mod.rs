@@ -19,6 +19,7 @@ pub mod init;
 pub mod lesion;
 pub mod model_facts;
 pub mod netaug_train;
+pub mod path_gradients;
 pub mod progress_checkpoints;
 pub mod prune;
 pub mod reinit;
@@ -244,6 +245,7 @@ impl Registry {
         r.register(repr_drop::ReprDrop);
         r.register(repr_reinit::ReprReinit);
         r.register(lesion::Lesion);
+        r.register(path_gradients::PathGradients);
         r.register(netaug_train::NetAugTrain);
         r.register(data_splits::DataSplits);
         r.register(command::Command);

@@ -18,6 +18,7 @@ use super::progress_checkpoints::{CheckpointClock, resume_point};
 use super::teacher_data::{check_generated_fits, data_input, read_generated};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::data::generated::DATASET;
+use crate::nn::stochastic_depth::{StochasticDepth, branch_norms};
 use crate::nn::{
     Checkpoint, Directive, LrSchedule, ModelSpec, NnError, OptimizerKind, Progress, TrainConfig,
     TrainData, TrainHooks, TrainState, load_train_state, save_train_state, train_from,
@@ -69,6 +70,16 @@ pub struct TrainParams {
     pub resume_optimizer: bool,
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
+    /// Training images (a fixed, evenly spaced subset of the training split) on which every
+    /// curve point also measures the training error, in eval mode without augmentation, as
+    /// He et al. plot it (Fig. 1 and 6); 0 (the default) measures none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub train_error_subset: usize,
+    /// Stochastic depth (Huang et al. 2016): `{survival_last: 0.5}` drops block `l` of `L`
+    /// with probability `(l/L)(1 − p_L)` per batch, `{keep: K}` keeps K random blocks per
+    /// batch; the saved model is the test-time network (branches scaled by their survival).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stochastic_depth: Option<StochasticDepth>,
     /// Seed of the data order.
     #[serde(default)]
     pub seed: u64,
@@ -79,6 +90,10 @@ pub struct TrainParams {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn adam() -> OptimizerKind {
@@ -113,7 +128,7 @@ impl Stage for Train {
         Role::optional("data").taking(DATASET),
     ];
     const PRODUCES: Option<&'static str> = Some(MODEL);
-    const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data; off by default: restart, relative, resume_optimizer}; inputs: model, data (optional: a generated dataset, trained with MSE)";
+    const ABOUT: &'static str = "trains a (masked) model {optimizer, lr, batch, iterations|epochs, schedule, save_at, data; off by default: restart, relative, resume_optimizer, train_error_subset, stochastic_depth}; inputs: model, data (optional: a generated dataset, trained with MSE)";
     const METRICS: &'static [&'static str] = &[
         "iterations",
         "remaining_pct",
@@ -122,6 +137,7 @@ impl Stage for Train {
         "val_acc",
         "early_stop_iteration",
         "early_stop_test_acc",
+        "train_error",
     ];
 
     fn external_inputs(&self, p: &TrainParams) -> Vec<std::path::PathBuf> {
@@ -184,6 +200,11 @@ impl Stage for Train {
                 ),
             });
         }
+        if let (Some(sd), Some(spec)) = (&p.stochastic_depth, &facts.spec) {
+            let program = spec.program()?;
+            sd.check(program.residual_blocks().len())?;
+            branch_norms(&program)?;
+        }
         if data_input(inputs) {
             check_generated_fits(&p.data, facts.spec.as_ref(), &from.name, inputs)?;
         } else if let Some(spec) = &facts.spec {
@@ -213,6 +234,13 @@ impl Stage for Train {
     fn run(&self, p: &TrainParams, ctx: &mut StageContext) -> Result<(), StageError> {
         let input = ctx.input("model")?.clone();
         let start = input.load_model()?;
+        if let Some(sd) = &p.stochastic_depth {
+            // Again here: a model that `plan` could not see (a script's) is checked now.
+            let program = start.spec.program().map_err(StageError::Other)?;
+            sd.check(program.residual_blocks().len())
+                .and_then(|()| branch_norms(&program).map(|_| ()))
+                .map_err(StageError::Other)?;
+        }
         let splits = match ctx.inputs("data") {
             [] => ctx.data().load(&p.data)?,
             _ => {
@@ -273,6 +301,8 @@ impl Stage for Train {
             data_seed: p.seed,
             start_step,
             resume,
+            train_probe: p.train_error_subset,
+            stochastic_depth: p.stochastic_depth.clone(),
         };
         let data = TrainData {
             train: &splits.train,
@@ -360,6 +390,9 @@ impl Stage for Train {
             ctx.set_metric("test_loss", last.test_loss);
             if let Some(v) = last.val_acc.filter(|v| v.is_finite()) {
                 ctx.set_metric("val_acc", v);
+            }
+            if let Some(e) = last.train_error.filter(|v| v.is_finite()) {
+                ctx.set_metric("train_error", e);
             }
         }
         if let Some(es) = &out.early_stop {
