@@ -309,14 +309,22 @@ impl<'a> Checker<'a> {
             .filter(|i| i.level.as_ref().is_some_and(|(_, l)| (lo..=hi).contains(l)))
             .collect();
         // Stages outside any level group cannot be at a level: that is a mistake in the claim.
-        // Stages at other levels are not: `-S levels.imp.count=3` leaves a claim about level 7
-        // nothing to check in that run, and it comes out `unknown` (saying so), not an error.
+        // Levels the run lacks are not: `-S levels.imp.count=3` leaves a claim about levels
+        // 7–15 nothing to check, and `count=10` only part of it; either way the claim comes
+        // out `unknown` (saying so), not an error, and never judged on part of its range.
         if m.iter().all(|i| i.level.is_none()) {
             self.err(
                 at,
                 format!("`{pattern}` matches no stage{}", levels_text(&levels)),
                 "its stages are not in a `levels:` group; drop `levels`".into(),
             );
+        }
+        let present = |l: u32| {
+            kept.iter()
+                .any(|i| i.level.as_ref().is_some_and(|(_, k)| *k == l))
+        };
+        if !(lo..=hi).all(present) {
+            return Vec::new();
         }
         kept
     }
@@ -838,12 +846,15 @@ mod tests {
         }
         // Levels the group does not have (a `count` override) leave the side empty: the claim
         // is unknown in that run (see `claim_eval`), not an error.
+        // So do levels it has only part of: a claim about levels 3–6 is not judged on 3 and 4.
         let c = parsed(
-            "c: {left: {stages: \"imp.*.eval_t\", metric: accuracy, levels: [7, 9]}, op: \">\", right: 0}\n",
+            "c: {left: {stages: \"imp.*.eval_t\", metric: accuracy, levels: [7, 9]}, op: \">\", right: 0}\n\
+             p: {left: {wins: {a: \"imp.*.eval_t\", b: \"imp.*.eval_r\", metric: accuracy, levels: [3, 6]}}, op: \"==\", right: 4}\n",
             &stages,
         )
         .unwrap();
         assert!(matches!(&c[0].left, Side::Metric { matched, .. } if matched.is_empty()));
+        assert!(matches!(&c[1].left, Side::Wins { pairs, .. } if pairs.is_empty()));
         let errors = parsed(
             "a: {left: {stages: eval_dense, metric: accuracy, levels: [1, 2]}, op: \">\", right: 0}\n\
              b: {left: {stages: \"imp.*.eval_t\", metric: accuracy, levels: [3, 2]}, op: \">\", right: 0}\n\

@@ -94,34 +94,32 @@ impl Stage for Evaluate {
     fn run(&self, p: &EvaluateParams, ctx: &mut StageContext) -> Result<(), StageError> {
         let input = ctx.input("model")?.clone();
         let m = input.load_model()?;
-        let (loss, acc) = match ctx.inputs("data") {
-            [] => {
-                let identity = DataIdentity::of_params(&p.data, p.split);
-                match reuse(ctx, &input, &identity)? {
-                    Some(figures) => figures,
-                    None => {
-                        let splits = ctx.data().load(&p.data)?;
-                        let split = match p.split {
-                            SplitName::Train => &splits.train,
-                            SplitName::Val => &splits.val,
-                            SplitName::Test => &splits.test,
-                        };
-                        evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
-                    }
+        // What is evaluated, first: the data's identity decides whether the model's own stage
+        // already has the figures; only when it does not is the split loaded.
+        let dataset = ctx.inputs("data").first().cloned();
+        let train_split = p.split == SplitName::Train;
+        let identity = match &dataset {
+            None => DataIdentity::of_params(&p.data, p.split),
+            Some(d) => DataIdentity::of_generated(d, train_split),
+        };
+        let (loss, acc) = match reuse(ctx, &input, &identity)? {
+            Some(figures) => figures,
+            None => match &dataset {
+                None => {
+                    let splits = ctx.data().load(&p.data)?;
+                    let split = match p.split {
+                        SplitName::Train => &splits.train,
+                        SplitName::Val => &splits.val,
+                        SplitName::Test => &splits.test,
+                    };
+                    evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
                 }
-            }
-            [dataset, ..] => {
-                let train_split = p.split == SplitName::Train;
-                let identity = DataIdentity::of_generated(dataset, train_split);
-                match reuse(ctx, &input, &identity)? {
-                    Some(figures) => figures,
-                    None => {
-                        let g = read_generated(dataset, train_split)?;
-                        let split = g.train.as_ref().unwrap_or(&g.eval);
-                        evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
-                    }
+                Some(d) => {
+                    let g = read_generated(d, train_split)?;
+                    let split = g.train.as_ref().unwrap_or(&g.eval);
+                    evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
                 }
-            }
+            },
         };
         // Regression targets (MSE) have no accuracy.
         if acc.is_finite() {

@@ -20,19 +20,28 @@ pub fn registry() -> Registry {
     r
 }
 
-/// The `pipe` binary plus the test-only `toy` kind (examples/custom_stage), built if needed.
+/// The `pipe` binary plus the test-only `toy` kind (examples/custom_stage), built once per
+/// test process: always through cargo (a no-op when it is fresh), so that a test run after an
+/// edit of the library never uses a stale example binary.
 pub fn toy_pipe() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
-    let example = bin.parent().unwrap().join("examples").join("custom_stage");
-    if !example.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", "custom_stage"])
-            .current_dir(root())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    example
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
+            let dir = bin.parent().unwrap();
+            let mut args = vec!["build", "--example", "custom_stage"];
+            if dir.ends_with("release") {
+                args.push("--release");
+            }
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(&args)
+                .current_dir(root())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            dir.join("examples").join("custom_stage")
+        })
+        .clone()
 }
 
 pub fn root() -> PathBuf {
