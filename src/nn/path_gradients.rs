@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use super::device::{BackendTask, DeviceSpec, dispatch};
 use super::net::{BnMode, Plan, Route, buffers_to_device, to_net};
 use super::objective::Objective;
-use super::{Mask, ModelSpec, NnError, Weights};
+use super::{Checkpoint, Mask, ModelSpec, NnError, Weights};
 use crate::data::{BatchTargets, Split, gather_range};
 use crate::rng::{self, Domain};
 
@@ -52,9 +52,7 @@ pub fn paths_of_length(n: usize, k: usize) -> f64 {
 /// For every length `0..=n` of the model's `n` residual blocks, `draws` sampled paths' mean
 /// per-image input-gradient norms on `batch` (its images all at once).
 pub fn path_gradient_norms(
-    spec: &ModelSpec,
-    weights: &Weights,
-    mask: &Mask,
+    model: &Checkpoint,
     batch: &Split,
     draws: usize,
     seed: u64,
@@ -128,9 +126,9 @@ pub fn path_gradient_norms(
     dispatch(
         device,
         Task {
-            spec,
-            weights,
-            mask,
+            spec: &model.spec,
+            weights: &model.weights,
+            mask: &model.mask,
             batch,
             draws,
             seed,

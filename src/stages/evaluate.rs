@@ -21,6 +21,17 @@ pub enum SplitName {
     Test,
 }
 
+impl SplitName {
+    /// This split of `splits`.
+    pub fn of(self, splits: &super::dataset::Splits) -> &crate::data::Split {
+        match self {
+            SplitName::Train => &splits.train,
+            SplitName::Val => &splits.val,
+            SplitName::Test => &splits.test,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
@@ -107,12 +118,13 @@ impl Stage for Evaluate {
             None => match &dataset {
                 None => {
                     let splits = ctx.data().load(&p.data)?;
-                    let split = match p.split {
-                        SplitName::Train => &splits.train,
-                        SplitName::Val => &splits.val,
-                        SplitName::Test => &splits.test,
-                    };
-                    evaluate(&m.spec, &m.weights, &m.mask, split, ctx.device())?
+                    evaluate(
+                        &m.spec,
+                        &m.weights,
+                        &m.mask,
+                        p.split.of(&splits),
+                        ctx.device(),
+                    )?
                 }
                 Some(d) => {
                     let g = read_generated(d, train_split)?;

@@ -194,11 +194,7 @@ impl Stage for Lesion {
         let (program, units) = units_of(&m.spec, &input.name).map_err(StageError::Other)?;
         let weights = m.weights.masked(&m.mask);
         let splits = ctx.data().load(&p.data)?;
-        let full = match p.split {
-            SplitName::Train => &splits.train,
-            SplitName::Val => &splits.val,
-            SplitName::Test => &splits.test,
-        };
+        let full = p.split.of(&splits);
         let sub: Split = if p.draw_subset == 0 {
             full.clone()
         } else {

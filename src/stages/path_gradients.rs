@@ -114,25 +114,14 @@ impl Stage for PathGradients {
         let m = input.load_model()?;
         let n = blocks_of(&m.spec, &input.name).map_err(StageError::Other)?;
         let splits = ctx.data().load(&p.data)?;
-        let split = match p.split {
-            SplitName::Train => &splits.train,
-            SplitName::Val => &splits.val,
-            SplitName::Test => &splits.test,
-        };
+        let split = p.split.of(&splits);
         let batch = split.take(&probe_indices(split.n, p.images));
         let total = ((n + 1) * p.draws) as u64;
         let lengths = {
             let ctx = &*ctx;
-            path_gradient_norms(
-                &m.spec,
-                &m.weights,
-                &m.mask,
-                &batch,
-                p.draws,
-                p.seed,
-                ctx.device(),
-                &mut |done, _| ctx.progress(done as u64, total, "paths"),
-            )
+            path_gradient_norms(&m, &batch, p.draws, p.seed, ctx.device(), &mut |done, _| {
+                ctx.progress(done as u64, total, "paths")
+            })
         }
         .map_err(|e| match e {
             NnError::Cancelled => StageError::Cancelled,
