@@ -49,7 +49,10 @@ impl Stage for Toy {
                 .append(true)
                 .open(log)
                 .map_err(|e| StageError::io(log, e))?;
-            writeln!(f, "{}", ctx.name()).map_err(|e| StageError::io(log, e))?;
+            // One write of the whole line: `writeln!` on a file issues the name and the newline
+            // as separate writes, which two stages appending at once can interleave.
+            f.write_all(format!("{}\n", ctx.name()).as_bytes())
+                .map_err(|e| StageError::io(log, e))?;
         }
         let steps = p.sleep_ms / 10;
         for i in 0..steps {
