@@ -107,6 +107,19 @@ impl Domain {
     }
 }
 
+/// A uniformly random choice of `k` of `n` items as a mask (`true` = chosen): the first `k` of
+/// a shuffled `0..n` (stochastic depth's kept blocks, a sampled path's branches).
+pub fn choose_k(r: &mut ChaCha8Rng, n: usize, k: usize) -> Vec<bool> {
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(r);
+    let mut chosen = vec![false; n];
+    for &i in &order[..k.min(n)] {
+        chosen[i] = true;
+    }
+    chosen
+}
+
 /// The generator for `(seed, domain)` on stream `stream`: one independent stream per layer
 /// (or epoch, iteration, split) from a single user seed.
 pub fn stream(seed: u64, domain: Domain, stream: u64) -> ChaCha8Rng {

@@ -11,12 +11,11 @@
 //! cross-entropy at its input, averaged over the batch.
 
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use rand::seq::SliceRandom;
 
 use super::device::{BackendTask, DeviceSpec, dispatch};
 use super::net::{BnMode, Plan, Route, buffers_to_device, to_net};
 use super::objective::Objective;
-use super::{Checkpoint, Mask, ModelSpec, NnError, Weights};
+use super::{Checkpoint, NnError};
 use crate::data::{BatchTargets, Split, gather_range};
 use crate::rng::{self, Domain};
 
@@ -31,17 +30,8 @@ pub struct LengthNorms {
 
 /// The blocks of a path of length `k` out of `n`, draw `draw`: one stream per (k, draw).
 pub fn sample_path(n: usize, k: usize, seed: u64, draw: u64) -> Vec<bool> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rng::stream(
-        seed,
-        Domain::PathDraws,
-        ((k as u64) << 32) | draw,
-    ));
-    let mut through = vec![false; n];
-    for &b in &order[..k] {
-        through[b] = true;
-    }
-    through
+    let mut r = rng::stream(seed, Domain::PathDraws, ((k as u64) << 32) | draw);
+    rng::choose_k(&mut r, n, k)
 }
 
 /// `C(n, k)` as a float (exact up to 2^53; ResNet-110's largest, C(54, 27), is 1.9·10^15).
@@ -60,9 +50,7 @@ pub fn path_gradient_norms(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<LengthNorms>, NnError> {
     struct Task<'a> {
-        spec: &'a ModelSpec,
-        weights: &'a Weights,
-        mask: &'a Mask,
+        model: &'a Checkpoint,
         batch: &'a Split,
         draws: usize,
         seed: u64,
@@ -74,17 +62,22 @@ pub fn path_gradient_norms(
             self,
             device: B::Device,
         ) -> Result<Vec<LengthNorms>, NnError> {
-            let program = self.spec.program().map_err(NnError::Invalid)?;
+            let program = self.model.spec.program().map_err(NnError::Invalid)?;
             let plan = Plan::new(&program);
             let n = plan.residual_blocks();
-            let net = to_net::<B>(self.spec, self.weights, self.mask, &device)?;
-            let running = buffers_to_device::<B>(self.weights, &device);
+            let net = to_net::<B>(
+                &self.model.spec,
+                &self.model.weights,
+                &self.model.mask,
+                &device,
+            )?;
+            let running = buffers_to_device::<B>(&self.model.weights, &device);
             let (mut images, mut targets) = (Vec::new(), BatchTargets::default());
             gather_range(self.batch, 0..self.batch.n, &mut images, &mut targets);
             let m = self.batch.n;
             let [c, h, w] = plan.input();
             let y: Tensor<B, 2> = Objective::CrossEntropy
-                .targets(&targets, self.spec.output_dim(), &device)
+                .targets(&targets, self.model.spec.output_dim(), &device)
                 .ok_or_else(|| {
                     NnError::Invalid("path gradients need class labels (a cross-entropy)".into())
                 })?;
@@ -126,9 +119,7 @@ pub fn path_gradient_norms(
     dispatch(
         device,
         Task {
-            spec: &model.spec,
-            weights: &model.weights,
-            mask: &model.mask,
+            model,
             batch,
             draws,
             seed,
@@ -181,7 +172,7 @@ pub fn log_linear_slope(points: &[(f64, f64)]) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::nn::arch::ResnetSpec;
-    use crate::nn::{InitScheme, init_weights};
+    use crate::nn::{InitScheme, Mask, ModelSpec, init_weights};
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
 

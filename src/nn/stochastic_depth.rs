@@ -15,7 +15,6 @@
 //! which every other stage (evaluate, prune, lesion, PyTorch) runs as a plain ResNet.
 
 use rand::Rng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::program::{Op, Program};
@@ -75,15 +74,7 @@ impl StochasticDepth {
     pub fn kept(&self, blocks: usize, seed: u64, iteration: u64) -> Vec<bool> {
         let mut r = rng::stream(seed, Domain::StochasticDepth, iteration);
         match self.keep {
-            Some(k) => {
-                let mut order: Vec<usize> = (0..blocks).collect();
-                order.shuffle(&mut r);
-                let mut keep = vec![false; blocks];
-                for &b in &order[..k.min(blocks)] {
-                    keep[b] = true;
-                }
-                keep
-            }
+            Some(k) => rng::choose_k(&mut r, blocks, k),
             None => self
                 .survival(blocks)
                 .into_iter()
