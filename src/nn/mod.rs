@@ -1,5 +1,7 @@
 //! Neural-network side of the pipeline: architectures, host-side weights and
-//! masks, initialisation, pruning, checkpoints, and burn-based training.
+//! masks, initialisation, pruning, checkpoints, and burn-based training (the substrate every
+//! stage kind shares); the papers' own methods (RePr, NetAug, lesions and path gradients, the
+//! teacher–student analysis, stochastic depth) are in [`methods`], one folder or file each.
 //!
 //! Weights and masks flow between pipeline stages as plain host data
 //! ([`Weights`], [`Mask`]); burn tensors exist only inside [`train`] and
@@ -8,29 +10,21 @@
 pub mod adam;
 pub mod arch;
 pub mod checkpoint;
-pub mod correlate;
 pub mod device;
 pub mod filter_prune;
 pub mod flops;
 pub mod host;
 pub mod init;
-pub mod lesion;
-pub mod lesion_eval;
+pub mod methods;
 pub mod net;
-pub mod netaug;
 pub mod objective;
 pub mod ops;
 pub mod optim_records;
 pub mod optim_state;
-pub mod path_gradients;
 pub mod program;
 pub mod prune;
-pub mod qr;
-pub mod repr;
 pub mod schedule;
 pub mod step_timing;
-pub mod stochastic_depth;
-pub mod teacher;
 pub mod train;
 pub mod train_state;
 pub mod weights;

@@ -22,12 +22,12 @@ use serde::{Deserialize, Serialize};
 use super::adam::PipeAdam;
 use super::device::{BackendTask, DeviceSpec, dispatch};
 use super::host::PoolFollower;
+use super::methods::stochastic_depth::{StochasticDepth, fold_survival};
 use super::net::{BN_MOMENTUM, BnMode, Net, Plan, buffers_to_device, from_net, to_net};
 use super::objective::{EvalSums, Objective, one_hot};
 use super::ops::NnBackend;
 use super::optim_records::{adam_state, load_adam, load_sgd, sgd_state};
 use super::schedule::{LrSchedule, lr_at};
-use super::stochastic_depth::{StochasticDepth, fold_survival};
 use super::{Mask, ModelSpec, NnError, OptimState, Weights};
 use crate::data::{
     Augment, AugmentStep, BatchOrder, BatchTargets, Split, gather_batch, gather_range,
@@ -993,7 +993,7 @@ mod tests {
     #[test]
     fn stochastic_depth_is_deterministic_and_saves_the_test_time_network() {
         use crate::nn::arch::ResnetSpec;
-        use crate::nn::stochastic_depth::StochasticDepth;
+        use crate::nn::methods::stochastic_depth::StochasticDepth;
         let spec = ModelSpec::Resnet(ResnetSpec {
             depth: None,
             stages: Some(vec![4]),

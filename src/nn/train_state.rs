@@ -25,7 +25,7 @@ use super::checkpoint::{
     Buffer, Checkpoint, f32_bytes, f32s, format_err, load_checkpoint, read, save_checkpoint,
     serialise_with, tensor, write_atomic,
 };
-use super::netaug::NetAugState;
+use super::methods::netaug::NetAugState;
 use super::optim_state::{load_optim_state, save_optim_state};
 use super::train::{EvalPoint, TrainState};
 use super::{Mask, ModelSpec, NnError};

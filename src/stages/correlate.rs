@@ -18,8 +18,8 @@ use super::teacher_data::{generated_facts, read_generated};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::data::Inputs;
 use crate::data::generated::DATASET;
-use crate::nn::correlate::{Acts, LayerMatch, fanout_norms, match_layer};
-use crate::nn::teacher::mlp_layer_outputs;
+use crate::nn::methods::luck::correlate::{Acts, LayerMatch, fanout_norms, match_layer};
+use crate::nn::methods::luck::teacher::mlp_layer_outputs;
 use crate::nn::{Checkpoint, ModelSpec};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -2,7 +2,7 @@
 //! or reorder its residual blocks (or, in a plain net, its shape-preserving conv layers) at
 //! test time and measure the test error, with the trained weights and batch-norm statistics.
 //!
-//! Three kinds of lesion, each on the model's deletable units ([`crate::nn::lesion`]):
+//! Three kinds of lesion, each on the model's deletable units ([`crate::nn::methods::lesion`]):
 //! - `single`: every unit deleted alone, evaluated on the whole split;
 //! - `k` random units deleted together, `draws` times per k, on the first `draw_subset`
 //!   images of the split;
@@ -24,8 +24,8 @@ use super::evaluate::SplitName;
 use super::model_facts::{ModelFacts, check_fits};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::data::{Split, subset};
-use crate::nn::lesion::{self, DELETABLE_KINDS, Unit, kendall_tau};
-use crate::nn::lesion_eval::{LesionJob, evaluate_lesions};
+use crate::nn::methods::lesion::eval::{LesionJob, evaluate_lesions};
+use crate::nn::methods::lesion::{self, DELETABLE_KINDS, Unit, kendall_tau};
 use crate::nn::program::Program;
 use crate::nn::{ModelSpec, NnError};
 use crate::rng::{self, Domain};

@@ -1,5 +1,5 @@
 //! `netaug_train`: trains a tiny `convnet` with Network Augmentation (Cai et al., ICLR 2022;
-//! the substrate is [`crate::nn::netaug`]) and writes the plain base-width model, loadable by
+//! the substrate is [`crate::nn::methods::netaug`]) and writes the plain base-width model, loadable by
 //! `evaluate`, `train` and `prune` like any `train` output.
 //!
 //! `augment: false` trains the same base model alone through the same code path (SGD with
@@ -15,7 +15,7 @@ use super::dataset::DataParams;
 use super::model_facts::{ModelFacts, check_fits};
 use super::progress_checkpoints::{CheckpointClock, resume_point};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::netaug::{NetAugConfig, NetAugState, netaug_train};
+use crate::nn::methods::netaug::{NetAugConfig, NetAugState, netaug_train};
 use crate::nn::{
     Checkpoint, Directive, LrSchedule, ModelSpec, NnError, OptimizerKind, Progress, TrainHooks,
     load_netaug_state, save_netaug_state,

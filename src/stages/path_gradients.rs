@@ -1,7 +1,7 @@
 //! `path_gradients`: the gradient each path length carries in a trained ResNet (Veit, Wilber &
 //! Belongie 2016, section 5, Fig. 6). A ResNet of `n` blocks has `C(n, k)` paths of length
 //! `k`; for each `k` in `0..=n`, `draws` sampled paths carry the gradient of a fixed batch of
-//! images back to the input alone ([`crate::nn::path_gradients`]), and the stage records the
+//! images back to the input alone ([`crate::nn::methods::lesion::path_gradients`]), and the stage records the
 //! mean input-gradient norm per length, the number of paths, and their product, the length's
 //! total gradient magnitude.
 //!
@@ -18,7 +18,9 @@ use super::dataset::DataParams;
 use super::evaluate::SplitName;
 use super::model_facts::{ModelFacts, check_fits};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::path_gradients::{log_linear_slope, path_gradient_norms, paths_of_length};
+use crate::nn::methods::lesion::path_gradients::{
+    log_linear_slope, path_gradient_norms, paths_of_length,
+};
 use crate::nn::train::probe_indices;
 use crate::nn::{ModelSpec, NnError};
 use crate::stats::{mean, round6, sample_std};

@@ -3,13 +3,13 @@
 //! the `fraction` that overlap most: their weights, bias and batch-norm entries become exactly
 //! zero and stay masked through the next `train`. The input model is kept as `at_drop.*` (the
 //! dropped filters' values at drop time, and the mask before the drop), and `dropped.json`
-//! lists what was dropped, for `repr_reinit`. See [`crate::nn::repr`] for the exact rules.
+//! lists what was dropped, for `repr_reinit`. See [`crate::nn::methods::repr`] for the exact rules.
 
 use serde::{Deserialize, Serialize};
 
 use super::model_facts::ModelFacts;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::repr::{
+use crate::nn::methods::repr::{
     ConvFilters, RankedLayer, choose_drops, conv_layers, drop_mask, orthogonality,
 };
 use crate::nn::{Checkpoint, ModelSpec};

@@ -1,7 +1,7 @@
 //! `repr_reinit`: RePr's re-introduction. Takes the model trained while filters were dropped
 //! (`model`) and the `repr_drop` stage that dropped them (`drop`), and brings the dropped
 //! filters back orthogonal to the surviving filters and to their own values at drop time
-//! (null space by pivoted Householder QR, [`crate::nn::repr::reintroduce`]). Biases of the
+//! (null space by pivoted Householder QR, [`crate::nn::methods::repr::reintroduce`]). Biases of the
 //! re-introduced filters restart at 0, their batch-norm entries at scale 1, shift 0, running
 //! mean 0 and variance 1. The drop's mask is removed: the output has the mask the model had
 //! before the drop (dense, or a pruning mask, which is kept).
@@ -12,7 +12,7 @@ use super::model_facts::ModelFacts;
 use super::repr_drop::DropRecord;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::nn::Checkpoint;
-use crate::nn::repr::{ReinitScale, conv_layers, reintroduce, restore_mask};
+use crate::nn::methods::repr::{ReinitScale, conv_layers, reintroduce, restore_mask};
 use crate::stats::round4;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -1,13 +1,13 @@
 //! `teacher`: the fixed random ReLU teacher network of Tian et al. 2019 ("Luck Matters"), as
 //! an `mlp` model, so that `teacher_data`, `evaluate` and `correlate` read it like any model.
-//! See [`crate::nn::teacher`] for how it is drawn (every layer, the output layer included).
+//! See [`crate::nn::methods::luck::teacher`] for how it is drawn (every layer, the output layer included).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::model_facts::ModelFacts;
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
-use crate::nn::teacher::{check_teacher_widths, teacher_weights};
+use crate::nn::methods::luck::teacher::{check_teacher_widths, teacher_weights};
 use crate::nn::{Checkpoint, Mask, ModelSpec};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -16,7 +16,7 @@ use crate::data::generated::{
 };
 use crate::data::{Split, Targets};
 use crate::nn::ModelSpec;
-use crate::nn::teacher::{gaussian_inputs, mlp_layer_outputs};
+use crate::nn::methods::luck::teacher::{gaussian_inputs, mlp_layer_outputs};
 
 /// The most a generated dataset may take on disk (and in memory when read): 2 GiB.
 pub const MAX_DATASET_BYTES: u128 = 2 << 30;

@@ -18,7 +18,7 @@ use super::progress_checkpoints::{CheckpointClock, resume_point};
 use super::teacher_data::{check_generated_fits, data_input, read_generated};
 use super::{MODEL, Role, Stage, StageContext, StageError, UpstreamInfo};
 use crate::data::generated::DATASET;
-use crate::nn::stochastic_depth::{StochasticDepth, branch_norms};
+use crate::nn::methods::stochastic_depth::{StochasticDepth, branch_norms};
 use crate::nn::{
     Checkpoint, Directive, LrSchedule, ModelSpec, NnError, OptimizerKind, Progress, TrainConfig,
     TrainData, TrainHooks, TrainState, load_train_state, save_train_state, train_from,

@@ -17,8 +17,8 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::program::{Op, Program};
-use super::{NnError, Weights};
+use crate::nn::program::{Op, Program};
+use crate::nn::{NnError, Weights};
 use crate::rng::{self, Domain};
 
 /// How a training drops residual branches.

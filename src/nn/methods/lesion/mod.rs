@@ -12,9 +12,15 @@
 //!   size-preserving padding, taken together with the batch norm and ReLU that follow it.
 //!
 //! Units are found by name; parameters stay bound by name too, so a lesioned program runs
-//! with the original weights (see [`crate::nn::lesion_eval`]).
+//! with the original weights (see [`crate::nn::methods::lesion::eval`]).
+//!
+//! Veit et al.'s other measurement, the gradient each path length carries, is in
+//! [`path_gradients`]; running a lesioned program with the trained weights, in [`eval`].
 
-use super::program::{Op, Program, Shape, Shortcut};
+pub mod eval;
+pub mod path_gradients;
+
+use crate::nn::program::{Op, Program, Shape, Shortcut};
 
 /// What kind of unit a lesion touches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

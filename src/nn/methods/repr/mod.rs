@@ -14,21 +14,23 @@
 //!   What reads the channel downstream is left alone (its gradient is zero while the channel
 //!   is, and re-initialisation leaves it as it is, as the public re-implementation does).
 //! * Re-introduction: per layer, an orthonormal basis of the null space of
-//!   `[surviving filters now; dropped filters' values at drop time]` ([`super::qr`]); dropped
+//!   `[surviving filters now; dropped filters' values at drop time]` ([`qr`]); dropped
 //!   filter i (ascending index) takes basis vector i, scaled by [`ReinitScale`]. When the basis
 //!   has fewer vectors than dropped filters, the rest are drawn from U(±1/√fan_in) (seeded) and
 //!   counted as fallbacks. Biases restart at 0; batch norm at scale 1, shift 0, running mean 0,
 //!   running variance 1 (PyTorch's fresh layer).
+
+pub mod qr;
 
 use std::collections::BTreeSet;
 
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
-use super::program::{Op, Program, Shortcut};
-use super::prune::removal_count;
-use super::qr::null_space;
-use super::{Mask, ModelSpec, NnError, Weights};
+use crate::nn::methods::repr::qr::null_space;
+use crate::nn::program::{Op, Program, Shortcut};
+use crate::nn::prune::removal_count;
+use crate::nn::{Mask, ModelSpec, NnError, Weights};
 use crate::rng::{self, Domain};
 
 /// A convolution whose filters RePr can rank, with the parameters one of its filters owns.

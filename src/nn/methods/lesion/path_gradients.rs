@@ -12,11 +12,11 @@
 
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 
-use super::device::{BackendTask, DeviceSpec, dispatch};
-use super::net::{BnMode, Plan, Route, buffers_to_device, to_net};
-use super::objective::Objective;
-use super::{Checkpoint, NnError};
 use crate::data::{BatchTargets, Split, gather_range};
+use crate::nn::device::{BackendTask, DeviceSpec, dispatch};
+use crate::nn::net::{BnMode, Plan, Route, buffers_to_device, to_net};
+use crate::nn::objective::Objective;
+use crate::nn::{Checkpoint, NnError};
 use crate::rng::{self, Domain};
 
 /// The gradient norms measured for one path length.
@@ -58,7 +58,7 @@ pub fn path_gradient_norms(
     }
     impl BackendTask for Task<'_> {
         type Output = Vec<LengthNorms>;
-        fn run<B: super::ops::TrainBackend>(
+        fn run<B: crate::nn::ops::TrainBackend>(
             self,
             device: B::Device,
         ) -> Result<Vec<LengthNorms>, NnError> {
@@ -131,8 +131,8 @@ pub fn path_gradient_norms(
 /// The gradient at the input `x` of the summed cross-entropy of the batch (each image's
 /// gradient is that of its own loss: images do not interact in eval-mode batch norm), with
 /// the blocks routed as `plan` says.
-fn input_gradient<B: super::ops::TrainBackend>(
-    net: &super::net::Net<B>,
+fn input_gradient<B: crate::nn::ops::TrainBackend>(
+    net: &crate::nn::net::Net<B>,
     plan: &Plan,
     running: &[Tensor<B, 1>],
     x: Tensor<B, 4>,

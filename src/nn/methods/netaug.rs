@@ -29,17 +29,17 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rand::Rng;
 use rand::seq::index::sample;
 
-use super::arch::ConvnetSpec;
-use super::device::{BackendTask, DeviceSpec, dispatch};
-use super::host::PoolFollower;
-use super::init::{InitDraw, draw_weights};
-use super::net::{BnMode, Net, Plan, from_net};
-use super::ops::{NnBackend, TrainBackend};
-use super::program::{Op, Program};
-use super::schedule::{LrSchedule, lr_at};
-use super::train::{Directive, EvalPoint, Progress, TrainHooks, check_split, eval_split};
-use super::{InitScheme, ModelSpec, NnError, Weights};
 use crate::data::{BatchOrder, BatchTargets, Split, gather_batch};
+use crate::nn::arch::ConvnetSpec;
+use crate::nn::device::{BackendTask, DeviceSpec, dispatch};
+use crate::nn::host::PoolFollower;
+use crate::nn::init::{InitDraw, draw_weights};
+use crate::nn::net::{BnMode, Net, Plan, from_net};
+use crate::nn::ops::{NnBackend, TrainBackend};
+use crate::nn::program::{Op, Program};
+use crate::nn::schedule::{LrSchedule, lr_at};
+use crate::nn::train::{Directive, EvalPoint, Progress, TrainHooks, check_split, eval_split};
+use crate::nn::{InitScheme, ModelSpec, NnError, Weights};
 use crate::rng::{self, Domain};
 
 /// The widths NetAug uses: for each conv of the base model, its base width and the

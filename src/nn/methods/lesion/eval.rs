@@ -1,4 +1,4 @@
-//! Evaluating lesioned programs ([`crate::nn::lesion`]) with a trained model's weights.
+//! Evaluating lesioned programs ([`crate::nn::methods::lesion`]) with a trained model's weights.
 //!
 //! A lesioned program names a subset of the model's parameters (deletion) or the same ones in
 //! another order (reordering); its weights are picked from the trained ones by name, so one
@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 
-use super::device::{BackendTask, DeviceSpec, dispatch};
-use super::net::{BnMode, Net, Plan, buffers_to_device};
-use super::ops::NnBackend;
-use super::program::Program;
-use super::train::eval_split;
-use super::weights::{Named, Param as HostParam};
-use super::{NnError, Weights};
 use crate::data::{BatchTargets, Split, gather_range};
+use crate::nn::device::{BackendTask, DeviceSpec, dispatch};
+use crate::nn::net::{BnMode, Net, Plan, buffers_to_device};
+use crate::nn::ops::NnBackend;
+use crate::nn::program::Program;
+use crate::nn::train::eval_split;
+use crate::nn::weights::{Named, Param as HostParam};
+use crate::nn::{NnError, Weights};
 
 /// Images per forward pass when re-estimating batch-norm statistics (the training batch).
 pub const RECALIBRATION_BATCH: usize = 128;
@@ -198,7 +198,7 @@ mod tests {
     use super::*;
     use crate::data::{Inputs, Targets};
     use crate::nn::arch::ResnetSpec;
-    use crate::nn::lesion::{delete, swap};
+    use crate::nn::methods::lesion::{delete, swap};
     use crate::nn::net::to_net;
     use crate::nn::{InitScheme, Mask, ModelSpec, init_weights};
     use burn::backend::Flex;

@@ -16,10 +16,10 @@ use std::collections::HashSet;
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::init::fresh_buffers;
-use super::program::ParamRole;
-use super::weights::Param;
-use super::{Mask, ModelSpec, NnError, Weights};
+use crate::nn::init::fresh_buffers;
+use crate::nn::program::ParamRole;
+use crate::nn::weights::Param;
+use crate::nn::{Mask, ModelSpec, NnError, Weights};
 use crate::rng::{self, Domain};
 
 /// The weight grid of the teacher's rows.
